@@ -1,0 +1,1 @@
+"""ONNX and TensorRT exporters (filled in by the export issue)."""

@@ -1,0 +1,227 @@
+"""Adapter layers that wrap SAM's ``attn.qkv`` linear layer.
+
+``AdaptedQKV`` is the trainable form: its ``base_layer`` is the frozen qkv
+``nn.Linear``, and one ``LowRankAdapter`` per adapted projection (q, k, v) holds
+W_e (``lora_A``), the searchable cell and W_d (``lora_B``). ``FusedQKV`` is the
+exact deployment form made by ``merge(mode="fused")``: the same computation with
+the cell already collapsed into one fixed kernel.
+
+The qkv layer sees (B, H, W, C) token grids (64x64 in global blocks, windows in
+windowed blocks), so the cell can treat the rank-r code as a (B, r, H, W) image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from naslora_deploy.config import TARGETS, AdapterConfig
+from naslora_deploy.ops import OP_SPECS, build_op, common_span, linear_op_kernel
+
+CELL_FORWARDS = ("kernel", "naive")
+
+
+class LowRankAdapter(nn.Module):
+    """One projection's adapter: ``h += W_d cell(W_e x)``.
+
+    The cell acts on the channels selected by ``pc_mask`` (all of them for
+    ``nas_lora``); the others pass straight through, as in NAS-PC-LoRA.
+    Plain LoRA has no cell and no ``alpha``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, config: AdapterConfig) -> None:
+        super().__init__()
+        rank = config.rank
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.op_names: Tuple[str, ...] = tuple(config.ops) if config.has_cell else ()
+        if config.has_cell:
+            channels = config.cell_channels
+            self.alpha = nn.Parameter(torch.randn(len(self.op_names)) * config.alpha_init_std)
+            self.ops = nn.ModuleDict({name: build_op(name, channels) for name in self.op_names})
+            mask = torch.zeros(rank)
+            mask[:channels] = 1.0
+            self.register_buffer("pc_mask", mask)
+        self.span = common_span(self.op_names)
+
+    @property
+    def has_cell(self) -> bool:
+        """Whether this adapter has a searchable cell."""
+        return bool(self.op_names)
+
+    @property
+    def has_max_pool(self) -> bool:
+        """Whether max pooling (the one non-linear candidate) is in the cell."""
+        return "max_pool_3x3" in self.op_names
+
+    def cell_channel_index(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the channels that go through the cell, and of those that pass."""
+        selected = self.pc_mask > 0.5
+        return selected.nonzero()[:, 0], (~selected).nonzero()[:, 0]
+
+    def op_weights(self) -> torch.Tensor:
+        """softmax(alpha): the mixing weight of each candidate."""
+        return torch.softmax(self.alpha, dim=0)
+
+    def cell_kernel(self, weights: torch.Tensor = None) -> torch.Tensor:
+        """The (r, r, span, span) kernel of the whole cell without max pooling.
+
+        It is the softmax-weighted sum of every linear candidate's kernel on the
+        cell channels, plus the identity on the pass-through channels.
+        """
+        weights = self.op_weights() if weights is None else weights
+        rank = self.lora_A.shape[0]
+        inside, passing = self.cell_channel_index()
+        channels = inside.numel()
+        like = self.lora_A
+        mixed = like.new_zeros(channels, channels, self.span, self.span)
+        for i, name in enumerate(self.op_names):
+            if OP_SPECS[name].linear and name != "none":
+                mixed = mixed + weights[i] * linear_op_kernel(name, self.ops[name], channels, self.span, like)
+        kernel = like.new_zeros(rank, rank, self.span, self.span)
+        kernel[inside[:, None], inside[None, :]] = mixed
+        center = self.span // 2
+        kernel[passing, passing, center, center] = 1.0
+        return kernel
+
+    def max_pool_weight(self, weights: torch.Tensor = None) -> torch.Tensor:
+        """(r,) per-channel weight of the max-pool branch (zero off the cell channels)."""
+        weights = self.op_weights() if weights is None else weights
+        out = self.lora_A.new_zeros(self.lora_A.shape[0])
+        if self.has_max_pool:
+            inside, _ = self.cell_channel_index()
+            out = out.index_fill(0, inside, 1.0) * weights[self.op_names.index("max_pool_3x3")]
+        return out
+
+    def naive_cell(self, code: torch.Tensor) -> torch.Tensor:
+        """Reference cell on a (B, r, H, W) code: the weighted sum of the separate ops."""
+        weights = self.op_weights()
+        inside, passing = self.cell_channel_index()
+        selected = code[:, inside]
+        mixed = sum(weights[i] * self.ops[name](selected) for i, name in enumerate(self.op_names))
+        out = torch.empty_like(code)
+        out[:, inside] = mixed
+        out[:, passing] = code[:, passing]
+        return out
+
+
+def mixed_cell(code: torch.Tensor, kernel: torch.Tensor, max_pool_weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Apply the collapsed cell to a (B, H, W, G*r) code, G groups of r channels.
+
+    One grouped convolution (groups = adapted projections) plus, where max pooling
+    is a candidate, its weighted max-pool branch.
+    """
+    image = code.permute(0, 3, 1, 2)
+    out = F.conv2d(image, kernel, padding=kernel.shape[-1] // 2, groups=groups)
+    if bool(max_pool_weight.any()):
+        out = out + F.max_pool2d(image, 3, stride=1, padding=1) * max_pool_weight.view(1, -1, 1, 1)
+    return out.permute(0, 2, 3, 1)
+
+
+def add_to_projections(qkv: torch.Tensor, delta: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
+    """Add a (..., T*dim) delta to the T adapted slices of a (..., 3*dim) qkv output."""
+    if target_index.numel() == 3:
+        return qkv + delta
+    dim = qkv.shape[-1] // 3
+    per_projection = qkv.unflatten(-1, (3, dim))
+    summed = per_projection.index_add(-2, target_index, delta.unflatten(-1, (-1, dim)))
+    return summed.flatten(-2)
+
+
+class AdaptedQKV(nn.Module):
+    """SAM's qkv ``nn.Linear`` (``base_layer``) plus LoRA / NAS-LoRA adapters."""
+
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig) -> None:
+        super().__init__()
+        if base_layer.out_features % 3:
+            raise ValueError(f"qkv layer has {base_layer.out_features} outputs, not a multiple of 3")
+        self.base_layer = base_layer
+        self.config = config
+        dim = base_layer.out_features // 3
+        self.adapters = nn.ModuleDict(
+            {t: LowRankAdapter(base_layer.in_features, dim, config) for t in config.targets}
+        )
+        index = torch.tensor([TARGETS.index(t) for t in config.targets])
+        self.register_buffer("target_index", index, persistent=False)
+        self.cell_forward = "kernel"
+        self.disabled = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if self.disabled:
+            return out
+        return add_to_projections(out, self.delta(x), self.target_index)
+
+    def codes(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The (B, H, W, T, r) low-rank codes before and after the cell."""
+        adapters = list(self.adapters.values())
+        lora_A = torch.cat([a.lora_A for a in adapters])
+        code = F.linear(x, lora_A)
+        groups = len(adapters)
+        if not adapters[0].has_cell:
+            out = code
+        elif self.cell_forward == "naive":
+            image = code.permute(0, 3, 1, 2).unflatten(1, (groups, -1))
+            out = torch.cat([a.naive_cell(image[:, g]) for g, a in enumerate(adapters)], 1)
+            out = out.permute(0, 2, 3, 1)
+        else:
+            kernel = torch.cat([a.cell_kernel() for a in adapters])
+            max_pool_weight = torch.cat([a.max_pool_weight() for a in adapters])
+            out = mixed_cell(code, kernel, max_pool_weight, groups)
+        return code.unflatten(-1, (groups, -1)), out.unflatten(-1, (groups, -1))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapters' (..., T*dim) contribution to the adapted qkv slices."""
+        _, cell_out = self.codes(x)
+        lora_B = torch.block_diag(*[a.lora_B for a in self.adapters.values()])
+        return F.linear(cell_out.flatten(-2), lora_B)
+
+
+class FusedQKV(nn.Module):
+    """Exact deployment form: base qkv plus one fixed low-rank branch.
+
+    Buffers: ``lora_A`` (T*r, C), ``cell_kernel`` (T*r, r, s, s) applied as one
+    grouped convolution, ``max_pool_weight`` (T*r,), ``lora_B`` (T*dim, T*r)
+    block-diagonal, ``target_index`` (T,).
+    """
+
+    def __init__(self, base_layer: nn.Linear, tensors: Dict[str, torch.Tensor], groups: int) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.groups = groups
+        for name in ("lora_A", "cell_kernel", "max_pool_weight", "lora_B", "target_index"):
+            self.register_buffer(name, tensors[name])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return add_to_projections(self.base_layer(x), self.delta(x), self.target_index)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed branch's (..., T*dim) contribution."""
+        code = F.linear(x, self.lora_A)
+        if self.cell_kernel.numel():
+            code = mixed_cell(code, self.cell_kernel, self.max_pool_weight, self.groups)
+        return F.linear(code, self.lora_B)
+
+
+def fused_from_adapted(module: AdaptedQKV) -> FusedQKV:
+    """Collapse an ``AdaptedQKV`` into the equivalent ``FusedQKV`` (no data needed)."""
+    adapters = list(module.adapters.values())
+    with torch.no_grad():
+        has_cell = adapters[0].has_cell
+        tensors = {
+            "lora_A": torch.cat([a.lora_A for a in adapters]).detach().clone(),
+            "cell_kernel": torch.cat([a.cell_kernel() for a in adapters]).detach().clone()
+            if has_cell
+            else module.base_layer.weight.new_zeros(0),
+            "max_pool_weight": torch.cat([a.max_pool_weight() for a in adapters]).detach().clone()
+            if has_cell
+            else module.base_layer.weight.new_zeros(0),
+            "lora_B": torch.block_diag(*[a.lora_B for a in adapters]).detach().clone(),
+            "target_index": module.target_index.clone(),
+        }
+    return FusedQKV(module.base_layer, tensors, groups=len(adapters))
