@@ -1,44 +1,200 @@
-"""The ``naslora-deploy`` command line."""
+"""The ``naslora-deploy`` command line: train, eval, inspect, merge, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 from naslora_deploy import __version__
 
+METHODS = ("lora", "nas_lora", "nas_pc_lora")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from naslora_deploy.ops import OP_NAMES
+    from naslora_deploy.train import TrainConfig, train
+
+    ops = args.ops.split(",") if args.ops else None
+    if ops:
+        unknown = [op for op in ops if op not in OP_NAMES]
+        if unknown:
+            raise ValueError(f"--ops: unknown op {unknown[0]!r}; choose from {', '.join(OP_NAMES)}")
+    config = TrainConfig(
+        data=args.data,
+        out=args.out,
+        model=args.model,
+        method=args.method,
+        checkpoint=args.checkpoint,
+        epochs=args.epochs,
+        search_start=args.search_start,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        arch_lr=args.arch_lr,
+        rank=args.rank,
+        targets=list(args.targets),
+        ops=ops,
+        joint=args.joint,
+        arch_data=args.arch_data,
+        image_size=args.image_size,
+        classes=args.classes,
+        queries=args.queries,
+        val_fraction=args.val_fraction,
+        skip_bad=args.skip_bad,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        workers=args.workers,
+        tensorboard=args.tensorboard,
+        progress=not args.no_progress,
+    )
+    out = train(config)
+    print(f"run directory: {out}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from naslora_deploy.checkpoint import load_adapter
+
+    return load_adapter(args.adapter, args.base, args.allow_base_mismatch, device=args.device)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from naslora_deploy.data.folder import discover
+    from naslora_deploy.evaluate import evaluate
+
+    model = _load(args)
+    splits = discover(args.data, model.spec.classes.num_classes if not model.spec.classes.binary else None,
+                      val_fraction=0.0, skip_bad=args.skip_bad)
+    split = args.split or next(s for s in ("test", "val", "train") if splits.split(s))
+    pairs = splits.split(split)
+    if not pairs:
+        raise ValueError(f"{args.data} has no {split} split")
+    metrics = evaluate(model, pairs, model.spec.classes, args.batch_size, args.device)
+    result = {"adapter": str(args.adapter), "data": str(args.data), "split": split, "metrics": metrics}
+    text = json.dumps(result, indent=2)
+    if args.json:
+        from naslora_deploy.io import atomic_write_text
+
+        atomic_write_text(Path(args.json), text + "\n")
+        print(f"wrote {args.json}")
+    else:
+        print(text)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from naslora_deploy.architecture import inspection_summary
+
+    summary = inspection_summary(args.adapter, args.plot)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
+        return 0
+    print(summary["table"])
+    if "plot" in summary:
+        print(f"plot: {summary['plot']}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from naslora_deploy.merged_files import calibration_images, write_merged
+
+    model = _load(args)
+    calibration = None
+    if args.calibration:
+        calibration = calibration_images(args.calibration, args.calibration_images, model.spec.image_size)
+    _, report, written = write_merged(model, args.mode, args.out, calibration, source=str(args.adapter))
+    print(report.summary())
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
+    from naslora_deploy.checkpoint import load_adapter
+    from naslora_deploy.data.folder import discover
+    from naslora_deploy.data.synthetic import write_synthetic_dataset
+    from naslora_deploy.evaluate import evaluate
+    from naslora_deploy.heads import SegmentationModel
+    from naslora_deploy.merged_files import calibration_images, write_merged
+    from naslora_deploy.train import TrainConfig, train
 
-    from naslora_deploy import AdapterConfig, add_adapters, build_sam, merge, probe_images, trainable_summary
-    from naslora_deploy.io import atomic_write
-    from naslora_deploy.testing import perturb_adapters
-
-    torch.manual_seed(args.seed)
-    sam = build_sam("vit_tiny")
-    config = AdapterConfig(method=args.method, seed=args.seed)
-    add_adapters(sam, config)
-    print(f"vit_tiny + {config.method} adapters (rank {config.rank}, targets {''.join(config.targets)})")
-    print(trainable_summary(sam))
-    perturb_adapters(sam, seed=args.seed)
-    print("adapters set to random non-zero values (a stand-in for training, which a later release adds)")
-    results = {}
-    for mode, calibration in (("fused", None), ("dense", None), ("dense", "calibrated")):
-        images = probe_images(sam.image_encoder.img_size, 4, seed=args.seed + 1) if calibration else None
-        merged, report = merge(sam, mode, calibration=images)
+    started = time.perf_counter()
+    out = Path(args.out)
+    data = write_synthetic_dataset(out / "data", count=args.images, seed=args.seed)
+    print(f"synthetic data set: {data} ({args.images} training images)")
+    run = train(
+        TrainConfig(
+            data=str(data), out=str(out / "run"), model="vit_tiny", method="nas_pc_lora", epochs=args.epochs,
+            search_start=args.search_start, lr=args.lr, seed=args.seed, progress=not args.no_progress,
+        )
+    )
+    model = load_adapter(run)
+    test = discover(data, check=False).split("test")
+    metrics = evaluate(model, test, model.spec.classes)
+    print(f"test set ({len(test)} images): IoU {metrics['iou']:.4f}, Dice {metrics['dice']:.4f}, BER {metrics['ber']:.2f} %")
+    calibration = calibration_images(data, 8, model.spec.image_size)
+    written = []
+    for mode in ("fused", "dense"):
+        merged_sam, report, paths = write_merged(
+            model, mode, out / "merged" / f"sam_vit_tiny_{mode}.pth", calibration, source=str(run)
+        )
+        written += paths
+        merged_model = SegmentationModel(merged_sam, model.spec.classes.num_classes, model.spec.num_queries)
+        merged_model.class_head = model.class_head
+        merged_metrics = evaluate(merged_model, test, model.spec.classes)
         print()
         print(report.summary())
-        results[f"{mode}{'-' + calibration if calibration else ''}"] = (merged, report)
-    if args.out:
-        out = Path(args.out)
-        for name, (merged, report) in results.items():
-            atomic_write(out / f"vit_tiny_{name}.pth", lambda tmp, m=merged: torch.save(m.state_dict(), tmp))
-            report.save(out / f"vit_tiny_{name}.report.json")
-        print(f"\nwrote merged checkpoints and reports to {out}")
+        print(f"  test IoU after the {mode} merge: {merged_metrics['iou']:.4f} (unmerged {metrics['iou']:.4f})")
+    print(f"\nrun directory (best/, last/, metrics.jsonl): {run}")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"demo finished in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _add_adapter_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", help="a run directory (uses best/, or last/) or one checkpoint directory")
+    parser.add_argument("--base", help="the base SAM checkpoint (default: the one recorded at training)")
+    parser.add_argument("--allow-base-mismatch", action="store_true", help="accept a base whose sha256 differs")
+    parser.add_argument("--device", default="cpu")
+
+
+def _add_train_parser(commands) -> None:
+    p = commands.add_parser("train", help="fine-tune SAM with LoRA / NAS-LoRA / NAS-PC-LoRA on a folder data set")
+    p.add_argument("--data", required=True, help="folder with images/ and masks/ (optionally train/ val/ test/)")
+    p.add_argument("--model", default="vit_b", help="vit_b, vit_l, vit_h or vit_tiny")
+    p.add_argument("--method", default="nas_pc_lora", choices=METHODS)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--checkpoint", help="base SAM checkpoint (.pth or .safetensors); random weights without it")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--search-start", type=int, default=10, help="T_B: epochs of weights-only training before alpha")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--arch-lr", type=float, default=1e-3)
+    p.add_argument("--rank", type=int, default=3)
+    p.add_argument("--targets", default="qkv", help="projections to adapt, e.g. qkv or qv")
+    p.add_argument("--ops", help="comma-separated candidate ops (default: all eight)")
+    p.add_argument("--joint", action="store_true", help="update weights and alpha together (Table 9, row 1)")
+    p.add_argument("--arch-data", default="train", choices=("train", "val"))
+    p.add_argument("--image-size", type=int, help="must equal the variant's native size")
+    p.add_argument("--classes", type=int, help="number of classes for index masks (default: binary or classes.json)")
+    p.add_argument("--queries", type=int, default=0, help="mask queries of the multi-class head (default: K)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or unpaired files with a warning")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,11 +202,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="naslora-deploy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"naslora-deploy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="build vit_tiny, add adapters, merge both ways, print the fidelity reports")
-    demo.add_argument("--out", help="also write the merged checkpoints and JSON reports here")
-    demo.add_argument("--method", default="nas_pc_lora", choices=("lora", "nas_lora", "nas_pc_lora"))
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
+    _add_train_parser(commands)
+
+    p = commands.add_parser("eval", help="metrics of a trained adapter on a data set")
+    _add_adapter_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=("train", "val", "test"), help="default: test, else val, else train")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--json", help="write the metrics here instead of stdout")
+    p.set_defaults(run=_eval)
+
+    p = commands.add_parser("inspect", help="the searched architecture: softmax(alpha) per block and projection")
+    p.add_argument("adapter")
+    p.add_argument("--plot", help="also draw the operation shares to this PNG")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(run=_inspect)
+
+    p = commands.add_parser("merge", help="fold the adapters into SAM: dense (plain SAM) or fused (exact)")
+    _add_adapter_args(p)
+    p.add_argument("--mode", required=True, choices=("dense", "fused"))
+    p.add_argument("--out", required=True, help="output checkpoint (.pth or .safetensors)")
+    p.add_argument("--calibration", help="image folder for the least-squares fold of spatial ops")
+    p.add_argument("--calibration-images", type=int, default=16)
+    p.set_defaults(run=_merge)
+
+    p = commands.add_parser("demo", help="synthetic data -> train vit_tiny (NAS-PC-LoRA) -> eval -> merge both ways")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--search-start", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_demo)
     return parser
 
 
@@ -59,6 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from naslora_deploy.errors import NasloraError
 
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
         return args.run(args)
     except (NasloraError, ValueError) as exc:

@@ -1,0 +1,104 @@
+"""Prompt-free segmentation heads on SAM: binary, and multi-class with a class head.
+
+The prompt encoder is frozen and given no prompts (empty sparse embeddings, its
+"no mask" dense embedding). Binary models call segment-anything's own
+``MaskDecoder`` forward, one image at a time (its forward broadcasts one image
+over many prompts, so a batch of images cannot go through it at once).
+Multi-class models (paper Sec. 3.3, footnote) add N query tokens to the
+decoder's two-way transformer, one mask hypernetwork shared by the queries and
+a class head with K+1 outputs (the last is "no object"), as in Mask2Former.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MultiClassHead(nn.Module):
+    """N learned queries, their mask hypernetwork and a (K+1)-way class head."""
+
+    def __init__(self, transformer_dim: int, num_queries: int, num_classes: int) -> None:
+        super().__init__()
+        from segment_anything.modeling.mask_decoder import MLP
+
+        self.queries = nn.Embedding(num_queries, transformer_dim)
+        self.mask_mlp = MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+        self.class_mlp = nn.Linear(transformer_dim, num_classes + 1)
+
+
+class SegmentationModel(nn.Module):
+    """SAM + prompt-free head. ``forward(images)`` gives low-resolution mask logits
+    ``(B, Q, 4h, 4w)`` (Q = 1 for binary) and, multi-class, ``class_logits (B, Q, K+1)``.
+    """
+
+    def __init__(self, sam, num_classes: int = 1, num_queries: int = 0) -> None:
+        super().__init__()
+        self.sam = sam
+        self.num_classes = num_classes
+        self.class_head = None
+        if num_classes > 1:
+            dim = sam.mask_decoder.transformer_dim
+            self.class_head = MultiClassHead(dim, num_queries or num_classes, num_classes)
+        for param in sam.prompt_encoder.parameters():
+            param.requires_grad_(False)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square, padded model input."""
+        return self.sam.image_encoder.img_size
+
+    def prompt_free_embeddings(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Empty sparse prompts, the no-mask dense embedding and the positional encoding."""
+        sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)
+        return sparse, dense, self.sam.prompt_encoder.get_dense_pe()
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        embeddings = self.sam.image_encoder(images)
+        return self.decode(embeddings)
+
+    def decode(self, embeddings: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Run the (prompt-free) decoder on image embeddings."""
+        sparse, dense, image_pe = self.prompt_free_embeddings(embeddings.shape[0])
+        if self.class_head is None:
+            masks = [
+                self.sam.mask_decoder(
+                    image_embeddings=embedding[None],
+                    image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=False,
+                )[0]
+                for embedding in embeddings
+            ]
+            return {"mask_logits": torch.cat(masks)}
+        return self._decode_queries(embeddings, dense, image_pe)
+
+    def _decode_queries(self, embeddings: torch.Tensor, dense: torch.Tensor, image_pe: torch.Tensor) -> Dict[str, torch.Tensor]:
+        decoder, head = self.sam.mask_decoder, self.class_head
+        batch = embeddings.shape[0]
+        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, head.queries.weight])
+        tokens = tokens[None].expand(batch, -1, -1)
+        src = embeddings + dense
+        pos = image_pe.expand(batch, -1, -1, -1)
+        hidden, src = decoder.transformer(src, pos, tokens)
+        queries = hidden[:, 1 + decoder.num_mask_tokens :, :]
+        channels, height, width = embeddings.shape[1:]
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
+        mask_embed = head.mask_mlp(queries)
+        masks = torch.einsum("bqc,bchw->bqhw", mask_embed, upscaled)
+        return {"mask_logits": masks, "class_logits": head.class_mlp(queries)}
+
+
+def upsample_logits(mask_logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Low-resolution logits to the padded ``size x size`` model input."""
+    return F.interpolate(mask_logits, (size, size), mode="bilinear", align_corners=False)
+
+
+def semantic_probabilities(mask_logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W): class probabilities times mask probabilities, summed over queries."""
+    class_prob = class_logits.softmax(-1)[..., :-1]  # drop "no object"
+    return torch.einsum("bqk,bqhw->bkhw", class_prob, mask_logits.sigmoid())
