@@ -12,6 +12,16 @@ from naslora_deploy.checkpoint import WEIGHTS_NAME, read_spec, resolve_checkpoin
 from naslora_deploy.errors import NasloraError
 
 ALPHA_KEY = re.compile(r"blocks\.(\d+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
+SHORT_NAMES = {
+    "sep_conv_3x3": "sep3x3",
+    "sep_conv_5x5": "sep5x5",
+    "dil_conv_3x3": "dil3x3",
+    "dil_conv_5x5": "dil5x5",
+    "avg_pool_3x3": "avg3x3",
+    "max_pool_3x3": "max3x3",
+    "skip_connect": "skip",
+    "none": "none",
+}
 
 
 def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.ndarray]]:
@@ -30,7 +40,7 @@ def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.nda
             alpha = value.astype(np.float64)
             exp = np.exp(alpha - alpha.max())
             weights[(int(match.group(1)), match.group(2))] = exp / exp.sum()
-    return list(spec.adapter.ops), dict(sorted(weights.items()))
+    return list(spec.adapter.ops), dict(sorted(weights.items(), key=lambda kv: (kv[0][0], "qkv".index(kv[0][1]))))
 
 
 def operation_shares(weights: Dict[Tuple[int, str], np.ndarray]) -> np.ndarray:
@@ -40,7 +50,7 @@ def operation_shares(weights: Dict[Tuple[int, str], np.ndarray]) -> np.ndarray:
 
 def format_table(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray]) -> str:
     """A text table: one row per (block, projection), one column per op, plus the top op."""
-    short = [op.replace("_conv_", "").replace("_pool_", "pool").replace("_connect", "")[:9] for op in ops]
+    short = [SHORT_NAMES.get(op, op[:9]) for op in ops]
     lines = [f"{'block':>5} {'proj':>4} " + " ".join(f"{s:>9}" for s in short) + "  top"]
     for (block, target), w in weights.items():
         lines.append(f"{block:>5} {target:>4} " + " ".join(f"{v:>9.3f}" for v in w) + f"  {ops[int(np.argmax(w))]}")

@@ -244,6 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from naslora_deploy.errors import NasloraError
 
     args = build_parser().parse_args(argv)
+    previous_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
         return args.run(args)
@@ -253,6 +254,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"naslora-deploy {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":

@@ -30,3 +30,17 @@ def adapted_factory():
 def tiny_images():
     generator = torch.Generator().manual_seed(99)
     return torch.randn(2, 3, 256, 256, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def binary_data(tmp_path_factory):
+    from naslora_deploy.data.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("binary") / "data", count=8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def multiclass_data(tmp_path_factory):
+    from naslora_deploy.data.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("multi") / "data", count=8, multiclass=True, seed=2)
