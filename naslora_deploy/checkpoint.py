@@ -9,13 +9,10 @@ Directories are replaced atomically: a reader sees the old one or the new one.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -23,7 +20,7 @@ from naslora_deploy import __version__
 from naslora_deploy.config import AdapterConfig
 from naslora_deploy.data.classes import ClassSpec
 from naslora_deploy.errors import CheckpointError
-from naslora_deploy.io import atomic_write_text
+from naslora_deploy.io import atomic_write_text, sha256_of, write_directory
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -85,15 +82,6 @@ class RunSpec:
             raise CheckpointError(f"{source} is damaged: {exc}") from None
 
 
-def sha256_of(path: Union[str, Path]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def trainable_state(model) -> Dict[str, torch.Tensor]:
     """The whole trainable state of a ``SegmentationModel``, by structure, not by requires_grad."""
     from naslora_deploy.adapters import adapted_layers
@@ -108,30 +96,6 @@ def trainable_state(model) -> Dict[str, torch.Tensor]:
     return {k: state[k].detach().contiguous().cpu() for k in sorted(keep)}
 
 
-def write_checkpoint_dir(final: Path, write: Callable[[Path], None]) -> Path:
-    """Fill a temporary directory with ``write(tmp)``, then swap it in for ``final``.
-
-    If the process dies between the two renames, ``.<name>.old`` still holds the
-    previous complete checkpoint and ``resolve_checkpoint_dir`` finds it.
-    """
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 def save_checkpoint(directory: Path, model, spec: RunSpec, training_state: Optional[dict] = None) -> Path:
     """Write one checkpoint directory atomically."""
     from safetensors.torch import save_file
@@ -142,7 +106,7 @@ def save_checkpoint(directory: Path, model, spec: RunSpec, training_state: Optio
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE_NAME)
 
-    return write_checkpoint_dir(Path(directory), write)
+    return write_directory(Path(directory), write)
 
 
 def resolve_checkpoint_dir(path: Union[str, Path]) -> Path:

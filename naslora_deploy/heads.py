@@ -75,22 +75,25 @@ class SegmentationModel(nn.Module):
                 for embedding in embeddings
             ]
             return {"mask_logits": torch.cat(masks)}
-        return self._decode_queries(embeddings, dense, image_pe)
 
-    def _decode_queries(self, embeddings: torch.Tensor, dense: torch.Tensor, image_pe: torch.Tensor) -> Dict[str, torch.Tensor]:
-        decoder, head = self.sam.mask_decoder, self.class_head
-        batch = embeddings.shape[0]
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, head.queries.weight])
-        tokens = tokens[None].expand(batch, -1, -1)
-        src = embeddings + dense
-        pos = image_pe.expand(batch, -1, -1, -1)
-        hidden, src = decoder.transformer(src, pos, tokens)
-        queries = hidden[:, 1 + decoder.num_mask_tokens :, :]
-        channels, height, width = embeddings.shape[1:]
-        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
-        mask_embed = head.mask_mlp(queries)
-        masks = torch.einsum("bqc,bchw->bqhw", mask_embed, upscaled)
-        return {"mask_logits": masks, "class_logits": head.class_mlp(queries)}
+        return decode_queries(self.sam.mask_decoder, self.class_head, embeddings, dense, image_pe)
+
+
+def decode_queries(decoder, head: MultiClassHead, embeddings: torch.Tensor, dense: torch.Tensor, image_pe: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Batched multi-class decoding: the queries join SAM's output tokens in its two-way transformer."""
+    batch = embeddings.shape[0]
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, head.queries.weight])
+    tokens = tokens[None].expand(batch, -1, -1)
+    src = embeddings + dense
+    pos = image_pe.expand(batch, -1, -1, -1)
+    hidden, src = decoder.transformer(src, pos, tokens)
+    queries = hidden[:, 1 + decoder.num_mask_tokens :, :]
+    channels, height, width = embeddings.shape[1:]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
+    mask_embed = head.mask_mlp(queries)
+    up_c, up_h, up_w = upscaled.shape[1:]
+    masks = (mask_embed @ upscaled.reshape(batch, up_c, up_h * up_w)).reshape(batch, -1, up_h, up_w)
+    return {"mask_logits": masks, "class_logits": head.class_mlp(queries)}
 
 
 def upsample_logits(mask_logits: torch.Tensor, size: int) -> torch.Tensor:

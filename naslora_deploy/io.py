@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Union
@@ -36,3 +38,37 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_directory(final: Union[str, Path], write: Callable[[Path], None]) -> Path:
+    """Fill a temporary directory with ``write(tmp)``, then swap it in for ``final``.
+
+    If the process dies between the two renames, ``.<name>.old`` still holds the
+    previous complete directory (checkpoint readers look there too).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def sha256_of(path: Union[str, Path]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

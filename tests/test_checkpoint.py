@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from naslora_deploy.checkpoint import CONFIG_NAME, RunSpec, read_spec, resolve_checkpoint_dir, write_checkpoint_dir
+from naslora_deploy.checkpoint import CONFIG_NAME, RunSpec, read_spec, resolve_checkpoint_dir
+from naslora_deploy.io import write_directory
 from naslora_deploy.config import AdapterConfig
 from naslora_deploy.errors import CheckpointError
 
@@ -18,22 +19,22 @@ def _spec_writer(tag):
 
 
 def test_failed_write_leaves_the_previous_checkpoint(tmp_path):
-    write_checkpoint_dir(tmp_path / "last", _spec_writer("first"))
+    write_directory(tmp_path / "last", _spec_writer("first"))
 
     def broken(tmp):
         (tmp / "partial").write_text("half")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        write_checkpoint_dir(tmp_path / "last", broken)
+        write_directory(tmp_path / "last", broken)
     assert read_spec(tmp_path / "last").progress == {"tag": "first"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
-    write_checkpoint_dir(tmp_path / "last", _spec_writer("second"))
+    write_directory(tmp_path / "last", _spec_writer("second"))
     assert read_spec(tmp_path).progress == {"tag": "second"}
 
 
 def test_a_kill_between_the_renames_is_recovered(tmp_path):
-    write_checkpoint_dir(tmp_path / ".last.old", _spec_writer("previous"))  # as left by a kill
+    write_directory(tmp_path / ".last.old", _spec_writer("previous"))  # as left by a kill
     assert resolve_checkpoint_dir(tmp_path) == tmp_path / ".last.old"
 
 

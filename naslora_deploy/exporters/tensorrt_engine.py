@@ -1,0 +1,140 @@
+"""ONNX -> TensorRT engine with the TensorRT Python API, plus a JSON sidecar.
+
+``tensorrt`` is imported only here, inside the functions that need it, so the
+package imports on machines without it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from naslora_deploy.errors import NasloraError
+from naslora_deploy.io import atomic_write, atomic_write_text, sha256_of
+from naslora_deploy.runtime.engines import INSTALL_HELP, current_gpu, sidecar_path
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class EngineSpec:
+    """How to build an engine: precision, batch profile, workspace and timing cache."""
+
+    precision: str = "fp16"
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    workspace_gb: Optional[float] = None
+    timing_cache: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown engine precision {self.precision!r}; choose fp32, fp16 or bf16")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("batch profile must satisfy 1 <= min <= opt <= max")
+
+
+def require_tensorrt():
+    """Import ``tensorrt`` or raise one line on how to get it."""
+    try:
+        import tensorrt
+
+        return tensorrt
+    except ImportError:
+        raise NasloraError(INSTALL_HELP) from None
+
+
+def _shape_text(shape: List) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def profile_shapes(inputs: List[dict], spec: EngineSpec) -> Dict[str, List[List[int]]]:
+    """min / opt / max shape per input, the batch axis from ``spec``."""
+    out = {}
+    for value in inputs:
+        shapes = []
+        for batch in (spec.min_batch, spec.opt_batch, spec.max_batch):
+            shapes.append([batch if isinstance(d, str) else int(d) for d in value["shape"]])
+        out[value["name"]] = shapes
+    return out
+
+
+def trtexec_command(onnx_path: Path, engine_path: Path, inputs: List[dict], spec: EngineSpec) -> str:
+    """The equivalent ``trtexec`` command (for building on a Jetson)."""
+    shapes = profile_shapes(inputs, spec)
+    parts = ["trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={engine_path.name}"]
+    for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
+        parts.append(flag + "=" + ",".join(f"{name}:{_shape_text(s[index])}" for name, s in shapes.items()))
+    if spec.precision in ("fp16", "bf16"):
+        parts += [f"--{spec.precision}", "--layerPrecisions=*Normalization*:fp32,*Softmax*:fp32", "--precisionConstraints=obey"]
+    if spec.workspace_gb:
+        parts.append(f"--memPoolSize=workspace:{int(spec.workspace_gb * 1024)}M")
+    if spec.timing_cache:
+        parts.append(f"--timingCacheFile={spec.timing_cache}")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _keep_fp32(network, trt) -> int:
+    """Pin normalisation, softmax and reductions to fp32 (fp16 LayerNorm overflows in SAM)."""
+    pinned = 0
+    kinds = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs: List[dict]) -> Path:
+    """Build a serialized engine from ``onnx_path``; writes it and its sidecar atomically."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    explicit = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(explicit)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise NasloraError(f"TensorRT cannot parse {onnx_path}: {errors[:300]}")
+    config = builder.create_builder_config()
+    if spec.workspace_gb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_gb * (1 << 30)))
+    if spec.precision != "fp32":
+        config.set_flag(trt.BuilderFlag.FP16 if spec.precision == "fp16" else trt.BuilderFlag.BF16)
+        _keep_fp32(network, trt)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile_shapes(inputs, spec).items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache_path = Path(spec.timing_cache) if spec.timing_cache else None
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise NasloraError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
+    engine_bytes = bytes(serialized)
+    atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
+    if cache_path:
+        atomic_write(cache_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
+    gpu = current_gpu()
+    sidecar = {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": gpu["name"],
+        "compute_capability": gpu["compute_capability"],
+        "precision": spec.precision,
+        "profile": profile_shapes(inputs, spec),
+        "inputs": inputs,
+        "source_onnx": onnx_path.name,
+        "source_onnx_sha256": sha256_of(onnx_path),
+        "engine_spec": asdict(spec),
+        "trtexec": trtexec_command(onnx_path, engine_path, inputs, spec),
+    }
+    atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=2) + "\n")
+    return engine_path

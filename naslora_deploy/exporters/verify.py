@@ -1,0 +1,218 @@
+"""``naslora-deploy verify``: artifacts against the PyTorch model, and against plain SAM.
+
+Parity: the PyTorch model (rebuilt from the manifest's source, merged the same
+way) and every available backend run the same images; per output: max and mean
+absolute error, relative error, and the IoU of thresholded masks. The
+zero-overhead proof: the artifact's graphs against graphs exported from plain
+``build_sam(variant)`` with the same settings, plus a measured latency ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from naslora_deploy.errors import NasloraError
+from naslora_deploy.exporters.export import ExportSpec, export_graphs, load_source, read_manifest
+from naslora_deploy.exporters.structure import compare_signatures, graph_signature
+
+ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+TOLERANCES = {"fp32": {"image_embeddings": 1e-4, "decoder": 1e-3}}
+
+
+@dataclass
+class ParityRow:
+    """One backend's agreement with PyTorch on one output."""
+
+    backend: str
+    output: str
+    max_abs: float
+    mean_abs: float
+    rel: float
+    mask_iou: Optional[float] = None
+    tolerance: Optional[float] = None
+
+    @property
+    def passed(self) -> bool:
+        """Within the tolerance (always true where the precision is only reported)."""
+        return self.tolerance is None or self.max_abs <= self.tolerance
+
+
+@dataclass
+class ParityReport:
+    """All rows; ``passed`` is false if any row is past its tolerance."""
+
+    rows: List[ParityRow] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every row within tolerance."""
+        return all(row.passed for row in self.rows)
+
+    def table(self) -> str:
+        """A printable table."""
+        lines = [f"{'backend':<28} {'output':<34} {'max abs':>10} {'mean abs':>10} {'rel':>10} {'mask IoU':>9} {'tol':>8}  ok"]
+        for r in self.rows:
+            iou = f"{r.mask_iou:.4f}" if r.mask_iou is not None else "-"
+            tol = f"{r.tolerance:.0e}" if r.tolerance is not None else "report"
+            lines.append(
+                f"{r.backend:<28} {r.output:<34} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} {r.rel:>10.3e} {iou:>9} {tol:>8}  "
+                + ("yes" if r.passed else "NO")
+            )
+        return "\n".join(lines)
+
+
+def ort_session(path: Path, provider: str):
+    """An onnxruntime session on one execution provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=[provider])
+
+
+def available_providers() -> List[str]:
+    """The onnxruntime providers installed here, best first."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [p for p in ORT_PROVIDERS if p in have]
+
+
+def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: int = 0) -> np.ndarray:
+    """(N, 3, S, S) float32 model inputs: preprocessed ``images_dir`` files or seeded probes."""
+    size = manifest["image_size"]
+    if images_dir:
+        from naslora_deploy.merged_files import calibration_images
+
+        return calibration_images(images_dir, count, size).numpy()
+    from naslora_deploy.fidelity import probe_images
+
+    return probe_images(size, count, seed=seed).numpy()
+
+
+def _row(backend, output, got, expected, tolerance, masks=False) -> ParityRow:
+    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    rel = float(np.linalg.norm(diff) / max(np.linalg.norm(expected), 1e-30))
+    iou = None
+    if masks:
+        a, b = got > 0, expected > 0
+        union = np.logical_or(a, b).sum()
+        iou = float(np.logical_and(a, b).sum() / union) if union else 1.0
+    return ParityRow(backend, output, float(diff.max()), float(diff.mean()), rel, iou, tolerance)
+
+
+def torch_outputs(model, images: np.ndarray) -> Dict[str, np.ndarray]:
+    """Reference outputs of the PyTorch model, through the same export wrappers."""
+    from naslora_deploy.exporters.wrappers import MaskDecoderGraph
+
+    with torch.no_grad():
+        embeddings = model.sam.image_encoder(torch.from_numpy(images))
+        decoded = MaskDecoderGraph(model)(embeddings)
+    names = ["low_res_logits", "mask_logits", "class_logits"]
+    out = {"image_embeddings": embeddings.numpy()}
+    out.update({name: t.numpy() for name, t in zip(names, decoded)})
+    return out
+
+
+def verify_parity(directory, images_dir=None, count: int = 2, seed: int = 0, tolerance: Optional[float] = None) -> ParityReport:
+    """Compare every ONNX backend available here (and TensorRT engines) with PyTorch."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    source = rebuild_source(manifest)
+    images = verification_images(manifest, images_dir, count, seed)
+    expected = torch_outputs(source.model, images)
+    tolerances = TOLERANCES.get(manifest["onnx_precision"], {})
+    embed_tol = tolerance if tolerance is not None else tolerances.get("image_embeddings")
+    decoder_tol = tolerances.get("decoder")
+    report = ParityReport()
+    for provider in available_providers():
+        encoder = ort_session(directory / "image_encoder.onnx", provider)
+        decoder = ort_session(directory / "mask_decoder.onnx", provider)
+        embeddings = encoder.run(None, {"image": images})[0]
+        tag = f"onnxruntime {provider.replace('ExecutionProvider', '')}"
+        report.rows.append(_row(tag, "image_embeddings", embeddings, expected["image_embeddings"], embed_tol))
+        names = [o.name for o in decoder.get_outputs()]
+        for name, got in zip(names, decoder.run(None, {"image_embeddings": expected["image_embeddings"]})):
+            report.rows.append(_row(tag, f"{name} (torch embeddings)", got, expected[name], decoder_tol, "mask" in name))
+        end_to_end = decoder.run(["mask_logits"], {"image_embeddings": embeddings})[0]
+        report.rows.append(_row(tag, "mask_logits (end to end)", end_to_end, expected["mask_logits"], None, True))
+    report.rows.extend(verify_engines(directory, manifest, images, expected))
+    return report
+
+
+def verify_engines(directory: Path, manifest: dict, images: np.ndarray, expected: Dict[str, np.ndarray]) -> List[ParityRow]:
+    """TensorRT engines run through polygraphy's ``TrtRunner`` and ``Comparator``, where present."""
+    if not (directory / "image_encoder.engine").is_file():
+        return []
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.comparator import Comparator
+
+    from naslora_deploy.runtime.engines import load_engine_bytes
+
+    tag = f"tensorrt {manifest['precision']} (polygraphy)"
+    tolerances = TOLERANCES.get(manifest["precision"], {})
+    feeds = {"image_encoder": {"image": images}, "mask_decoder": {"image_embeddings": expected["image_embeddings"]}}
+    rows = []
+    for name, feed in feeds.items():
+        runner = TrtRunner(EngineFromBytes(load_engine_bytes(directory / f"{name}.engine")), name=name)
+        outputs = Comparator.run([runner], data_loader=[feed])[0][1][0]
+        for output, got in outputs.items():
+            tol = tolerances.get("image_embeddings" if output == "image_embeddings" else "decoder")
+            rows.append(_row(tag, output, np.asarray(got), expected[output], tol, "mask" in output))
+    return rows
+
+
+def rebuild_source(manifest: dict, base=None):
+    """The PyTorch model the artifacts were exported from (merged the same way)."""
+    described = manifest["source"]
+    spec = ExportSpec(**{k: v for k, v in manifest["export"].items() if k != "engine"})
+    spec.format, spec.precision = "onnx", "fp32"
+    path = Path(described["path"])
+    if not path.exists():
+        raise NasloraError(f"the export source {path} is gone; verify needs it to rebuild the PyTorch model")
+    return load_source(path, spec, described.get("variant") or manifest["variant"], base or described.get("base"))
+
+
+def plain_sam_proof(directory, repeats: int = 10) -> dict:
+    """Structure and ORT CPU latency of the artifact against plain ``build_sam(variant)``."""
+    from naslora_deploy.heads import SegmentationModel
+    from naslora_deploy.variants import build_sam
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    spec = ExportSpec(**{k: v for k, v in manifest["export"].items() if k != "engine"})
+    spec.format, spec.prompts = "onnx", False
+    plain = SegmentationModel(build_sam(manifest["variant"])).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = export_graphs(plain, spec, Path(tmp))
+        structure = compare_signatures(graph_signature(directory / "image_encoder.onnx"), graph_signature(files["image_encoder"]))
+        latency = latency_ratio(directory / "image_encoder.onnx", files["image_encoder"], manifest["image_size"], repeats)
+    structure["image_encoder_latency"] = latency
+    structure["plain_sam"] = structure["identical_operators"] and structure["identical_initializers"] and structure["identical_macs"]
+    structure["merge_mode"] = manifest["merge"]["mode"]
+    return structure
+
+
+def latency_ratio(candidate: Path, reference: Path, size: int, repeats: int = 10) -> dict:
+    """Median ORT CPU latency of two encoders, alternating runs in one process."""
+    sessions = {"artifact": ort_session(candidate, "CPUExecutionProvider"), "plain": ort_session(reference, "CPUExecutionProvider")}
+    image = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    for session in sessions.values():
+        session.run(None, {"image": image})
+    times = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, {"image": image})
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    return {"artifact_ms": medians["artifact"], "plain_ms": medians["plain"],
+            "ratio": medians["artifact"] / medians["plain"], "repeats": repeats}

@@ -1,0 +1,88 @@
+"""TensorRT engine sidecars: what an engine was built with, checked before loading.
+
+No torch here. An engine only runs under the TensorRT version and on the GPU
+(compute capability) it was built for; the JSON sidecar beside every
+``.engine`` records both, so a mismatch is reported in words instead of a
+deserialisation failure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Dict, Optional
+
+from naslora_deploy.errors import NasloraError
+
+INSTALL_HELP = (
+    "TensorRT is not installed: on an x86 server `pip install tensorrt` (NVIDIA's wheel, matching your CUDA), "
+    "on a Jetson it comes with JetPack; or build the engines on the target from the ONNX files with trtexec "
+    "(the export prints the command)"
+)
+
+
+def sidecar_path(engine: Path) -> Path:
+    """Where an engine's sidecar lives: ``<name>.engine.json``."""
+    return Path(str(engine) + ".json")
+
+
+def current_gpu() -> Dict[str, Optional[str]]:
+    """Name and compute capability of GPU 0, without torch (cuda-python, else nvidia-smi)."""
+    try:
+        from cuda.bindings import runtime as cudart
+
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+            return {"name": name, "compute_capability": f"{props.major}.{props.minor}"}
+    except Exception:  # cuda-python absent or no driver: try the next way
+        pass
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip().splitlines()[0]
+        name, capability = (part.strip() for part in out.split(","))
+        return {"name": name, "compute_capability": capability}
+    except Exception:
+        return {"name": None, "compute_capability": None}
+
+
+def check_engine_compatibility(sidecar: dict, trt_version: str, gpu: Dict[str, Optional[str]], engine: str = "engine") -> None:
+    """Raise a clear ``NasloraError`` if the engine was built for another TensorRT or GPU."""
+    built_trt = sidecar.get("tensorrt_version")
+    if built_trt and built_trt != trt_version:
+        raise NasloraError(
+            f"{engine} was built with TensorRT {built_trt} but this machine has TensorRT {trt_version}; "
+            "rebuild it here (naslora-deploy export --format trt, or the trtexec command in its sidecar)"
+        )
+    built_cc = sidecar.get("compute_capability")
+    here_cc = gpu.get("compute_capability")
+    if built_cc and here_cc and built_cc != here_cc:
+        raise NasloraError(
+            f"{engine} was built on {sidecar.get('gpu_name')} (compute capability {built_cc}) but this GPU is "
+            f"{gpu.get('name')} ({here_cc}); TensorRT engines do not move between GPU generations: rebuild it here"
+        )
+
+
+def read_sidecar(engine: Path) -> dict:
+    """Read an engine's sidecar; a missing one is an error (it says what the engine is)."""
+    path = sidecar_path(Path(engine))
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NasloraError(f"{path} not found: every engine needs the sidecar written beside it by the export") from None
+    except json.JSONDecodeError as exc:
+        raise NasloraError(f"{path} is damaged ({exc})") from None
+
+
+def load_engine_bytes(engine: Path) -> bytes:
+    """Check the sidecar against this machine, then return the engine's bytes."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise NasloraError(INSTALL_HELP) from None
+    sidecar = read_sidecar(engine)
+    check_engine_compatibility(sidecar, trt.__version__, current_gpu(), str(engine))
+    return Path(engine).read_bytes()
