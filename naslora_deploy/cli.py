@@ -158,6 +158,61 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+    from naslora_deploy.exporters.tensorrt_engine import EngineSpec
+
+    engine = EngineSpec(precision=args.precision if args.format == "trt" else "fp16", max_batch=args.max_batch,
+                        opt_batch=min(args.opt_batch, args.max_batch), workspace_gb=args.workspace,
+                        timing_cache=args.timing_cache)
+    spec = ExportSpec(format=args.format, merge=args.merge, precision=args.precision, opset=args.opset,
+                      prompts=args.prompts, point_slots=args.point_slots, calibration=args.calibration,
+                      calibration_images=args.calibration_images, engine=engine)
+    out, manifest = export_artifacts(args.source, args.out, spec, args.model, args.base, args.allow_base_mismatch)
+    report = (manifest["merge"] or {}).get("report")
+    if report:
+        from naslora_deploy.report import MergeReport
+
+        print(MergeReport.from_dict(report).summary())
+    for name, entry in manifest["files"].items():
+        print(f"wrote {out / name} ({entry['bytes'] / 1e6:.1f} MB)")
+    for name, command in manifest["trtexec"].items():
+        print(f"trtexec equivalent for {name}: {command}")
+    print(f"manifest: {out / 'manifest.json'}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from naslora_deploy.exporters.verify import plain_sam_proof, verify_parity
+
+    report = verify_parity(args.artifacts, args.images, args.count, args.seed, args.tolerance)
+    print(report.table())
+    result = {"parity": [vars(r) | {"passed": r.passed} for r in report.rows], "passed": report.passed}
+    if args.against_plain_sam:
+        proof = plain_sam_proof(args.artifacts, args.repeats)
+        result["against_plain_sam"] = proof
+        print(
+            f"\nagainst plain SAM ({proof['merge_mode']} merge): identical operators {proof['identical_operators']}, "
+            f"initializers {proof['identical_initializers']}, MACs {proof['identical_macs']} "
+            f"({proof['candidate']['gmacs']:.3f} vs {proof['reference']['gmacs']:.3f} GMAC)"
+        )
+        if not proof["plain_sam"]:
+            print(f"  extra nodes {proof['extra_nodes']}, extra parameters {proof['extra_parameters']}, "
+                  f"extra MACs {proof['extra_gmacs']:.4f} G ({proof['extra_macs_percent']:.2f} %)")
+        latency = proof.get("image_encoder_latency")
+        if latency:
+            print(f"  onnxruntime CPU encoder latency: {latency['artifact_ms']:.1f} ms vs plain {latency['plain_ms']:.1f} ms, "
+                  f"ratio {latency['ratio']:.3f} (medians of {latency['repeats']} alternating runs)")
+    if args.json:
+        from naslora_deploy.io import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
+    if not report.passed:
+        print("verify: outputs differ from PyTorch past the tolerance", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_adapter_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", help="a run directory (uses best/, or last/) or one checkpoint directory")
     parser.add_argument("--base", help="the base SAM checkpoint (default: the one recorded at training)")
@@ -226,6 +281,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="image folder for the least-squares fold of spatial ops")
     p.add_argument("--calibration-images", type=int, default=16)
     p.set_defaults(run=_merge)
+
+    p = commands.add_parser("export", help="ONNX / TensorRT artifacts from an adapter directory or a SAM checkpoint")
+    p.add_argument("source", help="adapter run/checkpoint directory, or a plain SAM checkpoint file (with --model)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "trt"))
+    p.add_argument("--out", required=True, help="artifact directory")
+    p.add_argument("--model", help="variant of a SAM checkpoint file (vit_b, vit_l, vit_h, vit_tiny)")
+    p.add_argument("--merge", default="dense", choices=("dense", "fused"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--prompts", action="store_true", help="also export the promptable decoder")
+    p.add_argument("--point-slots", type=int, default=4, help="point prompt slots (plus two for a box)")
+    p.add_argument("--calibration", help="image folder for the dense merge's least-squares fold")
+    p.add_argument("--calibration-images", type=int, default=16)
+    p.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch")
+    p.add_argument("--opt-batch", type=int, default=1, help="TensorRT profile: batch to tune for")
+    p.add_argument("--workspace", type=float, help="TensorRT workspace limit in GB (Jetson: keep it small)")
+    p.add_argument("--timing-cache", help="TensorRT timing cache file, reused across builds")
+    p.add_argument("--base", help="base SAM checkpoint of an adapter (default: the recorded one)")
+    p.add_argument("--allow-base-mismatch", action="store_true")
+    p.set_defaults(run=_export)
+
+    p = commands.add_parser("verify", help="prove the artifacts compute what the PyTorch model computes")
+    p.add_argument("artifacts", help="artifact directory written by export")
+    p.add_argument("--images", help="image folder (default: seeded generated images)")
+    p.add_argument("--count", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, help="max abs error allowed on the embeddings (fp32 default 1e-4)")
+    p.add_argument("--against-plain-sam", action="store_true", help="structure and latency against plain build_sam")
+    p.add_argument("--repeats", type=int, default=30, help="alternating latency runs (medians are quoted)")
+    p.add_argument("--json", help="also write the results here")
+    p.set_defaults(run=_verify)
 
     p = commands.add_parser("demo", help="synthetic data -> train vit_tiny (NAS-PC-LoRA) -> eval -> merge both ways")
     p.add_argument("--out", default="demo-out")

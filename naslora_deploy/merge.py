@@ -56,8 +56,8 @@ def merge(model, mode: str, calibration: Optional[Calibration] = None, probe_cou
             elif batches is not None:
                 folds, fold = least_squares_folds(model, batches()), "least squares over calibration images"
             else:
-                folds, fold = _constant_response_folds(layers), "constant-input response"
-            merged, candidates = _dense_copy(model, layers, folds)
+                folds, fold = constant_response_folds(layers), "constant-input response"
+            merged, candidates = dense_copy(model, layers, folds)
 
         if batches is not None:
             images, measured_on = batches(), "calibration images"
@@ -130,7 +130,8 @@ def constant_response_fold(adapter: LowRankAdapter) -> torch.Tensor:
     return kernel.sum(dim=(-1, -2)) + torch.diag(adapter.max_pool_weight().double())
 
 
-def _constant_response_folds(layers: Dict[int, AdaptedQKV]) -> Dict[Key, torch.Tensor]:
+def constant_response_folds(layers: Dict[int, AdaptedQKV]) -> Dict[Key, torch.Tensor]:
+    """``constant_response_fold`` of every adapter, keyed by (block, projection)."""
     return {(i, t): constant_response_fold(a) for i, layer in layers.items() for t, a in layer.adapters.items()}
 
 
@@ -186,8 +187,11 @@ def dense_weight_delta(layer: AdaptedQKV, index: int, folds: Dict[Key, torch.Ten
     return delta
 
 
-def _dense_copy(model, layers: Dict[int, AdaptedQKV], folds: Dict[Key, torch.Tensor]):
-    """A plain-SAM copy with folded qkv weights, and per-layer candidate branches."""
+def dense_copy(model, layers: Dict[int, AdaptedQKV], folds: Dict[Key, torch.Tensor]):
+    """A plain-SAM copy with folded qkv weights, and per-layer candidate branches.
+
+    The unmeasured core of a dense merge (``merge`` adds the fidelity report).
+    """
     merged_weights: Dict[int, torch.Tensor] = {}
     for index, layer in layers.items():
         base = layer.base_layer.weight
@@ -239,4 +243,7 @@ def _fused_copy(model, layers: Dict[int, AdaptedQKV]):
     return fused, candidates
 
 
-__all__: List[str] = ["merge", "least_squares_folds", "constant_response_fold", "dense_weight_delta", "spatial_weight"]
+__all__: List[str] = [
+    "merge", "least_squares_folds", "constant_response_fold", "constant_response_folds", "dense_copy",
+    "dense_weight_delta", "spatial_weight",
+]

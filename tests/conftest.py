@@ -44,3 +44,39 @@ def multiclass_data(tmp_path_factory):
     from naslora_deploy.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("multi") / "data", count=8, multiclass=True, seed=2)
+
+
+def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0):
+    """A checkpoint directory of a vit_tiny with random non-zero adapters (no training needed)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from naslora_deploy.checkpoint import RunSpec, save_checkpoint
+    from naslora_deploy.data.classes import ClassSpec
+    from naslora_deploy.heads import SegmentationModel
+    from naslora_deploy.io import sha256_of
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    sam = build_sam("vit_tiny")
+    base = root / "base.safetensors"
+    save_file({k: v.contiguous() for k, v in sam.state_dict().items()}, str(base))
+    config = AdapterConfig(method=method, seed=seed)
+    add_adapters(sam, config)
+    perturb_adapters(sam, seed=seed + 1)
+    model = SegmentationModel(sam, num_classes, 0)
+    spec = RunSpec("vit_tiny", config, ClassSpec(num_classes), model.class_head.queries.num_embeddings if model.class_head else 0,
+                   256, str(base.resolve()), sha256_of(base))
+    return save_checkpoint(root / "ckpt", model, spec)
+
+
+@pytest.fixture(scope="session")
+def binary_adapter(tmp_path_factory):
+    return make_adapter_dir(tmp_path_factory.mktemp("binary_adapter"))
+
+
+@pytest.fixture(scope="session")
+def multiclass_adapter(tmp_path_factory):
+    return make_adapter_dir(tmp_path_factory.mktemp("multi_adapter"), num_classes=3)

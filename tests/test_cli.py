@@ -110,3 +110,23 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_unknown_option_value_is_refused():
     result = _cli("demo", "--out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_export_and_verify_commands(binary_adapter, tmp_path, capsys):
+    out = tmp_path / "art"
+    assert main(["export", str(binary_adapter), "--out", str(out), "--prompts"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "trtexec equivalent for image_encoder" in printed
+    result_file = tmp_path / "verify.json"
+    assert main(["verify", str(out), "--against-plain-sam", "--repeats", "3", "--json", str(result_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "against plain SAM (dense merge): identical operators True, initializers True, MACs True" in printed
+    result = json.loads(result_file.read_text())
+    assert result["passed"] and result["against_plain_sam"]["plain_sam"]
+    # a tolerance no float32 graph can meet: verify must fail, not pass quietly
+    assert main(["verify", str(out), "--tolerance", "1e-12"]) == 1
+
+
+def test_verify_bad_artifact_directory(tmp_path):
+    result = _cli("verify", str(tmp_path))
+    assert result.returncode == 2 and "manifest.json not found" in result.stderr and "Traceback" not in result.stderr

@@ -114,12 +114,12 @@ def test_least_squares_beats_constant_response_in_sample(adapted_factory):
     _, constant = merge(sam, "dense", calibration=None, probe_count=2)
     _, fitted = merge(sam, "dense", calibration=calibration)
     # measure the constant-response fold on the calibration images too
-    from naslora_deploy.merge import _constant_response_folds, _dense_copy
+    from naslora_deploy.merge import constant_response_folds, dense_copy
     from naslora_deploy.fidelity import measure_fidelity
 
     layers = dict(adapted_layers(sam))
     with torch.no_grad():
-        plain, candidates = _dense_copy(sam, layers, _constant_response_folds(layers))
+        plain, candidates = dense_copy(sam, layers, constant_response_folds(layers))
         on_calibration = measure_fidelity(sam, plain, layers, candidates, [calibration])
     for entry in fitted.projections:
         constant_error = on_calibration.branch_errors[(entry.block, entry.target)][0]

@@ -192,9 +192,9 @@ def _manifest(loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], en
         "export": spec.to_dict(),
         "source": loaded.description,
         "files": described,
-        "trtexec": {
-            name: trtexec_command(files[name], path, io_signature(files[name])["inputs"], spec.engine)
-            for name, path in engines.items()
+        "trtexec": {  # how to build each engine on the target (a Jetson) from the ONNX files
+            name: trtexec_command(path, path.with_suffix(".engine"), io_signature(path)["inputs"], spec.engine)
+            for name, path in files.items()
         },
     }
 

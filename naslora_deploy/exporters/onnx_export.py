@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -39,7 +40,10 @@ def module_to_onnx(
     dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]} if dynamic_batch else None
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # SAM's window padding and rel-pos sizes are Python ints at trace time: fixed for a fixed
+            # image size, which is what the graph has (only the batch axis is dynamic).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 module.eval(),
                 example_inputs,

@@ -39,21 +39,37 @@ class GraphSignature:
         }
 
 
-def _shapes(model) -> Dict[str, List[int]]:
-    import onnx
+def _shapes(model, nodes) -> Dict[str, List[int]]:
+    """Actual tensor shapes at batch 1, measured by running the graph once in onnxruntime.
 
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].dim_param:
-            dims[0].dim_value = 1  # batch 1 for counting
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
-    for tensor in inferred.graph.initializer:
-        shapes[tensor.name] = list(tensor.dims)
+    Static inference loses track of SAM's window partition reshapes; running
+    the graph with the wanted tensors exposed as outputs gives every shape.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    wanted = [n for node in nodes for n in [*node.input, *node.output] if n and n not in shapes]
+    existing = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(wanted):
+        if name not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    feeds = {}
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]  # batch 1
+        feeds[value.name] = np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "shapes.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True, location="shapes.data", size_threshold=1024)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        for name, value in zip(names, session.run(None, feeds)):
+            shapes[name] = list(np.shape(value))
     return shapes
 
 
@@ -94,18 +110,18 @@ def graph_signature(path) -> GraphSignature:
     import onnx
 
     model = onnx.load(str(Path(path)))
-    shapes = _shapes(model)
+    mac_nodes = [node for node in model.graph.node if node.op_type in MAC_OPS]
     operators = Counter(node.op_type for node in model.graph.node)
     initializers = {t.name: tuple(t.dims) for t in model.graph.initializer}
     parameters = sum(int(np.prod(dims, dtype=np.int64)) for dims in initializers.values())
+    shapes = _shapes(model, mac_nodes)
     macs, uncounted = 0, []
-    for node in model.graph.node:
-        if node.op_type in MAC_OPS:
-            count = _node_macs(node, shapes)
-            if count is None:
-                uncounted.append(node.name or node.op_type)
-            else:
-                macs += count
+    for node in mac_nodes:
+        count = _node_macs(node, shapes)
+        if count is None:
+            uncounted.append(node.name or node.op_type)
+        else:
+            macs += count
     return GraphSignature(dict(operators), initializers, parameters, macs, uncounted)
 
 

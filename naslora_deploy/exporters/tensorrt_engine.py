@@ -17,6 +17,8 @@ from naslora_deploy.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.runtime.engines import INSTALL_HELP, current_gpu, sidecar_path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# ONNX node names TensorRT keeps as layer names: LayerNorm (and LayerNorm2d's pieces) and softmax.
+FP32_LAYER_NAMES = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax")
 
 
 @dataclass
@@ -69,7 +71,7 @@ def trtexec_command(onnx_path: Path, engine_path: Path, inputs: List[dict], spec
     for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
         parts.append(flag + "=" + ",".join(f"{name}:{_shape_text(s[index])}" for name, s in shapes.items()))
     if spec.precision in ("fp16", "bf16"):
-        parts += [f"--{spec.precision}", "--layerPrecisions=*Normalization*:fp32,*Softmax*:fp32", "--precisionConstraints=obey"]
+        parts += [f"--{spec.precision}", "--layerPrecisions=" + ",".join(f"*{op}*:fp32" for op in FP32_LAYER_NAMES), "--precisionConstraints=obey"]
     if spec.workspace_gb:
         parts.append(f"--memPoolSize=workspace:{int(spec.workspace_gb * 1024)}M")
     if spec.timing_cache:

@@ -17,8 +17,8 @@ from naslora_deploy.errors import NasloraError
 
 INSTALL_HELP = (
     "TensorRT is not installed: on an x86 server `pip install tensorrt` (NVIDIA's wheel, matching your CUDA), "
-    "on a Jetson it comes with JetPack; or build the engines on the target from the ONNX files with trtexec "
-    "(the export prints the command)"
+    "on a Jetson it comes with JetPack; or export with --format onnx and build the engines on the target with "
+    "trtexec (the command for each file is under \"trtexec\" in the artifact's manifest.json)"
 )
 
 

@@ -1,0 +1,95 @@
+"""ONNX artifacts: parity with PyTorch for every head, merge mode and precision; manifest contents."""
+
+import json
+
+import pytest
+
+from naslora_deploy.errors import NasloraError
+from naslora_deploy.exporters.export import ExportSpec, export_artifacts, read_manifest
+from naslora_deploy.exporters.verify import verify_parity
+
+CASES = [
+    ("binary", "dense", "fp32"),
+    ("binary", "fused", "fp32"),
+    ("binary", "dense", "fp16"),
+    ("multiclass", "dense", "fp32"),
+    ("multiclass", "fused", "fp16"),
+]
+
+
+@pytest.mark.parametrize("head, merge, precision", CASES, ids=["-".join(c) for c in CASES])
+def test_onnx_parity(head, merge, precision, binary_adapter, multiclass_adapter, tmp_path):
+    source = binary_adapter if head == "binary" else multiclass_adapter
+    out, manifest = export_artifacts(source, tmp_path / "art", ExportSpec(merge=merge, precision=precision))
+    assert manifest["head"] == head and manifest["onnx_precision"] == precision
+    report = verify_parity(out)
+    rows = {(r.backend, r.output): r for r in report.rows}
+    embeddings = rows[("onnxruntime CPU", "image_embeddings")]
+    end_to_end = rows[("onnxruntime CPU", "mask_logits (end to end)")]
+    if precision == "fp32":
+        assert report.passed and embeddings.tolerance == 1e-4
+        assert embeddings.max_abs < 1e-4 and end_to_end.mask_iou > 0.999
+    else:  # fp16 is reported, not held to the fp32 tolerance; LayerNorm/softmax stay fp32 so it stays close
+        assert embeddings.tolerance is None
+        assert embeddings.rel < 5e-3 and end_to_end.mask_iou > 0.98
+    if head == "multiclass":
+        assert rows[("onnxruntime CPU", "class_logits (torch embeddings)")].max_abs < (1e-3 if precision == "fp32" else 5e-2)
+    report_entry = manifest["merge"]["report"]
+    assert report_entry["mode"] == merge
+    if merge == "fused":
+        assert report_entry["embedding_rel_error"] <= 1e-5
+
+
+def test_manifest_describes_every_file(binary_adapter, tmp_path):
+    out, manifest = export_artifacts(binary_adapter, tmp_path / "art", ExportSpec(prompts=True, point_slots=3))
+    assert set(manifest["files"]) == {"image_encoder.onnx", "mask_decoder.onnx", "prompt_decoder.onnx"}
+    encoder = manifest["files"]["image_encoder.onnx"]
+    assert encoder["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 256, 256]}]
+    assert encoder["outputs"] == [{"name": "image_embeddings", "dtype": "float32", "shape": ["batch", 64, 16, 16]}]
+    decoder = manifest["files"]["mask_decoder.onnx"]
+    assert [o["name"] for o in decoder["outputs"]] == ["low_res_logits", "mask_logits"]
+    assert decoder["outputs"][1]["shape"] == ["batch", 1, 256, 256]  # upscaled to S x S inside the graph
+    assert all(not isinstance(d, str) or d == "batch" for f in manifest["files"].values() for v in f["inputs"] for d in v["shape"])
+    prompt = manifest["files"]["prompt_decoder.onnx"]
+    assert prompt["inputs"][1]["shape"] == ["batch", 5, 2]  # 3 point slots + 2 box slots
+    for key in ("variant", "image_size", "classes", "precision", "opset", "naslora_deploy_version", "merge"):
+        assert key in manifest
+    assert manifest["variant"] == "vit_tiny" and manifest["opset"] == 17
+    assert set(manifest["trtexec"]) == {"image_encoder", "mask_decoder", "prompt_decoder"}
+    assert "--maxShapes=image:8x3x256x256" in manifest["trtexec"]["image_encoder"]
+    assert read_manifest(out) == json.loads((out / "manifest.json").read_text())
+
+
+def test_external_data_on_a_small_threshold(binary_adapter, tmp_path):
+    spec = ExportSpec(external_threshold=100_000)
+    out, manifest = export_artifacts(binary_adapter, tmp_path / "art", spec)
+    assert (out / "image_encoder.onnx.data").is_file()
+    assert manifest["files"]["image_encoder.onnx"]["external_data"]["file"] == "image_encoder.onnx.data"
+    assert (out / "image_encoder.onnx").stat().st_size < 200_000
+    assert verify_parity(out).passed
+
+
+def test_changed_or_truncated_files_are_refused(binary_adapter, tmp_path):
+    out, _ = export_artifacts(binary_adapter, tmp_path / "art", ExportSpec())
+    decoder = out / "mask_decoder.onnx"
+    decoder.write_bytes(decoder.read_bytes()[:5000])
+    with pytest.raises(NasloraError, match="mask_decoder.onnx does not match its sha256"):
+        read_manifest(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(NasloraError, match="manifest.json not found"):
+        read_manifest(out)
+
+
+def test_plain_sam_checkpoint_needs_its_variant(tmp_path):
+    import torch
+
+    from naslora_deploy import build_sam
+
+    path = tmp_path / "sam.pth"
+    torch.save(build_sam("vit_tiny").state_dict(), path)
+    with pytest.raises(NasloraError, match="name its variant with --model"):
+        export_artifacts(path, tmp_path / "art", ExportSpec())
+    out, manifest = export_artifacts(path, tmp_path / "art", ExportSpec(), variant="vit_tiny")
+    assert manifest["merge"]["report"] is None and manifest["source"]["kind"] == "sam_checkpoint"
+    assert verify_parity(out).passed
+    assert not list(tmp_path.glob(".art*")), "no temporary directories left behind"

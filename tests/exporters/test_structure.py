@@ -1,0 +1,65 @@
+"""The zero-overhead proof: a dense-merged artifact is plain SAM, a fused one says what it adds."""
+
+import pytest
+import torch
+
+from naslora_deploy import AdapterConfig, add_adapters, build_sam
+from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+from naslora_deploy.exporters.onnx_export import module_to_onnx
+from naslora_deploy.exporters.structure import compare_signatures, graph_signature
+from naslora_deploy.exporters.verify import plain_sam_proof
+from naslora_deploy.exporters.wrappers import ImageEncoderGraph
+from naslora_deploy.testing import perturb_adapters
+
+
+def test_dense_artifact_is_plain_sam_and_fused_reports_its_extras(binary_adapter, tmp_path):
+    dense, _ = export_artifacts(binary_adapter, tmp_path / "dense", ExportSpec(merge="dense"))
+    proof = plain_sam_proof(dense, repeats=5)
+    assert proof["plain_sam"] and proof["extra_nodes"] == {} and proof["extra_parameters"] == 0
+    assert proof["candidate"]["gmacs"] == pytest.approx(proof["reference"]["gmacs"]) and proof["candidate"]["gmacs"] > 0.2
+    assert proof["candidate"]["uncounted"] == []
+    assert proof["image_encoder_latency"]["ratio"] > 0
+
+    fused, _ = export_artifacts(binary_adapter, tmp_path / "fused", ExportSpec(merge="fused"))
+    extra = plain_sam_proof(fused, repeats=0)
+    assert not extra["plain_sam"]
+    # per adapted block: one grouped Conv for the mixed kernel and one MaxPool
+    assert extra["extra_nodes"]["Conv"] == 4 and extra["extra_nodes"]["MaxPool"] == 4
+    # W_e (9 x 128) + kernel (9 x 3 x 9 x 9) + max-pool weights (9) + block-diagonal W_d (384 x 9) per block
+    assert extra["extra_parameters"] == 4 * (9 * 128 + 9 * 3 * 81 + 9 + 384 * 9)
+    assert extra["extra_gmacs"] > 0
+
+
+def test_macs_of_a_known_graph(tmp_path):
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    path = module_to_onnx(conv, (torch.zeros(1, 3, 10, 10),), tmp_path / "conv.onnx", ["x"], ["y"])
+    signature = graph_signature(path)
+    assert signature.macs == 8 * 10 * 10 * 3 * 9
+    assert signature.parameters == 8 * 3 * 9 + 8
+    linear = torch.nn.Linear(16, 4)
+    path = module_to_onnx(linear, (torch.zeros(2, 5, 16),), tmp_path / "linear.onnx", ["x"], ["y"])
+    assert graph_signature(path).macs == 5 * 16 * 4  # batch counted as 1
+
+
+@pytest.mark.slow
+def test_vit_b_dense_merge_exports_as_plain_sam(tmp_path):
+    torch.manual_seed(0)
+    plain = build_sam("vit_b")
+    adapted = build_sam("vit_b")
+    add_adapters(adapted, AdapterConfig(method="nas_pc_lora"))
+    perturb_adapters(adapted, seed=3)
+    from naslora_deploy.adapters import adapted_layers
+    from naslora_deploy.merge import constant_response_folds, dense_copy
+
+    layers = dict(adapted_layers(adapted))
+    with torch.no_grad():
+        merged, _ = dense_copy(adapted, layers, constant_response_folds(layers))
+    image = torch.zeros(1, 3, 1024, 1024)
+    paths = {
+        name: module_to_onnx(ImageEncoderGraph(model.image_encoder), (image,), tmp_path / f"{name}.onnx", ["image"], ["image_embeddings"])
+        for name, model in (("merged", merged), ("plain", plain))
+    }
+    result = compare_signatures(graph_signature(paths["merged"]), graph_signature(paths["plain"]))
+    assert result["identical_operators"] and result["identical_initializers"] and result["identical_macs"]
+    assert result["candidate"]["gmacs"] == pytest.approx(486.0, abs=0.5)  # SAM ViT-B at 1024: 486 GMAC
+    assert result["extra_parameters"] == 0 and result["candidate"]["uncounted"] == []
