@@ -165,10 +165,12 @@ def _export(args: argparse.Namespace) -> int:
     engine = EngineSpec(precision=args.precision if args.format == "trt" else "fp16", max_batch=args.max_batch,
                         opt_batch=min(args.opt_batch, args.max_batch), workspace_gb=args.workspace,
                         timing_cache=args.timing_cache)
-    spec = ExportSpec(format=args.format, merge=args.merge, precision=args.precision, opset=args.opset,
+    triton = args.format == "triton"
+    spec = ExportSpec(format="onnx" if triton else args.format, merge=args.merge, precision=args.precision, opset=args.opset,
                       prompts=args.prompts, point_slots=args.point_slots, calibration=args.calibration,
                       calibration_images=args.calibration_images, engine=engine)
-    out, manifest = export_artifacts(args.source, args.out, spec, args.model, args.base, args.allow_base_mismatch)
+    target = Path(args.out) / "artifacts" if triton else Path(args.out)
+    out, manifest = export_artifacts(args.source, target, spec, args.model, args.base, args.allow_base_mismatch)
     report = (manifest["merge"] or {}).get("report")
     if report:
         from naslora_deploy.report import MergeReport
@@ -179,6 +181,11 @@ def _export(args: argparse.Namespace) -> int:
     for name, command in manifest["trtexec"].items():
         print(f"trtexec equivalent for {name}: {command}")
     print(f"manifest: {out / 'manifest.json'}")
+    if triton:
+        from naslora_deploy.exporters.triton import artifacts_to_triton
+
+        repository = artifacts_to_triton(out, Path(args.out) / "model_repository", max_batch=args.max_batch)
+        print(f"Triton model repository: {repository} (serve with: tritonserver --model-repository={repository})")
     return 0
 
 
@@ -210,6 +217,59 @@ def _verify(args: argparse.Namespace) -> int:
     if not report.passed:
         print("verify: outputs differ from PyTorch past the tolerance", file=sys.stderr)
         return 1
+    return 0
+
+
+def _parse_points(text: Optional[str]):
+    if not text:
+        return None
+    points = []
+    for item in text.split(";"):
+        values = [float(v) for v in item.split(",")]
+        if len(values) not in (2, 3):
+            raise ValueError(f"--points item {item!r}: give x,y or x,y,label (label 1 object, 0 background)")
+        points.append(tuple(values))
+    return points
+
+
+def _parse_box(text: Optional[str]):
+    if not text:
+        return None
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 4:
+        raise ValueError(f"--box {text!r}: give x0,y0,x1,y1")
+    return values
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from naslora_deploy.runtime import Segmenter
+    from naslora_deploy.runtime.predict import expand_inputs, predict_files
+
+    segmenter = Segmenter.open(args.artifacts, args.backend, args.device)
+    files = expand_inputs(args.inputs)
+    print(f"backend: {segmenter.backend_name}; {len(files)} image(s)")
+    done, errors = predict_files(segmenter, files, Path(args.out), _parse_points(args.points), _parse_box(args.box),
+                                 progress=not args.no_progress)
+    for error in errors:
+        print(f"naslora-deploy predict: skipped {error}", file=sys.stderr)
+    print(f"wrote masks, overlays and results.jsonl for {done} image(s) to {args.out}")
+    return 1 if errors else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from naslora_deploy.runtime import Segmenter
+    from naslora_deploy.runtime.bench import bench, format_rows
+
+    if len(args.artifacts) > 2:
+        raise ValueError("bench compares at most two artifact directories (A B)")
+    segmenters = [Segmenter.open(a, args.backend, args.device) for a in args.artifacts]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rows = bench(segmenters, sizes, args.runs, args.warmup)
+    print(format_rows(rows))
+    if args.json:
+        from naslora_deploy.io import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(rows, indent=2) + "\n")
     return 0
 
 
@@ -284,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="ONNX / TensorRT artifacts from an adapter directory or a SAM checkpoint")
     p.add_argument("source", help="adapter run/checkpoint directory, or a plain SAM checkpoint file (with --model)")
-    p.add_argument("--format", default="onnx", choices=("onnx", "trt"))
+    p.add_argument("--format", default="onnx", choices=("onnx", "trt", "triton"))
     p.add_argument("--out", required=True, help="artifact directory")
     p.add_argument("--model", help="variant of a SAM checkpoint file (vit_b, vit_l, vit_h, vit_tiny)")
     p.add_argument("--merge", default="dense", choices=("dense", "fused"))
@@ -312,6 +372,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=30, help="alternating latency runs (medians are quoted)")
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(run=_verify)
+
+    p = commands.add_parser("predict", help="segment images with an artifact directory (no torch needed)")
+    p.add_argument("artifacts")
+    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    p.add_argument("--device", help="cpu or cuda (default: the best available)")
+    p.add_argument("--points", help="point prompts in image pixels: 'x,y[,label];x,y[,label]' (needs --prompts export)")
+    p.add_argument("--box", help="box prompt in image pixels: x0,y0,x1,y1")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("bench", help="latency, throughput and memory; two artifacts alternate run by run")
+    p.add_argument("artifacts", nargs="+", help="one artifact directory, or two to compare (A B)")
+    p.add_argument("--batch-sizes", default="1")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    p.add_argument("--device")
+    p.add_argument("--json", help="also write the figures here")
+    p.set_defaults(run=_bench)
 
     p = commands.add_parser("demo", help="synthetic data -> train vit_tiny (NAS-PC-LoRA) -> eval -> merge both ways")
     p.add_argument("--out", default="demo-out")

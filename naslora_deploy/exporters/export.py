@@ -21,9 +21,8 @@ from naslora_deploy.exporters.onnx_export import TWO_GB, io_signature, module_to
 from naslora_deploy.exporters.tensorrt_engine import EngineSpec, onnx_to_engine, require_tensorrt, trtexec_command
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph, MaskDecoderGraph, PromptDecoderGraph
 from naslora_deploy.io import atomic_write_text, sha256_of, write_directory
+from naslora_deploy.runtime.manifest import FORMAT, MANIFEST_NAME
 
-MANIFEST_NAME = "manifest.json"
-FORMAT = "naslora-deploy-artifacts/1"
 
 
 @dataclass
@@ -197,24 +196,3 @@ def _manifest(loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], en
             for name, path in files.items()
         },
     }
-
-
-def read_manifest(directory) -> dict:
-    """Read and check an artifact directory's manifest; a missing or changed file is an error."""
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NasloraError(f"{path} not found; pass a directory written by naslora-deploy export") from None
-    except json.JSONDecodeError as exc:
-        raise NasloraError(f"{path} is damaged ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise NasloraError(f"{path} is not a naslora-deploy artifact manifest")
-    for name, entry in manifest["files"].items():
-        file = directory / name
-        if not file.is_file():
-            raise NasloraError(f"{file} is missing; export again")
-        if sha256_of(file) != entry["sha256"]:
-            raise NasloraError(f"{file} does not match its sha256 in {MANIFEST_NAME} (changed or truncated); export again")
-    return manifest

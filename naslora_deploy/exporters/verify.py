@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from naslora_deploy.errors import NasloraError
-from naslora_deploy.exporters.export import ExportSpec, export_graphs, load_source, read_manifest
+from naslora_deploy.exporters.export import ExportSpec, export_graphs, load_source
+from naslora_deploy.runtime.manifest import read_manifest
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 
 ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

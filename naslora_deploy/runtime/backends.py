@@ -1,0 +1,232 @@
+"""Inference backends for an artifact directory: TensorRT, onnxruntime, torch.
+
+Every backend offers ``encode(images)`` -> an embeddings handle (which may stay
+on the GPU) and ``decode(handle)`` / ``prompt_decode(handle, coords, labels)``
+-> numpy outputs named as in the ONNX files. Heavy libraries are imported in
+the backend that needs them; torch only in ``TorchBackend``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from naslora_deploy.errors import NasloraError
+
+ORT_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeBackend:
+    """onnxruntime sessions, best execution provider first; on a GPU the encoder's
+    output stays on the device and is bound straight into the decoder."""
+
+    def __init__(self, directory: Path, manifest: dict, providers: Optional[List[str]] = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise NasloraError("the onnxruntime backend needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from None
+        available = ort.get_available_providers()
+        chosen = providers or [p for p in ORT_ORDER if p in available]
+        missing = [p for p in chosen if p not in available]
+        if missing:
+            raise NasloraError(f"onnxruntime provider {missing[0]} is not available here (have: {', '.join(available)})")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.sessions = {
+            name: ort.InferenceSession(str(directory / f"{name}.onnx"), options, providers=chosen)
+            for name in ("image_encoder", "mask_decoder", "prompt_decoder")
+            if (directory / f"{name}.onnx").is_file()
+        }
+        used = self.sessions["image_encoder"].get_providers()[0]
+        self.on_gpu = used != "CPUExecutionProvider"
+        self.name = f"onnxruntime ({used.replace('ExecutionProvider', '')})"
+        self._ort = ort
+
+    def encode(self, images: np.ndarray):
+        session = self.sessions["image_encoder"]
+        if not self.on_gpu:
+            return session.run(None, {"image": images})[0]
+        binding = session.io_binding()
+        binding.bind_cpu_input("image", images)
+        binding.bind_output("image_embeddings", "cuda")
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()[0]  # an OrtValue on the GPU
+
+    def _run(self, name: str, feeds: Dict[str, object]) -> Dict[str, np.ndarray]:
+        session = self.sessions[name]
+        outputs = [o.name for o in session.get_outputs()]
+        if not self.on_gpu:
+            return dict(zip(outputs, session.run(None, feeds)))
+        binding = session.io_binding()
+        for key, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(key, value)
+            else:
+                binding.bind_ortvalue_input(key, value)
+        for output in outputs:
+            binding.bind_output(output, "cpu")
+        session.run_with_iobinding(binding)
+        return dict(zip(outputs, binding.copy_outputs_to_cpu()))
+
+    def decode(self, embeddings) -> Dict[str, np.ndarray]:
+        return self._run("mask_decoder", {"image_embeddings": embeddings})
+
+    def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+        return self._run("prompt_decoder", {"image_embeddings": embeddings, "point_coords": coords, "point_labels": labels})
+
+
+class TensorRTBackend:
+    """TensorRT engines with device buffers from cuda-python, allocated once at the
+    profile's largest batch and reused; the decoder reads the encoder's output buffer."""
+
+    def __init__(self, directory: Path, manifest: dict) -> None:
+        from naslora_deploy.runtime.engines import INSTALL_HELP, load_engine_bytes
+
+        try:
+            import tensorrt as trt
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            raise NasloraError(INSTALL_HELP + "; the TensorRT backend also needs cuda-python") from None
+        self.trt, self.cudart = trt, cudart
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        self.engines, self.contexts, self.buffers = {}, {}, {}
+        self.stream = self._check(cudart.cudaStreamCreate())
+        for name in ("image_encoder", "mask_decoder", "prompt_decoder"):
+            path = directory / f"{name}.engine"
+            if not path.is_file():
+                continue
+            engine = runtime.deserialize_cuda_engine(load_engine_bytes(path))
+            if engine is None:
+                raise NasloraError(f"TensorRT could not load {path}; rebuild it on this machine")
+            self.engines[name] = engine
+            self.contexts[name] = engine.create_execution_context()
+            self._allocate(name, engine, self._max_batch(engine))
+        if "image_encoder" not in self.engines:
+            raise NasloraError(f"{directory} has no image_encoder.engine; export with --format trt")
+        self.max_batch = self._max_batch(self.engines["image_encoder"])
+        self.name = "tensorrt"
+        self.on_gpu = True
+
+    @staticmethod
+    def _max_batch(engine) -> int:
+        """The largest batch of the engine's optimisation profile (first input)."""
+        first = engine.get_tensor_name(0)
+        return int(engine.get_tensor_profile_shape(first, 0)[2][0])
+
+    def _check(self, result):
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise NasloraError(f"CUDA error {err}")
+        return rest[0] if len(rest) == 1 else rest
+
+    def _allocate(self, name: str, engine, max_batch: int) -> None:
+        trt = self.trt
+        for i in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(i)
+            if name != "image_encoder" and tensor == "image_embeddings":
+                continue  # bound to the encoder's output buffer
+            shape = [max_batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor)))
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            self.buffers[(name, tensor)] = (self._check(self.cudart.cudaMalloc(nbytes)), dtype, shape)
+
+    def _execute(self, name: str, batch: int, host_inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        cudart, context, engine = self.cudart, self.contexts[name], self.engines[name]
+        kind = cudart.cudaMemcpyKind
+        for i in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(i)
+            pointer = self.buffers[("image_encoder", "image_embeddings") if tensor == "image_embeddings" and name != "image_encoder" else (name, tensor)][0]
+            context.set_tensor_address(tensor, int(pointer))
+            if engine.get_tensor_mode(tensor) == self.trt.TensorIOMode.INPUT:
+                shape = [batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
+                context.set_input_shape(tensor, shape)
+                if tensor in host_inputs:
+                    array = np.ascontiguousarray(host_inputs[tensor])
+                    self._check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
+        if not context.execute_async_v3(self.stream):
+            raise NasloraError(f"TensorRT failed to run {name}")
+        outputs = {}
+        for i in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(tensor) != self.trt.TensorIOMode.OUTPUT or name == "image_encoder":
+                continue
+            pointer, dtype, _ = self.buffers[(name, tensor)]
+            array = np.empty(tuple(context.get_tensor_shape(tensor)), dtype=dtype)
+            self._check(cudart.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
+            outputs[tensor] = array
+        self._check(cudart.cudaStreamSynchronize(self.stream))
+        return outputs
+
+    def encode(self, images: np.ndarray):
+        if images.shape[0] > self.max_batch:
+            raise NasloraError(f"batch {images.shape[0]} exceeds the engine profile's maximum {self.max_batch}")
+        self._execute("image_encoder", images.shape[0], {"image": images.astype(np.float32)})
+        return images.shape[0]  # the embeddings stay in the encoder's device buffer
+
+    def decode(self, batch: int) -> Dict[str, np.ndarray]:
+        return self._execute("mask_decoder", batch, {})
+
+    def prompt_decode(self, batch: int, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+        return self._execute("prompt_decoder", batch, {"point_coords": coords, "point_labels": labels})
+
+
+class TorchBackend:
+    """The PyTorch model the artifacts came from (needs torch and the export source)."""
+
+    def __init__(self, directory: Path, manifest: dict, device: Optional[str] = None) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise NasloraError("the torch backend needs PyTorch; use --backend onnxruntime or tensorrt") from None
+        from naslora_deploy.exporters.verify import rebuild_source
+        from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph
+
+        self.torch = torch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = rebuild_source(manifest).model.to(self.device).eval()
+        self.encoder = model.sam.image_encoder
+        self.decoder = MaskDecoderGraph(model).to(self.device)
+        self.prompter = PromptDecoderGraph(model.sam).to(self.device)
+        self.outputs = ["low_res_logits", "mask_logits"] + (["class_logits"] if model.class_head is not None else [])
+        self.name = f"torch ({self.device.type})"
+        self.on_gpu = self.device.type == "cuda"
+
+    def encode(self, images: np.ndarray):
+        with self.torch.no_grad():
+            return self.encoder(self.torch.from_numpy(images).to(self.device))
+
+    def decode(self, embeddings) -> Dict[str, np.ndarray]:
+        with self.torch.no_grad():
+            return {n: t.float().cpu().numpy() for n, t in zip(self.outputs, self.decoder(embeddings))}
+
+    def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+        t = self.torch
+        with t.no_grad():
+            outs = self.prompter(embeddings, t.from_numpy(coords).to(self.device), t.from_numpy(labels).to(self.device))
+        return {n: o.float().cpu().numpy() for n, o in zip(["mask_logits", "low_res_logits", "iou_predictions"], outs)}
+
+
+def open_backend(directory: Path, manifest: dict, backend: str = "auto", device: Optional[str] = None):
+    """Open ``backend``; ``auto`` takes the first that loads of tensorrt, onnxruntime, torch."""
+    if backend == "tensorrt":
+        return TensorRTBackend(directory, manifest)
+    if backend == "onnxruntime":
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        return OnnxRuntimeBackend(directory, manifest, providers)
+    if backend == "torch":
+        return TorchBackend(directory, manifest, device)
+    if backend != "auto":
+        raise NasloraError(f"unknown backend {backend!r}; choose auto, tensorrt, onnxruntime or torch")
+    reasons = []
+    candidates = ["onnxruntime", "torch"]
+    if (directory / "image_encoder.engine").is_file() and device != "cpu":
+        candidates.insert(0, "tensorrt")
+    for name in candidates:
+        try:
+            return open_backend(directory, manifest, name, device)
+        except NasloraError as exc:
+            reasons.append(f"{name}: {exc}")
+    raise NasloraError("no backend could load these artifacts (" + "; ".join(reasons) + ")")

@@ -1,0 +1,91 @@
+"""``naslora-deploy predict``: masks, overlays and ``results.jsonl`` for files, folders or globs."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Iterable, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from naslora_deploy.errors import NasloraError
+from naslora_deploy.imaging import IMAGE_SUFFIXES
+from naslora_deploy.io import atomic_write
+
+OVERLAY_COLOUR = (255, 64, 32)
+
+
+def expand_inputs(inputs: Iterable[str]) -> List[Path]:
+    """Files, folders (their images, sorted) and globs, in order, without duplicates."""
+    found: List[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise NasloraError(f"{item}: no such file, folder or matching glob")
+            found += matches
+    return list(dict.fromkeys(found))
+
+
+def palette(count: int) -> np.ndarray:
+    """Distinct RGB colours per class (class 0, background, is black)."""
+    rng = np.random.default_rng(7)
+    colours = rng.integers(64, 256, size=(max(count, 1), 3)).astype(np.uint8)
+    colours[0] = 0
+    return colours
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, class_map=None, alpha: float = 0.45) -> np.ndarray:
+    """The photo with the mask filled (class colours for multi-class) and its outline drawn."""
+    out = image.astype(np.float32)
+    if class_map is not None:
+        colours = palette(int(class_map.max()) + 1)[class_map].astype(np.float32)
+    else:
+        colours = np.broadcast_to(np.array(OVERLAY_COLOUR, np.float32), image.shape)
+    out[mask] = (1 - alpha) * out[mask] + alpha * colours[mask]
+    labels = class_map if class_map is not None else mask.astype(np.uint8)
+    label_image = Image.fromarray(labels.astype(np.uint8))
+    edges = np.asarray(label_image.filter(ImageFilter.MaxFilter(3))) != np.asarray(label_image.filter(ImageFilter.MinFilter(3)))
+    out[edges] = colours[edges] if class_map is not None else OVERLAY_COLOUR
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    """Write a PNG atomically."""
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def predict_files(segmenter, files: List[Path], out: Path, points=None, box=None, progress: bool = True) -> Tuple[int, List[str]]:
+    """Segment every file; a bad file is reported and skipped. Returns (done, errors)."""
+    from tqdm import tqdm
+
+    from naslora_deploy.runtime.segmenter import load_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    records, errors = [], []
+    for path in tqdm(files, desc="predict", disable=not progress or len(files) < 2, leave=False):
+        try:
+            image = load_image(path)
+            result = segmenter.segment(image, points=points, box=box)
+        except (NasloraError, ValueError) as exc:
+            errors.append(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
+            continue
+        mask_png = result.class_map if result.class_map is not None else (result.mask * 255).astype(np.uint8)
+        save_png(out / f"{path.stem}_mask.png", mask_png)
+        save_png(out / f"{path.stem}_overlay.png", overlay(image, result.mask, result.class_map))
+        records.append({
+            "file": str(path), "width": result.size[1], "height": result.size[0], "area": result.area,
+            "area_fraction": result.area / float(result.size[0] * result.size[1]),
+            "class_areas": result.class_areas, "score": result.score,
+            "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
+        })
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(out / "results.jsonl", lambda tmp: tmp.write_text(text))
+    return len(records), errors

@@ -1,0 +1,156 @@
+"""The torch-free runtime: backends, pre/post-processing parity, prompts, bad input."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from naslora_deploy.errors import NasloraError
+from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+from naslora_deploy.runtime import Segmenter
+
+
+@pytest.fixture(scope="module")
+def binary_artifacts(binary_adapter, tmp_path_factory):
+    return export_artifacts(binary_adapter, tmp_path_factory.mktemp("rt") / "art", ExportSpec(prompts=True))[0]
+
+
+@pytest.fixture(scope="module")
+def multiclass_artifacts(multiclass_adapter, tmp_path_factory):
+    return export_artifacts(multiclass_adapter, tmp_path_factory.mktemp("rtm") / "art", ExportSpec())[0]
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from naslora_deploy.data.synthetic import synthetic_sample
+
+    return synthetic_sample(np.random.default_rng(3))[0]
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_onnxruntime_and_torch_backends_agree_with_training_inference(binary_artifacts, binary_adapter, photo):
+    from naslora_deploy.checkpoint import load_adapter
+    from naslora_deploy.evaluate import predict_probabilities
+
+    ort_seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
+    torch_seg = Segmenter.open(binary_artifacts, backend="torch")
+    assert ort_seg.backend_name == "onnxruntime (CPU)" and torch_seg.backend_name == "torch (cpu)"
+    a, b = ort_seg.segment(photo), torch_seg.segment(photo)
+    assert a.size == photo.shape[:2] and a.mask.shape == photo.shape[:2]
+    assert np.abs(a.probability - b.probability).max() < 1e-4
+    assert set(a.timings) == {"pre", "encoder", "decoder", "post"}
+    # the dense-merged artifact against the unmerged trained model through the training-side inference path
+    reference = predict_probabilities(load_adapter(binary_adapter), [photo], "cpu")[0]
+    assert _iou(a.mask, reference > 0.5) > 0.9
+
+
+def test_auto_picks_the_fastest_that_loads(binary_artifacts):
+    assert Segmenter.open(binary_artifacts).backend_name.startswith("onnxruntime")
+
+
+def test_postprocessing_matches_sams_within_one_pixel(binary_artifacts, photo):
+    from scipy import ndimage
+    from naslora_deploy import build_sam
+    from naslora_deploy.imaging import preprocess_image, resized_shape
+
+    seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
+    batch = preprocess_image(photo, 256)[None]
+    outputs = seg.backend.decode(seg.backend.encode(batch))
+    ours = seg._postprocess(outputs, 0, photo.shape[:2]).mask
+    low_res = torch.from_numpy(outputs["low_res_logits"])
+    sam = build_sam("vit_tiny")  # SAM's own post-processing: upscale, crop the padding, resize back
+    theirs = (sam.postprocess_masks(low_res, resized_shape(*photo.shape[:2], 256), photo.shape[:2])[0, 0] > 0).numpy()
+    differ = ours != theirs
+    boundary = ndimage.binary_dilation(theirs) ^ ndimage.binary_erosion(theirs)
+    assert differ.sum() < 0.01 * differ.size
+    assert not (differ & ~ndimage.binary_dilation(boundary)).any(), "masks may differ only within one pixel of the boundary"
+
+
+def test_preprocessing_is_the_training_pipelines(binary_artifacts, tmp_path, photo):
+    from PIL import Image
+
+    from naslora_deploy.data.classes import ClassSpec
+    from naslora_deploy.data.dataset import SegmentationDataset
+
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    Image.fromarray(np.zeros(photo.shape[:2], np.uint8)).save(tmp_path / "m.png")
+    training = SegmentationDataset([(tmp_path / "p.png", tmp_path / "m.png")], ClassSpec(), 256)[0]["image"].numpy()
+    seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
+    np.testing.assert_array_equal(seg._batch([photo])[0], training)
+
+
+def test_image_kinds_and_batches(binary_artifacts, photo):
+    seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
+    gray = photo[:, :, 0]
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    sixteen = photo[:, :, 0].astype(np.uint16) * 257
+    results = seg.segment_batch([photo, gray, rgba, sixteen])
+    assert [r.size for r in results] == [photo.shape[:2]] * 4
+    assert _iou(results[0].mask, results[2].mask) == 1.0  # RGBA drops alpha
+    with pytest.raises(ValueError, match="must be a path or a numpy array"):
+        seg.segment(42)
+
+
+def test_multiclass_results(multiclass_artifacts, photo):
+    result = Segmenter.open(multiclass_artifacts, backend="onnxruntime").segment(photo)
+    assert result.class_map.shape == photo.shape[:2] and result.class_map.dtype == np.uint8
+    assert sum(result.class_areas.values()) == photo.shape[0] * photo.shape[1]
+    assert set(result.class_areas) == {"class_0", "class_1", "class_2"}
+
+
+def test_prompts(binary_artifacts, multiclass_artifacts, photo):
+    seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
+    result = seg.segment(photo, points=[(60, 50, 1), (10, 10, 0)], box=(20, 20, 150, 120))
+    assert result.score is not None and result.mask.shape == photo.shape[:2]
+    torch_result = Segmenter.open(binary_artifacts, backend="torch").segment(photo, points=[(60, 50, 1), (10, 10, 0)],
+                                                                                box=(20, 20, 150, 120))
+    assert np.abs(result.probability - torch_result.probability).max() < 1e-4
+    with pytest.raises(ValueError, match="5 points, but the prompt decoder has 4 point slots"):
+        seg.segment(photo, points=[(1, 1)] * 5)
+    with pytest.raises(ValueError, match=r"point 0 is \(1, 2, 3, 4\)"):
+        seg.segment(photo, points=[(1, 2, 3, 4)])
+    with pytest.raises(ValueError, match="must be \\(x0, y0, x1, y1\\)"):
+        seg.segment(photo, box=(10, 10, 5, 5))
+    with pytest.raises(NasloraError, match="has no prompt decoder; export it with --prompts"):
+        Segmenter.open(multiclass_artifacts, backend="onnxruntime").segment(photo, points=[(1, 1)])
+
+
+def test_segmenter_runs_where_importing_torch_fails(binary_artifacts, tmp_path, photo):
+    from PIL import Image
+
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    code = textwrap.dedent(
+        f"""
+        import builtins, sys
+        real_import = builtins.__import__
+        def guarded(name, *args, **kwargs):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = guarded
+        from naslora_deploy.runtime import Segmenter
+        seg = Segmenter.open({str(binary_artifacts)!r})
+        result = seg.segment({str(tmp_path / 'photo.png')!r})
+        assert "torch" not in sys.modules
+        print(seg.backend_name, result.area)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("onnxruntime (CPU)")
+
+
+def test_changed_artifact_is_refused(binary_artifacts, tmp_path):
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(binary_artifacts, copy)
+    (copy / "mask_decoder.onnx").write_bytes(b"tampered")
+    with pytest.raises(NasloraError, match="does not match its sha256"):
+        Segmenter.open(copy)
