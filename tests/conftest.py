@@ -80,3 +80,23 @@ def binary_adapter(tmp_path_factory):
 @pytest.fixture(scope="session")
 def multiclass_adapter(tmp_path_factory):
     return make_adapter_dir(tmp_path_factory.mktemp("multi_adapter"), num_classes=3)
+
+
+def run_without_torch(body: str):
+    """Run ``body`` in a fresh interpreter where ``import torch`` raises."""
+    import subprocess
+    import sys
+    import textwrap
+
+    blocker = textwrap.dedent(
+        """
+        import builtins, sys
+        real_import = builtins.__import__
+        def guarded(name, *args, **kwargs):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = guarded
+        """
+    )
+    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(body)], capture_output=True, text=True)

@@ -1,13 +1,10 @@
 """The torch-free runtime: backends, pre/post-processing parity, prompts, bad input."""
 
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_without_torch
 from naslora_deploy.errors import NasloraError
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.runtime import Segmenter
@@ -125,15 +122,8 @@ def test_segmenter_runs_where_importing_torch_fails(binary_artifacts, tmp_path, 
     from PIL import Image
 
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    code = textwrap.dedent(
+    result = run_without_torch(
         f"""
-        import builtins, sys
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
         from naslora_deploy.runtime import Segmenter
         seg = Segmenter.open({str(binary_artifacts)!r})
         result = seg.segment({str(tmp_path / 'photo.png')!r})
@@ -141,7 +131,6 @@ def test_segmenter_runs_where_importing_torch_fails(binary_artifacts, tmp_path, 
         print(seg.backend_name, result.area)
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("onnxruntime (CPU)")
 
