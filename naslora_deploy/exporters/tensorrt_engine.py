@@ -125,9 +125,16 @@ def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs:
     atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
     if cache_path:
         atomic_write(cache_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
-    gpu = current_gpu()
-    sidecar = {
-        "tensorrt_version": trt.__version__,
+    sidecar = engine_sidecar(trt.__version__, current_gpu(), spec, inputs, onnx_path, engine_path)
+    atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=2) + "\n")
+    return engine_path
+
+
+def engine_sidecar(trt_version: str, gpu: Dict[str, Optional[str]], spec: EngineSpec, inputs: List[dict],
+                   onnx_path: Path, engine_path: Path) -> dict:
+    """What an engine was built with and from: written beside it, never into it."""
+    return {
+        "tensorrt_version": trt_version,
         "gpu_name": gpu["name"],
         "compute_capability": gpu["compute_capability"],
         "precision": spec.precision,
@@ -138,5 +145,3 @@ def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs:
         "engine_spec": asdict(spec),
         "trtexec": trtexec_command(onnx_path, engine_path, inputs, spec),
     }
-    atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=2) + "\n")
-    return engine_path

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from naslora_deploy.exporters.tensorrt_engine import EngineSpec, profile_shapes, trtexec_command
+from naslora_deploy.exporters.tensorrt_engine import EngineSpec, engine_sidecar, profile_shapes, trtexec_command
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed here (no wheel for this machine)")
@@ -26,6 +26,23 @@ def test_profile_and_trtexec_command(tmp_path):
         EngineSpec(min_batch=4, opt_batch=2)
     with pytest.raises(ValueError, match="unknown engine precision"):
         EngineSpec(precision="int8")
+
+
+def test_sidecar_contents(tmp_path):
+    from naslora_deploy.io import sha256_of
+    from naslora_deploy.runtime.engines import check_engine_compatibility
+
+    onnx_path = tmp_path / "image_encoder.onnx"
+    onnx_path.write_bytes(b"graph bytes")
+    gpu = {"name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7"}
+    sidecar = engine_sidecar("10.3.0", gpu, EngineSpec(max_batch=2), INPUTS, onnx_path, tmp_path / "image_encoder.engine")
+    assert sidecar["tensorrt_version"] == "10.3.0" and sidecar["compute_capability"] == "8.7"
+    assert sidecar["gpu_name"] == gpu["name"] and sidecar["precision"] == "fp16"
+    assert sidecar["profile"]["image"][2] == [2, 3, 256, 256]
+    assert sidecar["source_onnx_sha256"] == sha256_of(onnx_path)
+    assert sidecar["trtexec"].startswith("trtexec --onnx=image_encoder.onnx")
+    json.dumps(sidecar)  # serialisable as the JSON written beside the engine
+    check_engine_compatibility(sidecar, "10.3.0", gpu)
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="checks the message shown where TensorRT is missing")
