@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from naslora_deploy.config import TARGETS, AdapterConfig
-from naslora_deploy.ops import OP_SPECS, build_op, common_span, linear_op_kernel
+from naslora_deploy.ops import OP_SPECS, DepthwisePointwise, build_op, common_span, linear_op_kernel
 
 CELL_FORWARDS = ("kernel", "naive")
 
@@ -48,6 +48,50 @@ class LowRankAdapter(nn.Module):
             mask[:channels] = 1.0
             self.register_buffer("pc_mask", mask)
         self.span = common_span(self.op_names)
+        if config.has_cell:
+            self._register_kernel_bases(channels)
+            self._refresh_mask_tensors()
+
+    def _register_kernel_bases(self, channels: int) -> None:
+        """Constant tensors that turn the kernel build into a few matmuls (not persisted).
+
+        Per conv candidate a 0/1 placement (k*k, span*span) that dilates and centres its
+        taps; one stacked basis for the weight-free linear candidates (avg pool, skip).
+        """
+        span = self.span
+        self.conv_names = [n for n in self.op_names if isinstance(self.ops[n], DepthwisePointwise)]
+        for name in self.conv_names:
+            spec = OP_SPECS[name]
+            offset = (span - spec.span) // 2
+            place = torch.zeros(spec.kernel * spec.kernel, span * span)
+            for a in range(spec.kernel):
+                for b in range(spec.kernel):
+                    place[a * spec.kernel + b, (offset + a * spec.dilation) * span + offset + b * spec.dilation] = 1.0
+            self.register_buffer(f"_place_{name}", place, persistent=False)
+        self.constant_names = [n for n in self.op_names if n in ("avg_pool_3x3", "skip_connect")]
+        like = torch.zeros(())
+        # basis entries are 0/1; avg pool's 1/9 is applied at use, in the weights' own precision
+        basis = [(linear_op_kernel(n, self.ops[n], channels, span, like).flatten(2) != 0).float() for n in self.constant_names]
+        self.constant_scales = [1.0 / 9.0 if n == "avg_pool_3x3" else 1.0 for n in self.constant_names]
+        self.register_buffer("_constant_basis", torch.stack(basis) if basis else torch.zeros(0, channels, channels, span * span), persistent=False)
+        self.register_buffer("_constant_index", torch.tensor([self.op_names.index(n) for n in self.constant_names], dtype=torch.long), persistent=False)
+        self.conv_index = [self.op_names.index(n) for n in self.conv_names]
+
+    def _refresh_mask_tensors(self) -> None:
+        """Selection matrix, pass-through identity and max-pool mask, derived from ``pc_mask``."""
+        inside, passing = self.cell_channel_index()
+        rank, span = self.pc_mask.numel(), self.span
+        eye = torch.eye(rank, dtype=self.pc_mask.dtype, device=self.pc_mask.device)
+        passthrough = torch.zeros(rank, rank, span * span, dtype=self.pc_mask.dtype, device=self.pc_mask.device)
+        passthrough[passing, passing, (span // 2) * span + span // 2] = 1.0
+        self.register_buffer("_select", eye[:, inside].contiguous(), persistent=False)
+        self.register_buffer("_passthrough", passthrough, persistent=False)
+        self.full_cell = passing.numel() == 0
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.has_cell:
+            self._refresh_mask_tensors()  # a loaded pc_mask may select other channels
 
     @property
     def has_cell(self) -> bool:
@@ -75,28 +119,24 @@ class LowRankAdapter(nn.Module):
         cell channels, plus the identity on the pass-through channels.
         """
         weights = self.op_weights() if weights is None else weights
-        rank = self.lora_A.shape[0]
-        inside, passing = self.cell_channel_index()
-        channels = inside.numel()
-        like = self.lora_A
-        mixed = like.new_zeros(channels, channels, self.span, self.span)
-        for i, name in enumerate(self.op_names):
-            if OP_SPECS[name].linear and name != "none":
-                mixed = mixed + weights[i] * linear_op_kernel(name, self.ops[name], channels, self.span, like)
-        kernel = like.new_zeros(rank, rank, self.span, self.span)
-        kernel[inside[:, None], inside[None, :]] = mixed
-        center = self.span // 2
-        kernel[passing, passing, center, center] = 1.0
-        return kernel
+        rank, span = self.lora_A.shape[0], self.span
+        scales = weights.new_tensor(self.constant_scales) if self.constant_scales else weights.new_zeros(0)
+        mixed = torch.einsum("n,nabs->abs", weights[self._constant_index] * scales, self._constant_basis)
+        for index, name in zip(self.conv_index, self.conv_names):
+            op = self.ops[name]
+            channels = op.pointwise.weight.shape[0]
+            taps = op.depthwise.weight.reshape(channels, -1) @ getattr(self, f"_place_{name}")  # (c, span^2)
+            mixed = mixed + weights[index] * (op.pointwise.weight.reshape(channels, channels, 1) * taps.unsqueeze(0))
+        if not self.full_cell:
+            mixed = torch.einsum("oc,cds,id->ois", self._select, mixed, self._select) + self._passthrough
+        return mixed.reshape(rank, rank, span, span)
 
     def max_pool_weight(self, weights: torch.Tensor = None) -> torch.Tensor:
         """(r,) per-channel weight of the max-pool branch (zero off the cell channels)."""
         weights = self.op_weights() if weights is None else weights
-        out = self.lora_A.new_zeros(self.lora_A.shape[0])
-        if self.has_max_pool:
-            inside, _ = self.cell_channel_index()
-            out = out.index_fill(0, inside, 1.0) * weights[self.op_names.index("max_pool_3x3")]
-        return out
+        if not self.has_max_pool:
+            return self.lora_A.new_zeros(self.lora_A.shape[0])
+        return (self.pc_mask > 0.5).to(weights.dtype) * weights[self.op_names.index("max_pool_3x3")]
 
     def naive_cell(self, code: torch.Tensor) -> torch.Tensor:
         """Reference cell on a (B, r, H, W) code: the weighted sum of the separate ops."""

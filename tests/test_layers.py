@@ -88,3 +88,17 @@ def test_whole_encoder_kernel_equals_naive_float64(adapted_factory, tiny_images)
     assert (naive - base).abs().max() > 1e-3
     torch.testing.assert_close(mixed, naive, rtol=0, atol=1e-10)
     assert len(list(adapted_layers(sam))) == 4
+
+
+def test_a_loaded_pc_mask_is_honoured_by_the_kernel_path():
+    layer = _layer(dict(method="nas_pc_lora"))
+    state = layer.state_dict()
+    for target in "qkv":
+        state[f"adapters.{target}.pc_mask"] = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    layer.load_state_dict(state)
+    x = torch.randn(1, 7, 9, 32, dtype=torch.float64)
+    layer.cell_forward = "naive"
+    naive = layer(x)
+    layer.cell_forward = "kernel"
+    torch.testing.assert_close(layer(x), naive, rtol=0, atol=1e-10)
+    assert layer.adapters["q"].cell_kernel()[0, 0, 4, 4] == 1.0  # channel 0 now passes straight through
