@@ -93,7 +93,8 @@ def trainable_state(model) -> Dict[str, torch.Tensor]:
         keep.update(prefix + name for name, _ in layer.adapters.named_buffers())
     state = model.state_dict()
     keep.update(k for k in state if k.startswith(("sam.mask_decoder.", "class_head.")))
-    return {k: state[k].detach().contiguous().cpu() for k in sorted(keep)}
+    # named_buffers() also lists non-persistent buffers (derived kernel bases), which are not state
+    return {k: state[k].detach().contiguous().cpu() for k in sorted(keep) if k in state}
 
 
 def save_checkpoint(directory: Path, model, spec: RunSpec, training_state: Optional[dict] = None) -> Path:
