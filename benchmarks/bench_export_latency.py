@@ -20,7 +20,7 @@ from naslora_deploy import AdapterConfig, add_adapters, build_sam
 from naslora_deploy.adapters import adapted_layers
 from naslora_deploy.exporters.onnx_export import module_to_onnx
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
-from naslora_deploy.exporters.verify import ort_session
+from naslora_deploy.runtime.backends import ort_session
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph
 from naslora_deploy.layers import fused_from_adapted
 from naslora_deploy.merge import constant_response_folds, dense_copy

@@ -120,7 +120,6 @@ def _demo(args: argparse.Namespace) -> int:
     from naslora_deploy.data.folder import discover
     from naslora_deploy.data.synthetic import write_synthetic_dataset
     from naslora_deploy.evaluate import evaluate
-    from naslora_deploy.heads import SegmentationModel
     from naslora_deploy.merged_files import calibration_images, write_merged
     from naslora_deploy.train import TrainConfig, train
 
@@ -145,9 +144,7 @@ def _demo(args: argparse.Namespace) -> int:
             model, mode, out / "merged" / f"sam_vit_tiny_{mode}.pth", calibration, source=str(run)
         )
         written += paths
-        merged_model = SegmentationModel(merged_sam, model.spec.classes.num_classes, model.spec.num_queries)
-        merged_model.class_head = model.class_head
-        merged_metrics = evaluate(merged_model, test, model.spec.classes)
+        merged_metrics = evaluate(model.with_sam(merged_sam), test, model.spec.classes)
         print()
         print(report.summary())
         print(f"  test IoU after the {mode} merge: {merged_metrics['iou']:.4f} (unmerged {metrics['iou']:.4f})")

@@ -46,6 +46,13 @@ class SegmentationModel(nn.Module):
         for param in sam.prompt_encoder.parameters():
             param.requires_grad_(False)
 
+    def with_sam(self, sam) -> "SegmentationModel":
+        """The same head (class head shared, not copied) on another SAM, e.g. a merged one."""
+        model = SegmentationModel(sam)
+        model.num_classes = self.num_classes
+        model.class_head = self.class_head
+        return model
+
     @property
     def image_size(self) -> int:
         """Side of the square, padded model input."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from naslora_deploy.config import TARGETS, AdapterConfig
-from naslora_deploy.ops import OP_SPECS, DepthwisePointwise, build_op, common_span, linear_op_kernel
+from naslora_deploy.ops import OP_SPECS, DepthwisePointwise, build_op, common_span, dilate, embed_centered, linear_op_kernel
 
 CELL_FORWARDS = ("kernel", "naive")
 
@@ -62,11 +62,8 @@ class LowRankAdapter(nn.Module):
         self.conv_names = [n for n in self.op_names if isinstance(self.ops[n], DepthwisePointwise)]
         for name in self.conv_names:
             spec = OP_SPECS[name]
-            offset = (span - spec.span) // 2
-            place = torch.zeros(spec.kernel * spec.kernel, span * span)
-            for a in range(spec.kernel):
-                for b in range(spec.kernel):
-                    place[a * spec.kernel + b, (offset + a * spec.dilation) * span + offset + b * spec.dilation] = 1.0
+            taps = torch.eye(spec.kernel**2).reshape(-1, spec.kernel, spec.kernel)  # one tap per row
+            place = embed_centered(dilate(taps, spec.dilation), span).flatten(1)
             self.register_buffer(f"_place_{name}", place, persistent=False)
         self.constant_names = [n for n in self.op_names if n in ("avg_pool_3x3", "skip_connect")]
         like = torch.zeros(())

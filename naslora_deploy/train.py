@@ -27,7 +27,6 @@ from naslora_deploy.checkpoint import (
     RunSpec,
     read_spec,
     save_checkpoint,
-    sha256_of,
     trainable_state,
 )
 from naslora_deploy.config import AdapterConfig
@@ -37,7 +36,7 @@ from naslora_deploy.distributed import DistInfo, average_gradients, barrier, ini
 from naslora_deploy.errors import NasloraError
 from naslora_deploy.evaluate import evaluate, headline
 from naslora_deploy.heads import SegmentationModel
-from naslora_deploy.io import atomic_write, atomic_write_text
+from naslora_deploy.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.losses import binary_loss, multiclass_loss
 from naslora_deploy.variants import VARIANTS, build_sam
 

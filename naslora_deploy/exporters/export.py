@@ -81,8 +81,7 @@ def load_source(source, spec: ExportSpec, variant: Optional[str] = None, base=No
 
             calibration = calibration_images(spec.calibration, spec.calibration_images, trained.spec.image_size)
         merged_sam, report = merge(trained.sam, spec.merge, calibration=calibration)
-        model = SegmentationModel(merged_sam, trained.spec.classes.num_classes, trained.spec.num_queries)
-        model.class_head = trained.class_head
+        model = trained.with_sam(merged_sam)
         description = {"kind": "adapter", "path": str(source.resolve()), "base": str(base) if base else None,
                        "spec": trained.spec.to_dict()}
         return ExportSource(model.eval(), trained.spec.variant, description, report.to_dict())

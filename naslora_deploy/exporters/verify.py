@@ -21,10 +21,10 @@ import torch
 
 from naslora_deploy.errors import NasloraError
 from naslora_deploy.exporters.export import ExportSpec, export_graphs, load_source
+from naslora_deploy.runtime.backends import available_providers, ort_session
 from naslora_deploy.runtime.manifest import read_manifest
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 
-ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 TOLERANCES = {"fp32": {"image_embeddings": 1e-4, "decoder": 1e-3}}
 
 
@@ -68,23 +68,6 @@ class ParityReport:
                 + ("yes" if r.passed else "NO")
             )
         return "\n".join(lines)
-
-
-def ort_session(path: Path, provider: str):
-    """An onnxruntime session on one execution provider."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=[provider])
-
-
-def available_providers() -> List[str]:
-    """The onnxruntime providers installed here, best first."""
-    import onnxruntime as ort
-
-    have = set(ort.get_available_providers())
-    return [p for p in ORT_PROVIDERS if p in have]
 
 
 def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: int = 0) -> np.ndarray:

@@ -18,6 +18,23 @@ from naslora_deploy.errors import NasloraError
 ORT_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+def ort_session(path: Path, providers):
+    """An onnxruntime session on ``providers`` (a name or a list, best first), quiet logging."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=[providers] if isinstance(providers, str) else list(providers))
+
+
+def available_providers() -> List[str]:
+    """The onnxruntime execution providers installed here, best first."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [p for p in ORT_ORDER if p in have]
+
+
 class OnnxRuntimeBackend:
     """onnxruntime sessions, best execution provider first; on a GPU the encoder's
     output stays on the device and is bound straight into the decoder."""
@@ -28,21 +45,18 @@ class OnnxRuntimeBackend:
         except ImportError:
             raise NasloraError("the onnxruntime backend needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from None
         available = ort.get_available_providers()
-        chosen = providers or [p for p in ORT_ORDER if p in available]
+        chosen = providers or available_providers()
         missing = [p for p in chosen if p not in available]
         if missing:
             raise NasloraError(f"onnxruntime provider {missing[0]} is not available here (have: {', '.join(available)})")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         self.sessions = {
-            name: ort.InferenceSession(str(directory / f"{name}.onnx"), options, providers=chosen)
+            name: ort_session(directory / f"{name}.onnx", chosen)
             for name in ("image_encoder", "mask_decoder", "prompt_decoder")
             if (directory / f"{name}.onnx").is_file()
         }
         used = self.sessions["image_encoder"].get_providers()[0]
         self.on_gpu = used != "CPUExecutionProvider"
         self.name = f"onnxruntime ({used.replace('ExecutionProvider', '')})"
-        self._ort = ort
 
     def encode(self, images: np.ndarray):
         session = self.sessions["image_encoder"]
