@@ -39,6 +39,7 @@ def _train(args: argparse.Namespace) -> int:
         targets=list(args.targets),
         ops=ops,
         joint=args.joint,
+        alpha_pass=args.alpha_pass,
         arch_data=args.arch_data,
         image_size=args.image_size,
         classes=args.classes,
@@ -293,6 +294,14 @@ def _add_train_parser(commands) -> None:
     p.add_argument("--targets", default="qkv", help="projections to adapt, e.g. qkv or qv")
     p.add_argument("--ops", help="comma-separated candidate ops (default: all eight)")
     p.add_argument("--joint", action="store_true", help="update weights and alpha together (Table 9, row 1)")
+    p.add_argument(
+        "--alpha-pass",
+        choices=["second", "same"],
+        default="second",
+        help="stage 2's alpha gradient: 'second' = a second forward/backward at the updated weights (Alg. 1 as "
+        "written, ~2x a step); 'same' = taken from stage 1's backward, at the weights before their update "
+        "(first-order, no extra pass)",
+    )
     p.add_argument("--arch-data", default="train", choices=("train", "val"))
     p.add_argument("--image-size", type=int, help="must equal the variant's native size")
     p.add_argument("--classes", type=int, help="number of classes for index masks (default: binary or classes.json)")

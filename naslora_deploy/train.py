@@ -2,8 +2,12 @@
 
 Stage 1 updates the weights (adapters, decoder, class head) with alpha fixed;
 from epoch ``search_start`` (T_B) on, stage 2 then updates alpha with the
-weights fixed, each with its own Adam. ``joint`` updates both from one
-backward pass (the paper's Table 9, first row). The sample order and flips are
+weights fixed, each with its own Adam. Stage 2 is a second forward and backward
+pass at the updated weights (``alpha_pass="second"``, Alg. 1 as written), or it
+reuses stage 1's backward (``alpha_pass="same"``: alpha's gradient is taken at the
+weights before their update, a first-order shortcut that costs no extra pass).
+``joint`` updates both from one backward pass from the first epoch (the paper's
+Table 9, first row). The sample order and flips are
 a pure function of (seed, epoch, index), so a resumed run repeats an
 uninterrupted one exactly.
 """
@@ -41,6 +45,9 @@ from naslora_deploy.losses import binary_loss, multiclass_loss
 from naslora_deploy.variants import VARIANTS, build_sam
 
 
+ALPHA_PASSES = ("second", "same")
+
+
 @dataclass
 class TrainConfig:
     """Options of ``naslora-deploy train`` (defaults: the paper's Sec. 4.1)."""
@@ -62,6 +69,7 @@ class TrainConfig:
     ops: Optional[List[str]] = None
     channel_ratio: float = 2.0 / 3.0
     joint: bool = False
+    alpha_pass: str = "second"
     arch_data: str = "train"
     image_size: Optional[int] = None
     classes: Optional[int] = None
@@ -88,6 +96,10 @@ class TrainConfig:
             raise ValueError("--search-start must be >= 0")
         if self.arch_data not in ("train", "val"):
             raise ValueError("--arch-data must be train or val")
+        if self.alpha_pass not in ALPHA_PASSES:
+            raise ValueError(f"--alpha-pass must be one of {', '.join(ALPHA_PASSES)}")
+        if self.alpha_pass == "same" and self.arch_data == "val":
+            raise ValueError("--alpha-pass same takes alpha's gradient from the training batch; it cannot use --arch-data val")
         native = VARIANTS[self.model].image_size
         if self.image_size not in (None, native):
             raise ValueError(
@@ -272,22 +284,9 @@ class Trainer:
 
     def train_step(self, batch: dict, arch_batch: Optional[dict], stage: str) -> Dict[str, float]:
         """One step of Alg. 1; returns the losses."""
-        if stage == "joint":
-            self.weight_opt.zero_grad(set_to_none=True)
-            self.arch_opt.zero_grad(set_to_none=True)
-            loss = self.loss(batch)
-            loss.backward()
-            average_gradients(self.weights + self.alphas, self.dist)
-            self.weight_opt.step()
-            self.arch_opt.step()
-            return {"loss": loss.item()}
-        with frozen(self.alphas):  # stage 1: alpha fixed
-            self.weight_opt.zero_grad(set_to_none=True)
-            loss = self.loss(batch)
-            loss.backward()
-            average_gradients(self.weights, self.dist)
-            self.weight_opt.step()
-        result = {"loss": loss.item()}
+        if stage == "joint" or (stage == "weights+alpha" and self.config.alpha_pass == "same"):
+            return self._one_pass_step(batch, with_alpha=True)
+        result = self._one_pass_step(batch, with_alpha=False)
         if stage == "weights+alpha":
             with frozen(self.weights):  # stage 2: weights fixed
                 self.arch_opt.zero_grad(set_to_none=True)
@@ -296,6 +295,28 @@ class Trainer:
                 average_gradients(self.alphas, self.dist)
                 self.arch_opt.step()
             result["arch_loss"] = arch_loss.item()
+        return result
+
+    def _one_pass_step(self, batch: dict, with_alpha: bool) -> Dict[str, float]:
+        """One forward and backward; the weights step, and alpha too when ``with_alpha``.
+
+        Both gradients come from the same (weights, alpha) point, so alpha's update
+        does not see this step's weight update: stage 1 then stage 2 at zero extra cost.
+        """
+        params = self.weights + (self.alphas if with_alpha else [])
+        with frozen([] if with_alpha else self.alphas):
+            self.weight_opt.zero_grad(set_to_none=True)
+            if with_alpha:
+                self.arch_opt.zero_grad(set_to_none=True)
+            loss = self.loss(batch)
+            loss.backward()
+            average_gradients(params, self.dist)
+            self.weight_opt.step()
+            if with_alpha:
+                self.arch_opt.step()
+        result = {"loss": loss.item()}
+        if with_alpha:
+            result["arch_loss"] = result["loss"]
         return result
 
     def _loader(self, pairs, order: List[int]):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from naslora_deploy.checkpoint import load_adapter, read_spec, trainable_state
 from naslora_deploy.errors import CheckpointError
+from naslora_deploy.testing import perturb_adapters
 from naslora_deploy.train import Trainer, TrainConfig
 
 
@@ -65,6 +66,63 @@ def test_weights_untouched_during_the_alpha_step(binary_data, tmp_path):
     assert _same(after_stage_1["alphas"], alphas_before), "stage 1 must hold alpha fixed"
     assert _same(after_stage_1["weights"], trainer.weights), "stage 2 must hold the weights fixed"
     assert not _same(alphas_before, trainer.alphas), "stage 2 must move alpha"
+
+
+def _count_forwards(trainer):
+    calls = []
+    trainer.model.sam.image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def _record_grads(optimizer, params, into):
+    step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        into.extend(None if p.grad is None else p.grad.detach().clone() for p in params)
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step
+
+
+def test_same_pass_alpha_step_takes_both_gradients_from_one_backward(binary_data, tmp_path):
+    same = Trainer(_config(binary_data, tmp_path / "same", alpha_pass="same"))
+    second = Trainer(_config(binary_data, tmp_path / "second"))
+    for trainer in (same, second):  # non-zero W_d, or alpha gets no gradient at all
+        perturb_adapters(trainer.model.sam, seed=3, b_std=0.05)
+    assert _same(same.weights, second.weights) and _same(same.alphas, second.alphas)
+    batch = _first_batch(same)
+    loss = same.loss(batch)  # the gradients at the starting point, by plain autograd
+    expected = torch.autograd.grad(loss, same.weights + same.alphas, allow_unused=True)
+    alphas_before = _snapshot(same.alphas)
+
+    weight_grads, alpha_grads = [], []
+    _record_grads(same.weight_opt, same.weights, weight_grads)
+    _record_grads(same.arch_opt, same.alphas, alpha_grads)
+    same_forwards, second_forwards = _count_forwards(same), _count_forwards(second)
+    result = same.train_step(batch, None, "weights+alpha")
+    second.train_step(batch, None, "weights+alpha")
+
+    assert len(same_forwards) == 1 and len(second_forwards) == 2
+    assert result["arch_loss"] == result["loss"]
+    n = len(same.weights)
+    assert len(weight_grads) == n and len(alpha_grads) == len(same.alphas)
+    for got, want in zip(weight_grads + alpha_grads, expected):
+        assert (got is None) == (want is None)  # parts the loss does not reach (e.g. the IoU head)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    assert all(g is not None and g.abs().sum() > 0 for g in alpha_grads), "every alpha must receive a gradient"
+    # the weight update is stage 1's, whichever pass alpha's gradient came from
+    assert _same(same.weights, second.weights)
+    assert not _same(alphas_before, same.alphas)
+    # second pass: alpha's gradient is taken at the updated weights, so the two alphas differ
+    assert not _same(same.alphas, second.alphas)
+
+
+def test_same_pass_needs_the_training_batch(binary_data, tmp_path):
+    with pytest.raises(ValueError, match="--alpha-pass same"):
+        _config(binary_data, tmp_path / "run", alpha_pass="same", arch_data="val").validate()
+    with pytest.raises(ValueError, match="--alpha-pass must be"):
+        _config(binary_data, tmp_path / "run", alpha_pass="third").validate()
 
 
 def test_joint_and_lora_modes(binary_data, tmp_path):
