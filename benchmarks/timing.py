@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -10,7 +11,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 
 def alternate(contenders: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, List[float]]:
@@ -25,6 +26,11 @@ def alternate(contenders: Dict[str, Callable[[], object]], repeats: int, warmup:
             fn()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def median_ratio(samples: List[float], baseline: List[float]) -> float:
+    """Median over rounds of (this round's time / the baseline's time in the same round)."""
+    return statistics.median(a / b for a, b in zip(samples, baseline))
 
 
 def median_ms(samples: List[float]) -> float:
@@ -48,7 +54,47 @@ def machine() -> dict:
     }
 
 
-def write_record(path: Path, rows: List[dict]) -> None:
-    """Write the rows and the machine description as JSON."""
+def write_record(path: Path, rows: List[dict], extra: Optional[dict] = None) -> None:
+    """Write the rows, the settings in ``extra`` and the machine description as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    record = {"machine": machine(), **(extra or {}), "rows": rows}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def register_sized_variant(name: str) -> str:
+    """``vit_b@512`` -> register a variant with vit_b's encoder at 512 px; plain names pass through.
+
+    Benchmark-only: the same segment-anything modules, width, depth, heads and windows,
+    with the positional embedding and prompt grid sized for the smaller image, so
+    the CPU can time a full-width model. Returns the registered name.
+    """
+    if "@" not in name:
+        return name
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from naslora_deploy.variants import BUILDERS, VARIANTS
+
+    base, size = name.split("@")
+    spec = dataclasses.replace(VARIANTS[base], image_size=int(size))
+
+    def build():
+        grid = spec.image_size // 16
+        encoder = ImageEncoderViT(
+            depth=spec.depth, embed_dim=spec.embed_dim, img_size=spec.image_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=spec.num_heads, patch_size=16,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=spec.global_attn_indexes,
+            window_size=spec.window_size, out_chans=spec.prompt_embed_dim,
+        )
+        prompt = PromptEncoder(embed_dim=spec.prompt_embed_dim, image_embedding_size=(grid, grid),
+                               input_image_size=(spec.image_size, spec.image_size), mask_in_chans=16)
+        decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=spec.prompt_embed_dim, iou_head_depth=3,
+                              iou_head_hidden_dim=256,
+                              transformer=TwoWayTransformer(depth=2, embedding_dim=spec.prompt_embed_dim,
+                                                            mlp_dim=2048, num_heads=8))
+        return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
+
+    VARIANTS[name], BUILDERS[name] = spec, build
+    return name

@@ -40,6 +40,7 @@ def _train(args: argparse.Namespace) -> int:
         ops=ops,
         joint=args.joint,
         alpha_pass=args.alpha_pass,
+        compile=args.compile,
         arch_data=args.arch_data,
         image_size=args.image_size,
         classes=args.classes,
@@ -302,6 +303,7 @@ def _add_train_parser(commands) -> None:
         "written, ~2x a step); 'same' = taken from stage 1's backward, at the weights before their update "
         "(first-order, no extra pass)",
     )
+    p.add_argument("--compile", action="store_true", help="torch.compile each image-encoder block (worth it on CUDA)")
     p.add_argument("--arch-data", default="train", choices=("train", "val"))
     p.add_argument("--image-size", type=int, help="must equal the variant's native size")
     p.add_argument("--classes", type=int, help="number of classes for index masks (default: binary or classes.json)")

@@ -13,7 +13,7 @@ windowed blocks), so the cell can treat the rank-r code as a (B, r, H, W) image.
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,26 +53,33 @@ class LowRankAdapter(nn.Module):
             self._refresh_mask_tensors()
 
     def _register_kernel_bases(self, channels: int) -> None:
-        """Constant tensors that turn the kernel build into a few matmuls (not persisted).
+        """Constant tensors that turn the kernel build into a few einsums (not persisted).
 
-        Per conv candidate a 0/1 placement (k*k, span*span) that dilates and centres its
-        taps; one stacked basis for the weight-free linear candidates (avg pool, skip).
+        ``_tap_place`` (J, T, span*span): for conv candidate j, a 0/1 map from its
+        k*k taps (rows offset within the T = sum of k*k taps of all conv candidates)
+        to dilated, centred positions in the common span. ``_constant_basis``
+        (N, c, c, span*span): the 0/1 kernels of the weight-free linear candidates.
         """
         span = self.span
         self.conv_names = [n for n in self.op_names if isinstance(self.ops[n], DepthwisePointwise)]
-        for name in self.conv_names:
+        tap_counts = [OP_SPECS[n].kernel ** 2 for n in self.conv_names]
+        place = torch.zeros(len(self.conv_names), sum(tap_counts), span * span)
+        offset = 0
+        for j, (name, count) in enumerate(zip(self.conv_names, tap_counts)):
             spec = OP_SPECS[name]
-            taps = torch.eye(spec.kernel**2).reshape(-1, spec.kernel, spec.kernel)  # one tap per row
-            place = embed_centered(dilate(taps, spec.dilation), span).flatten(1)
-            self.register_buffer(f"_place_{name}", place, persistent=False)
+            taps = torch.eye(count).reshape(-1, spec.kernel, spec.kernel)  # one tap per row
+            place[j, offset : offset + count] = embed_centered(dilate(taps, spec.dilation), span).flatten(1)
+            offset += count
+        self.register_buffer("_tap_place", place, persistent=False)
         self.constant_names = [n for n in self.op_names if n in ("avg_pool_3x3", "skip_connect")]
         like = torch.zeros(())
         # basis entries are 0/1; avg pool's 1/9 is applied at use, in the weights' own precision
         basis = [(linear_op_kernel(n, self.ops[n], channels, span, like).flatten(2) != 0).float() for n in self.constant_names]
         self.constant_scales = [1.0 / 9.0 if n == "avg_pool_3x3" else 1.0 for n in self.constant_names]
         self.register_buffer("_constant_basis", torch.stack(basis) if basis else torch.zeros(0, channels, channels, span * span), persistent=False)
-        self.register_buffer("_constant_index", torch.tensor([self.op_names.index(n) for n in self.constant_names], dtype=torch.long), persistent=False)
+        self.constant_index = [self.op_names.index(n) for n in self.constant_names]
         self.conv_index = [self.op_names.index(n) for n in self.conv_names]
+        self.max_pool_index = self.op_names.index("max_pool_3x3") if "max_pool_3x3" in self.op_names else None
 
     def _refresh_mask_tensors(self) -> None:
         """Selection matrix, pass-through identity and max-pool mask, derived from ``pc_mask``."""
@@ -84,6 +91,7 @@ class LowRankAdapter(nn.Module):
         self.register_buffer("_select", eye[:, inside].contiguous(), persistent=False)
         self.register_buffer("_passthrough", passthrough, persistent=False)
         self.full_cell = passing.numel() == 0
+        self.mask_key = tuple(bool(v) for v in (self.pc_mask > 0.5).tolist())  # host copy: no device sync later
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -109,31 +117,17 @@ class LowRankAdapter(nn.Module):
         """softmax(alpha): the mixing weight of each candidate."""
         return torch.softmax(self.alpha, dim=0)
 
-    def cell_kernel(self, weights: torch.Tensor = None) -> torch.Tensor:
+    def cell_kernel(self) -> torch.Tensor:
         """The (r, r, span, span) kernel of the whole cell without max pooling.
 
         It is the softmax-weighted sum of every linear candidate's kernel on the
         cell channels, plus the identity on the pass-through channels.
         """
-        weights = self.op_weights() if weights is None else weights
-        rank, span = self.lora_A.shape[0], self.span
-        scales = weights.new_tensor(self.constant_scales) if self.constant_scales else weights.new_zeros(0)
-        mixed = torch.einsum("n,nabs->abs", weights[self._constant_index] * scales, self._constant_basis)
-        for index, name in zip(self.conv_index, self.conv_names):
-            op = self.ops[name]
-            channels = op.pointwise.weight.shape[0]
-            taps = op.depthwise.weight.reshape(channels, -1) @ getattr(self, f"_place_{name}")  # (c, span^2)
-            mixed = mixed + weights[index] * (op.pointwise.weight.reshape(channels, channels, 1) * taps.unsqueeze(0))
-        if not self.full_cell:
-            mixed = torch.einsum("oc,cds,id->ois", self._select, mixed, self._select) + self._passthrough
-        return mixed.reshape(rank, rank, span, span)
+        return stacked_cell_kernels([self])[0]
 
-    def max_pool_weight(self, weights: torch.Tensor = None) -> torch.Tensor:
+    def max_pool_weight(self) -> torch.Tensor:
         """(r,) per-channel weight of the max-pool branch (zero off the cell channels)."""
-        weights = self.op_weights() if weights is None else weights
-        if not self.has_max_pool:
-            return self.lora_A.new_zeros(self.lora_A.shape[0])
-        return (self.pc_mask > 0.5).to(weights.dtype) * weights[self.op_names.index("max_pool_3x3")]
+        return stacked_cell_kernels([self])[1]
 
     def naive_cell(self, code: torch.Tensor) -> torch.Tensor:
         """Reference cell on a (B, r, H, W) code: the weighted sum of the separate ops."""
@@ -145,6 +139,41 @@ class LowRankAdapter(nn.Module):
         out[:, inside] = mixed
         out[:, passing] = code[:, passing]
         return out
+
+
+def stacked_cell_kernels(adapters: Sequence[LowRankAdapter]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The cells of G same-config adapters at once: (G*r, r, span, span) kernels and (G*r,) max-pool weights.
+
+    One einsum builds every conv candidate's taps for all G adapters, one more
+    weights and sums them, instead of a handful of tiny ops per candidate and
+    adapter: the build is a constant cost per layer and step, paid in op launches.
+    Adapters whose ``pc_mask`` differs (possible only by loading one) are built
+    one by one.
+    """
+    first = adapters[0]
+    if any(a.mask_key != first.mask_key for a in adapters[1:]):
+        built = [stacked_cell_kernels([a]) for a in adapters]
+        return torch.cat([k for k, _ in built]), torch.cat([m for _, m in built])
+    rank, span, groups = first.pc_mask.numel(), first.span, len(adapters)
+    weights = torch.softmax(torch.stack([a.alpha for a in adapters]), dim=-1)  # (G, N)
+    scales = weights.new_tensor(first.constant_scales)
+    mixed = torch.einsum("gn,ncds->gcds", weights[:, first.constant_index] * scales, first._constant_basis)
+    if first.conv_names:
+        convs = [a.ops[name] for a in adapters for name in a.conv_names]
+        channels = convs[0].pointwise.weight.shape[0]
+        taps = torch.cat([op.depthwise.weight.reshape(channels, -1) for op in convs], dim=1)  # (c, G*T)
+        pointwise = torch.stack([op.pointwise.weight.reshape(channels, channels) for op in convs])  # (G*J, c, c)
+        placed = torch.einsum("cgt,jts->gjcs", taps.unflatten(1, (groups, -1)), first._tap_place)
+        conv_weights = weights[:, first.conv_index]  # (G, J)
+        mixed = mixed + torch.einsum("gj,gjdc,gjcs->gdcs", conv_weights, pointwise.unflatten(0, (groups, -1)), placed)
+    if not first.full_cell:
+        mixed = torch.einsum("oc,gcds,id->gois", first._select, mixed, first._select) + first._passthrough
+    kernel = mixed.reshape(groups * rank, rank, span, span)
+    if first.max_pool_index is None:
+        return kernel, weights.new_zeros(groups * rank)
+    inside = first.pc_mask.to(weights.dtype) > 0.5
+    max_pool = weights[:, first.max_pool_index : first.max_pool_index + 1] * inside.to(weights.dtype)  # (G, r)
+    return kernel, max_pool.reshape(-1)
 
 
 def mixed_cell(code: torch.Tensor, kernel: torch.Tensor, max_pool_weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -207,8 +236,7 @@ class AdaptedQKV(nn.Module):
             out = torch.cat([a.naive_cell(image[:, g]) for g, a in enumerate(adapters)], 1)
             out = out.permute(0, 2, 3, 1)
         else:
-            kernel = torch.cat([a.cell_kernel() for a in adapters])
-            max_pool_weight = torch.cat([a.max_pool_weight() for a in adapters])
+            kernel, max_pool_weight = stacked_cell_kernels(adapters)
             out = mixed_cell(code, kernel, max_pool_weight, groups)
         return code.unflatten(-1, (groups, -1)), out.unflatten(-1, (groups, -1))
 
@@ -249,15 +277,12 @@ def fused_from_adapted(module: AdaptedQKV) -> FusedQKV:
     """Collapse an ``AdaptedQKV`` into the equivalent ``FusedQKV`` (no data needed)."""
     adapters = list(module.adapters.values())
     with torch.no_grad():
-        has_cell = adapters[0].has_cell
+        empty = module.base_layer.weight.new_zeros(0)
+        kernel, max_pool_weight = stacked_cell_kernels(adapters) if adapters[0].has_cell else (empty, empty)
         tensors = {
             "lora_A": torch.cat([a.lora_A for a in adapters]).detach().clone(),
-            "cell_kernel": torch.cat([a.cell_kernel() for a in adapters]).detach().clone()
-            if has_cell
-            else module.base_layer.weight.new_zeros(0),
-            "max_pool_weight": torch.cat([a.max_pool_weight() for a in adapters]).detach().clone()
-            if has_cell
-            else module.base_layer.weight.new_zeros(0),
+            "cell_kernel": kernel.detach().clone(),
+            "max_pool_weight": max_pool_weight.detach().clone(),
             "lora_B": torch.block_diag(*[a.lora_B for a in adapters]).detach().clone(),
             "target_index": module.target_index.clone(),
         }

@@ -83,6 +83,7 @@ class TrainConfig:
     workers: int = 0
     bf16: Optional[bool] = None
     grad_checkpoint: Optional[bool] = None
+    compile: bool = False
     tensorboard: bool = False
     progress: bool = True
 
@@ -155,6 +156,18 @@ def enable_gradient_checkpointing(sam) -> None:
         block.forward = lambda x, f=forward: checkpoint(f, x, use_reentrant=False)
 
 
+def compile_encoder_blocks(sam) -> None:
+    """``torch.compile`` each image-encoder block in place (state-dict keys unchanged).
+
+    Per block rather than the whole model: the blocks are where the time goes, and
+    a graph break elsewhere (the decoder's per-image loop) then costs nothing.
+    """
+    if not hasattr(torch.nn.Module, "compile"):
+        raise NasloraError(f"--compile needs torch >= 2.2 (this is {torch.__version__})")
+    for block in sam.image_encoder.blocks:
+        block.compile()
+
+
 class Trainer:
     """One training run: build, (resume), loop over epochs, checkpoint, evaluate."""
 
@@ -204,6 +217,8 @@ class Trainer:
         self.model.train()
         if c.grad_checkpoint or (c.grad_checkpoint is None and self.device.type == "cuda"):
             enable_gradient_checkpointing(sam)
+        if c.compile:
+            compile_encoder_blocks(sam)
         base_path, base_sha = self._record_base(sam)
         num_queries = self.model.class_head.queries.num_embeddings if self.model.class_head is not None else 0
         return RunSpec(c.model, adapter, classes, num_queries, sam.image_encoder.img_size, base_path, base_sha)
