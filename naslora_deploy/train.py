@@ -190,9 +190,11 @@ class Trainer:
             list(self.model.class_head.parameters()) if self.model.class_head is not None else []
         )
         self.alphas = architecture_parameters(self.model.sam)
-        self.weight_opt = torch.optim.Adam(self.weights, lr=config.lr, weight_decay=config.weight_decay)
+        self.weight_opt = torch.optim.Adam(self.weights, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
         self.arch_opt = (
-            torch.optim.Adam(self.alphas, lr=config.arch_lr, weight_decay=config.arch_weight_decay) if self.alphas else None
+            torch.optim.Adam(self.alphas, lr=config.arch_lr, weight_decay=config.arch_weight_decay, foreach=True)
+            if self.alphas
+            else None
         )
         self.epoch, self.step, self.best = 0, 0, None
         self.history: List[dict] = []
