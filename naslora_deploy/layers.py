@@ -176,15 +176,18 @@ def stacked_cell_kernels(adapters: Sequence[LowRankAdapter]) -> Tuple[torch.Tens
     return kernel, max_pool.reshape(-1)
 
 
-def mixed_cell(code: torch.Tensor, kernel: torch.Tensor, max_pool_weight: torch.Tensor, groups: int) -> torch.Tensor:
+def mixed_cell(
+    code: torch.Tensor, kernel: torch.Tensor, max_pool_weight: torch.Tensor, groups: int, max_pool: bool
+) -> torch.Tensor:
     """Apply the collapsed cell to a (B, H, W, G*r) code, G groups of r channels.
 
     One grouped convolution (groups = adapted projections) plus, where max pooling
-    is a candidate, its weighted max-pool branch.
+    is a candidate (``max_pool``, known on the host so that no device sync is needed),
+    its weighted max-pool branch.
     """
     image = code.permute(0, 3, 1, 2)
     out = F.conv2d(image, kernel, padding=kernel.shape[-1] // 2, groups=groups)
-    if bool(max_pool_weight.any()):
+    if max_pool:
         out = out + F.max_pool2d(image, 3, stride=1, padding=1) * max_pool_weight.view(1, -1, 1, 1)
     return out.permute(0, 2, 3, 1)
 
@@ -237,7 +240,7 @@ class AdaptedQKV(nn.Module):
             out = out.permute(0, 2, 3, 1)
         else:
             kernel, max_pool_weight = stacked_cell_kernels(adapters)
-            out = mixed_cell(code, kernel, max_pool_weight, groups)
+            out = mixed_cell(code, kernel, max_pool_weight, groups, adapters[0].has_max_pool)
         return code.unflatten(-1, (groups, -1)), out.unflatten(-1, (groups, -1))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,16 +264,36 @@ class FusedQKV(nn.Module):
         self.groups = groups
         for name in ("lora_A", "cell_kernel", "max_pool_weight", "lora_B", "target_index"):
             self.register_buffer(name, tensors[name])
+        self._refresh_flags()
+
+    def _refresh_flags(self) -> None:
+        """Host-side facts about the buffers, so the forward never syncs with the device."""
+        self.has_max_pool = bool(self.max_pool_weight.numel() and self.max_pool_weight.any())
+        self.all_projections = self.target_index.numel() == 3
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._refresh_flags()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return add_to_projections(self.base_layer(x), self.delta(x), self.target_index)
+        qkv = self.base_layer(x)
+        if not self.all_projections:
+            return add_to_projections(qkv, self.delta(x), self.target_index)
+        # q, k and v all adapted: one GEMM adds W_d's product straight onto qkv (no separate add pass)
+        code = self.cell_code(x)
+        out = torch.addmm(qkv.reshape(-1, qkv.shape[-1]), code.reshape(-1, code.shape[-1]), self.lora_B.t())
+        return out.view(qkv.shape)
+
+    def cell_code(self, x: torch.Tensor) -> torch.Tensor:
+        """The (..., T*r) code after the fixed cell."""
+        code = F.linear(x, self.lora_A)
+        if self.cell_kernel.numel():
+            code = mixed_cell(code, self.cell_kernel, self.max_pool_weight, self.groups, self.has_max_pool)
+        return code
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """The fixed branch's (..., T*dim) contribution."""
-        code = F.linear(x, self.lora_A)
-        if self.cell_kernel.numel():
-            code = mixed_cell(code, self.cell_kernel, self.max_pool_weight, self.groups)
-        return F.linear(code, self.lora_B)
+        return F.linear(self.cell_code(x), self.lora_B)
 
 
 def fused_from_adapted(module: AdaptedQKV) -> FusedQKV:

@@ -26,7 +26,8 @@ def _layer(fields, dim=32, seed=0):
     with torch.no_grad():
         for adapter in layer.adapters.values():
             adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=generator, dtype=torch.float64))
-            adapter.alpha.copy_(torch.randn(adapter.alpha.shape, generator=generator, dtype=torch.float64))
+            if adapter.has_cell:
+                adapter.alpha.copy_(torch.randn(adapter.alpha.shape, generator=generator, dtype=torch.float64))
     return layer
 
 
@@ -102,3 +103,25 @@ def test_a_loaded_pc_mask_is_honoured_by_the_kernel_path():
     layer.cell_forward = "kernel"
     torch.testing.assert_close(layer(x), naive, rtol=0, atol=1e-10)
     assert layer.adapters["q"].cell_kernel()[0, 0, 4, 4] == 1.0  # channel 0 now passes straight through
+
+
+FUSED_CASES = [
+    dict(method="nas_pc_lora"),  # q, k, v: the branch is added inside one GEMM
+    dict(method="nas_pc_lora", targets=("q", "v")),  # a subset: added slice by slice
+    dict(method="nas_lora", ops=("sep_conv_3x3", "skip_connect")),  # no max pooling
+    dict(method="lora", targets=("k",)),
+]
+
+
+@pytest.mark.parametrize("fields", FUSED_CASES)
+def test_fused_form_equals_the_adapted_layer_float64(fields):
+    from naslora_deploy.layers import fused_from_adapted
+
+    layer = _layer(fields)
+    fused = fused_from_adapted(layer)
+    assert fused.has_max_pool == ("max_pool_3x3" in layer.adapters[fields.get("targets", "q")[0]].op_names)
+    x = torch.randn(3, 7, 9, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected, got = layer(x), fused(x)
+    assert (expected - layer.base_layer(x)).abs().max() > 1e-3
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
