@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -70,31 +71,10 @@ def register_sized_variant(name: str) -> str:
     """
     if "@" not in name:
         return name
-    from functools import partial
-
-    import torch
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    from naslora_deploy.variants import BUILDERS, VARIANTS
+    from naslora_deploy.variants import BUILDERS, VARIANTS, assemble_sam
 
     base, size = name.split("@")
     spec = dataclasses.replace(VARIANTS[base], image_size=int(size))
-
-    def build():
-        grid = spec.image_size // 16
-        encoder = ImageEncoderViT(
-            depth=spec.depth, embed_dim=spec.embed_dim, img_size=spec.image_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=spec.num_heads, patch_size=16,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=spec.global_attn_indexes,
-            window_size=spec.window_size, out_chans=spec.prompt_embed_dim,
-        )
-        prompt = PromptEncoder(embed_dim=spec.prompt_embed_dim, image_embedding_size=(grid, grid),
-                               input_image_size=(spec.image_size, spec.image_size), mask_in_chans=16)
-        decoder = MaskDecoder(num_multimask_outputs=3, transformer_dim=spec.prompt_embed_dim, iou_head_depth=3,
-                              iou_head_hidden_dim=256,
-                              transformer=TwoWayTransformer(depth=2, embedding_dim=spec.prompt_embed_dim,
-                                                            mlp_dim=2048, num_heads=8))
-        return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
-
-    VARIANTS[name], BUILDERS[name] = spec, build
+    # segment-anything's own decoder dimensions, as in vit_b/l/h
+    VARIANTS[name], BUILDERS[name] = spec, functools.partial(assemble_sam, spec)
     return name

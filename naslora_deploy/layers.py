@@ -90,8 +90,8 @@ class LowRankAdapter(nn.Module):
         passthrough[passing, passing, (span // 2) * span + span // 2] = 1.0
         self.register_buffer("_select", eye[:, inside].contiguous(), persistent=False)
         self.register_buffer("_passthrough", passthrough, persistent=False)
-        self.full_cell = passing.numel() == 0
         self.mask_key = tuple(bool(v) for v in (self.pc_mask > 0.5).tolist())  # host copy: no device sync later
+        self.full_cell = all(self.mask_key)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -171,8 +171,8 @@ def stacked_cell_kernels(adapters: Sequence[LowRankAdapter]) -> Tuple[torch.Tens
     kernel = mixed.reshape(groups * rank, rank, span, span)
     if first.max_pool_index is None:
         return kernel, weights.new_zeros(groups * rank)
-    inside = first.pc_mask.to(weights.dtype) > 0.5
-    max_pool = weights[:, first.max_pool_index : first.max_pool_index + 1] * inside.to(weights.dtype)  # (G, r)
+    inside = (first.pc_mask > 0.5).to(weights.dtype)
+    max_pool = weights[:, first.max_pool_index : first.max_pool_index + 1] * inside  # (G, r)
     return kernel, max_pool.reshape(-1)
 
 

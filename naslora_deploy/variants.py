@@ -41,10 +41,14 @@ VARIANTS: Dict[str, VariantSpec] = {
 }
 
 
-def _build_tiny() -> "torch.nn.Module":
+def assemble_sam(spec: VariantSpec, decoder_mlp_dim: int = 2048, decoder_heads: int = 8, iou_hidden: int = 256):
+    """A ``Sam`` of segment-anything's own modules shaped by ``spec`` (random weights, eval mode).
+
+    The defaults are segment-anything's decoder; ``vit_tiny`` shrinks it, and the
+    benchmarks use it for full-width encoders at a smaller image size.
+    """
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    spec = VARIANTS["vit_tiny"]
     grid = spec.image_size // 16
     sam = Sam(
         image_encoder=ImageEncoderViT(
@@ -69,13 +73,19 @@ def _build_tiny() -> "torch.nn.Module":
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=spec.prompt_embed_dim, mlp_dim=256, num_heads=4),
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=spec.prompt_embed_dim, mlp_dim=decoder_mlp_dim, num_heads=decoder_heads
+            ),
             transformer_dim=spec.prompt_embed_dim,
             iou_head_depth=3,
-            iou_head_hidden_dim=64,
+            iou_head_hidden_dim=iou_hidden,
         ),
     )
     return sam.eval()
+
+
+def _build_tiny() -> "torch.nn.Module":
+    return assemble_sam(VARIANTS["vit_tiny"], decoder_mlp_dim=256, decoder_heads=4, iou_hidden=64)
 
 
 def _registry_builder(name: str) -> Callable[[], "torch.nn.Module"]:

@@ -229,3 +229,12 @@ def test_two_process_data_parallel_run_ends_with_identical_weights(binary_data, 
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_identical"] is True
     assert summary["step"] == 2  # 8 images / 2 ranks / batch 4 = 1 step per epoch
+
+
+def test_compile_wraps_each_encoder_block_and_keeps_the_state_dict(binary_data, tmp_path):
+    plain = Trainer(_config(binary_data, tmp_path / "plain"))
+    compiled = Trainer(_config(binary_data, tmp_path / "compiled", compile=True))
+    blocks = compiled.model.sam.image_encoder.blocks
+    assert all(block._compiled_call_impl is not None for block in blocks)  # compiled lazily, on first call
+    assert all(block._compiled_call_impl is None for block in plain.model.sam.image_encoder.blocks)
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())

@@ -18,20 +18,19 @@ from naslora_deploy.errors import NasloraError
 ORT_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-def ort_session(path: Path, providers, spin: bool = False):
+def ort_session(path: Path, providers):
     """An onnxruntime session on ``providers`` (a name or a list, best first), quiet logging.
 
-    Idle intra-op threads do not busy-wait after a run (``spin=False``, the default
-    here): the runtime runs the encoder and decoder sessions back to back, and
-    spinning threads of one took cores from the other. Measured on vit_tiny, 2-core
+    Idle intra-op threads do not busy-wait after a run: the runtime runs the
+    encoder and decoder sessions back to back, and spinning threads of one took
+    cores from the other. Measured on vit_tiny, 2-core
     CPU, encoder + decoder: 9.4 vs 11.3 ms median at batch 1, 32.2 vs 38.5 at batch 4.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=[providers] if isinstance(providers, str) else list(providers))
 
 
@@ -47,7 +46,7 @@ class OnnxRuntimeBackend:
     """onnxruntime sessions, best execution provider first; on a GPU the encoder's
     output stays on the device and is bound straight into the decoder."""
 
-    def __init__(self, directory: Path, manifest: dict, providers: Optional[List[str]] = None, spin: bool = False) -> None:
+    def __init__(self, directory: Path, manifest: dict, providers: Optional[List[str]] = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -58,7 +57,7 @@ class OnnxRuntimeBackend:
         if missing:
             raise NasloraError(f"onnxruntime provider {missing[0]} is not available here (have: {', '.join(available)})")
         self.sessions = {
-            name: ort_session(directory / f"{name}.onnx", chosen, spin)
+            name: ort_session(directory / f"{name}.onnx", chosen)
             for name in ("image_encoder", "mask_decoder", "prompt_decoder")
             if (directory / f"{name}.onnx").is_file()
         }

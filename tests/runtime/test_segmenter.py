@@ -38,6 +38,11 @@ def test_onnxruntime_and_torch_backends_agree_with_training_inference(binary_art
     ort_seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
     torch_seg = Segmenter.open(binary_artifacts, backend="torch")
     assert ort_seg.backend_name == "onnxruntime (CPU)" and torch_seg.backend_name == "torch (cpu)"
+    for session in ort_seg.backend.sessions.values():  # idle threads must not busy-wait between sessions
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    from naslora_deploy.fast_attention import sdpa_enabled_count
+
+    assert sdpa_enabled_count(torch_seg.backend.encoder) == len(torch_seg.backend.encoder.blocks)
     a, b = ort_seg.segment(photo), torch_seg.segment(photo)
     assert a.size == photo.shape[:2] and a.mask.shape == photo.shape[:2]
     assert np.abs(a.probability - b.probability).max() < 1e-4
