@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
-from naslora_deploy.adapters import adapted_layers
+from naslora_deploy.core.adapters import adapted_layers
 from naslora_deploy.exporters.onnx_export import module_to_onnx
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 from naslora_deploy.runtime.backends import ort_session
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph
-from naslora_deploy.layers import fused_from_adapted
-from naslora_deploy.merge import constant_response_folds, dense_copy
-from naslora_deploy.testing import perturb_adapters
+from naslora_deploy.core.merge import constant_response_folds, dense_copy
+from naslora_deploy.core.testing import perturb_adapters
 
 try:
     from timing import alternate, median_ms, write_record
@@ -42,7 +41,7 @@ def encoders(variant: str):
     with torch.no_grad():
         dense, _ = dense_copy(adapted, layers, constant_response_folds(layers))
         for index, layer in layers.items():
-            adapted.image_encoder.blocks[index].attn.qkv = fused_from_adapted(layer)
+            adapted.image_encoder.blocks[index].attn.qkv = layer.fused()
     return {"plain": plain.image_encoder, "dense": dense.image_encoder, "fused": adapted.image_encoder}
 
 

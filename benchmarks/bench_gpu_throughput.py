@@ -8,7 +8,7 @@ Builds the model with random weights, adds NAS-PC-LoRA adapters with random
 non-zero values, dense-merges them (plain SAM weights, ``merge(sam, "dense")``)
 and times ``SegmentationModel.forward`` (eval, no_grad) in four configurations,
 alternating: fp32 eager; bf16 autocast eager; bf16 + SDPA attention
-(``naslora_deploy.fast_attention``); bf16 + SDPA + ``torch.compile``. FLOPs per
+(``naslora_deploy.exporters.fast_attention``); bf16 + SDPA + ``torch.compile``. FLOPs per
 image are counted with ``FlopCounterMode`` on one eager fp32 forward at batch 1.
 
     python benchmarks/bench_gpu_throughput.py [--model vit_b] [--batch 8] [--runs 20] [--warmup 3]
@@ -28,9 +28,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam, merge
-from naslora_deploy.fast_attention import use_sdpa
-from naslora_deploy.heads import SegmentationModel
-from naslora_deploy.testing import perturb_adapters
+from naslora_deploy.exporters.fast_attention import use_sdpa
+from naslora_deploy.core.heads import SegmentationModel
+from naslora_deploy.core.testing import perturb_adapters
 
 try:
     from timing import alternate, median_ms, write_record

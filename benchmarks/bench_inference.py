@@ -29,10 +29,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from naslora_deploy.checkpoint import load_adapter
+from naslora_deploy.core.checkpoint import load_adapter
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+from naslora_deploy.exporters.torch_backend import TorchBackend, open_segmenter
 from naslora_deploy.runtime import Segmenter
-from naslora_deploy.runtime.backends import TorchBackend
 from naslora_deploy.runtime.bench import summarise
 from naslora_deploy.runtime.manifest import read_manifest
 
@@ -61,10 +61,10 @@ def export_contenders(variant: str, root: Path) -> Dict[str, Path]:
 
 def open_backends(backend: str, sources: Dict[str, Path], device: str) -> Dict[str, object]:
     """Contender name -> an object with ``encode`` / ``decode``; plain first, unmerged on torch only."""
-    opened = {name: Segmenter.open(sources[name], backend=backend, device=device).backend
+    opened = {name: open_segmenter(sources[name], backend=backend, device=device).backend
               for name in ("plain", "dense", "fused")}
     if backend == "torch":
-        opened["unmerged"] = TorchBackend.from_model(load_adapter(sources["adapter"], device=device), device, "unmerged")
+        opened["unmerged"] = TorchBackend(load_adapter(sources["adapter"], device=device), device, "unmerged")
     return opened
 
 

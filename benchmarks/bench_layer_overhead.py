@@ -9,8 +9,8 @@ import argparse
 
 import torch
 
-from naslora_deploy.config import AdapterConfig
-from naslora_deploy.layers import AdaptedQKV
+from naslora_deploy.core.config import AdapterConfig
+from naslora_deploy.core.layers import AdaptedQKV
 
 try:
     from timing import alternate, median_ms

@@ -18,13 +18,13 @@ import torch
 from safetensors.torch import save_file
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
-from naslora_deploy.checkpoint import RunSpec, save_checkpoint
+from naslora_deploy.core.checkpoint import RunSpec, save_checkpoint
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
-from naslora_deploy.heads import SegmentationModel
-from naslora_deploy.io import sha256_of
-from naslora_deploy.runtime import Segmenter
+from naslora_deploy.core.heads import SegmentationModel
+from naslora_deploy.common.io import sha256_of
+from naslora_deploy.exporters.torch_backend import open_segmenter
 from naslora_deploy.runtime.bench import bench, format_rows
-from naslora_deploy.testing import perturb_adapters
+from naslora_deploy.core.testing import perturb_adapters
 
 try:
     from timing import machine
@@ -60,7 +60,7 @@ def main() -> None:
         adapter, base = make_sources(args.model, root)
         merged, manifest = export_artifacts(adapter, root / "merged", ExportSpec(merge="dense"))
         plain, _ = export_artifacts(base, root / "plain", ExportSpec(), variant=args.model)
-        segmenters = [Segmenter.open(merged, args.backend), Segmenter.open(plain, args.backend)]
+        segmenters = [open_segmenter(merged, args.backend), open_segmenter(plain, args.backend)]
         rows = bench(segmenters, [int(b) for b in args.batch_sizes.split(",")], args.runs, args.warmup)
     print(f"{args.model}: a = dense-merged NAS-PC-LoRA artifact, b = plain SAM artifact")
     print(format_rows(rows))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from naslora_deploy.data.synthetic import write_synthetic_dataset
+from naslora_deploy.training.data.synthetic import write_synthetic_dataset
 
 try:
     from bench_train_step import CONTENDERS, build_trainer, make_step

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from naslora_deploy.data.synthetic import write_synthetic_dataset
-from naslora_deploy.train import Trainer, TrainConfig, epoch_order
+from naslora_deploy.training.data.synthetic import write_synthetic_dataset
+from naslora_deploy.training.trainer import Trainer, TrainConfig, epoch_order
 
 try:
     from timing import alternate, median_ms, median_ratio, register_sized_variant, write_record

@@ -71,10 +71,9 @@ def register_sized_variant(name: str) -> str:
     """
     if "@" not in name:
         return name
-    from naslora_deploy.variants import BUILDERS, VARIANTS, assemble_sam
+    from naslora_deploy.core.variants import VARIANTS
 
     base, size = name.split("@")
-    spec = dataclasses.replace(VARIANTS[base], image_size=int(size))
-    # segment-anything's own decoder dimensions, as in vit_b/l/h
-    VARIANTS[name], BUILDERS[name] = spec, functools.partial(assemble_sam, spec)
+    # segment-anything's own modules and decoder dimensions, assembled at the smaller size
+    VARIANTS[name] = dataclasses.replace(VARIANTS[base], image_size=int(size), registry=None)
     return name

@@ -1,5 +1,25 @@
 """naslora-deploy: NAS-LoRA fine-tuning of Segment Anything, merging, export and runtime.
 
+One import root, four rooms on a torch-free base:
+
+- ``common``: errors, atomic I/O, image reading and preprocessing, lazy imports,
+  progress bars, the artifact contract. No torch.
+- ``core``: SAM variants, adapters and their layers, merge, fidelity, checkpoints.
+- ``training``: data sets, losses, metrics, the trainer, evaluation, the demo.
+- ``exporters``: ONNX / TensorRT / Triton artifacts, their proofs, the PyTorch backend.
+- ``runtime``: torch-free inference on the artifacts.
+
+The allowed import arrows (``tests/test_architecture.py`` fails on any other,
+function-level imports included):
+
+    common    -> (nothing of ours)
+    core      -> common
+    training  -> core, common
+    runtime   -> common                      (and never torch)
+    exporters -> core, runtime, common
+    cli       -> everything
+    this file -> its lazy public names below
+
 Public names are imported lazily, so ``import naslora_deploy.runtime`` never
 pulls in torch (the runtime runs on machines without it).
 """
@@ -10,23 +30,24 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build_sam": "naslora_deploy.variants",
-    "variant_of": "naslora_deploy.variants",
-    "VARIANTS": "naslora_deploy.variants",
-    "AdapterConfig": "naslora_deploy.config",
-    "add_adapters": "naslora_deploy.adapters",
-    "adapters_disabled": "naslora_deploy.adapters",
-    "adapted_layers": "naslora_deploy.adapters",
-    "architecture_parameters": "naslora_deploy.adapters",
-    "weight_parameters": "naslora_deploy.adapters",
-    "trainable_summary": "naslora_deploy.adapters",
-    "set_cell_forward": "naslora_deploy.adapters",
-    "merge": "naslora_deploy.merge",
-    "MergeReport": "naslora_deploy.report",
-    "probe_images": "naslora_deploy.fidelity",
-    "NasloraError": "naslora_deploy.errors",
-    "CheckpointError": "naslora_deploy.errors",
-    "MergeError": "naslora_deploy.errors",
+    "build_sam": "naslora_deploy.core.variants",
+    "variant_of": "naslora_deploy.core.variants",
+    "VARIANTS": "naslora_deploy.core.variants",
+    "AdapterConfig": "naslora_deploy.core.config",
+    "add_adapters": "naslora_deploy.core.adapters",
+    "adapters_disabled": "naslora_deploy.core.adapters",
+    "adapted_layers": "naslora_deploy.core.adapters",
+    "architecture_parameters": "naslora_deploy.core.adapters",
+    "weight_parameters": "naslora_deploy.core.adapters",
+    "trainable_summary": "naslora_deploy.core.adapters",
+    "set_cell_forward": "naslora_deploy.core.adapters",
+    "load_adapter": "naslora_deploy.core.checkpoint",
+    "merge": "naslora_deploy.core.merge",
+    "MergeReport": "naslora_deploy.core.report",
+    "probe_images": "naslora_deploy.core.fidelity",
+    "NasloraError": "naslora_deploy.common.errors",
+    "CheckpointError": "naslora_deploy.common.errors",
+    "MergeError": "naslora_deploy.common.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,225 +1,276 @@
-"""The ``naslora-deploy`` command line: train, eval, inspect, merge, demo."""
+"""The ``naslora-deploy`` command line: train, eval, inspect, merge, export, verify, predict, bench, demo.
+
+One decorated function per command; each body only reads its options and calls
+the room that does the work. Options that set a dataclass (``TrainConfig``,
+``DemoConfig``, ``ExportSpec``, ``EngineSpec``) are generated from its fields,
+so names, types, defaults and help live beside the fields; options shared by
+several commands are declared once below. Only torch-free modules are imported
+here: ``predict`` and ``bench`` run where torch is absent.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
-import time
+import typing
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import click
 
 from naslora_deploy import __version__
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.core.config import MERGE_MODES
+from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
+from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
+from naslora_deploy.training.config import DemoConfig, TrainConfig
 
-METHODS = ("lora", "nas_lora", "nas_pc_lora")
-
-
-def _train(args: argparse.Namespace) -> int:
-    from naslora_deploy.ops import OP_NAMES
-    from naslora_deploy.train import TrainConfig, train
-
-    ops = args.ops.split(",") if args.ops else None
-    if ops:
-        unknown = [op for op in ops if op not in OP_NAMES]
-        if unknown:
-            raise ValueError(f"--ops: unknown op {unknown[0]!r}; choose from {', '.join(OP_NAMES)}")
-    config = TrainConfig(
-        data=args.data,
-        out=args.out,
-        model=args.model,
-        method=args.method,
-        checkpoint=args.checkpoint,
-        epochs=args.epochs,
-        search_start=args.search_start,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        arch_lr=args.arch_lr,
-        rank=args.rank,
-        targets=list(args.targets),
-        ops=ops,
-        joint=args.joint,
-        alpha_pass=args.alpha_pass,
-        compile=args.compile,
-        arch_data=args.arch_data,
-        image_size=args.image_size,
-        classes=args.classes,
-        queries=args.queries,
-        val_fraction=args.val_fraction,
-        skip_bad=args.skip_bad,
-        device=args.device,
-        seed=args.seed,
-        resume=args.resume,
-        max_steps=args.max_steps,
-        workers=args.workers,
-        tensorboard=args.tensorboard,
-        progress=not args.no_progress,
-    )
-    out = train(config)
-    print(f"run directory: {out}")
-    return 0
+BACKENDS = RUNTIME_BACKENDS + ("torch",)  # torch: built by exporters.torch_backend and handed to the runtime
 
 
-def _load(args: argparse.Namespace):
-    from naslora_deploy.checkpoint import load_adapter
+# ----- options generated from dataclass fields -----------------------------------------------------------------
+def _option_for(field: dataclasses.Field, hint) -> Callable:
+    meta = field.metadata["cli"]
+    flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    args = typing.get_args(hint)
+    kind = next(a for a in args if a is not type(None)) if type(None) in args else hint
+    if kind is bool:
+        if field.default is None:
+            return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=meta["help"])
+        return click.option(flag, field.name, is_flag=True, default=field.default, help=meta["help"])
+    if meta["parse"] is not None:  # a string on the command line, the field's own type after parsing
+        parse = meta["parse"]
+        return click.option(flag, field.name, type=str, default=None, show_default=meta["shown"], metavar=meta["metavar"],
+                            callback=lambda ctx, param, value: None if value is None else parse(value), help=meta["help"])
+    default = None if required else field.default
+    click_type = click.Choice(meta["choices"]) if meta["choices"] else kind
+    return click.option(flag, field.name, type=click_type, default=default, required=required,
+                        show_default=default is not None, metavar=meta["metavar"], help=meta["help"])
 
-    return load_adapter(args.adapter, args.base, args.allow_base_mismatch, device=args.device)
+
+def options_from(cls, only: Optional[Sequence[str]] = None) -> Callable:
+    """Decorator: one click option per field of ``cls`` that carries ``common.options.option`` metadata."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if "cli" in f.metadata and (only is None or f.name in only)]
+
+    def decorate(func: Callable) -> Callable:
+        for field in reversed(fields):
+            func = _option_for(field, hints[field.name])(func)
+        return func
+
+    return decorate
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from naslora_deploy.data.folder import discover
-    from naslora_deploy.evaluate import evaluate
+def fields_of(cls, options: Dict[str, object]) -> Dict[str, object]:
+    """The options that set fields of ``cls``; unset (None) ones leave the field's default."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in options.items() if k in names and v is not None}
 
-    model = _load(args)
-    splits = discover(args.data, model.spec.classes.num_classes if not model.spec.classes.binary else None,
-                      val_fraction=0.0, skip_bad=args.skip_bad)
-    split = args.split or next(s for s in ("test", "val", "train") if splits.split(s))
+
+# ----- options shared by several commands, declared once ------------------------------------------------------
+def _compose(*decorators: Callable) -> Callable:
+    def decorate(func: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return decorate
+
+
+progress_option = click.option(
+    "--progress/--no-progress", default=None, help="progress bars (default: on a terminal only; logs get one line per event)"
+)
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+json_option = click.option("--json", "json_target", metavar="FILE", help="write the results as JSON to FILE ('-': stdout)")
+adapter_argument = click.argument("adapter", type=click.Path(path_type=Path))
+base_options = _compose(
+    click.option("--base", help="the base SAM checkpoint (default: the one recorded at training)"),
+    click.option("--allow-base-mismatch", is_flag=True, help="accept a base whose sha256 differs from the recorded one"),
+)
+runtime_options = _compose(
+    click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                 help="auto: TensorRT where engines were built, else onnxruntime"),
+    device_option,
+)
+
+
+def emit_json(target: Optional[str], data) -> None:
+    """``--json``: write ``data`` to the file ``target``, or to stdout for ``-``."""
+    if target is None:
+        return
+    text = json.dumps(data, indent=2)
+    if target == "-":
+        click.echo(text)
+        return
+    from naslora_deploy.common.io import atomic_write_text
+
+    atomic_write_text(Path(target), text + "\n")
+    click.echo(f"wrote {target}", err=True)
+
+
+def say(json_target: Optional[str], text: str) -> None:
+    """Human-readable output, kept off stdout when stdout carries JSON (``--json -``)."""
+    click.echo(text, err=json_target == "-")
+
+
+def _load(adapter, base, allow_base_mismatch, device):
+    from naslora_deploy.core.checkpoint import load_adapter
+    from naslora_deploy.training.trainer import pick_device
+
+    return load_adapter(adapter, base, allow_base_mismatch, device=pick_device(device))
+
+
+def _segmenter(artifacts, backend: str, device: str):
+    if backend == "torch":
+        from naslora_deploy.exporters.torch_backend import open_segmenter
+
+        return open_segmenter(artifacts, backend, device)
+    from naslora_deploy.runtime import Segmenter
+
+    return Segmenter.open(artifacts, backend, device)
+
+
+# ----- commands ------------------------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="naslora-deploy")
+def cli() -> None:
+    """Fine-tune SAM with NAS-LoRA, merge the adapters, export to ONNX/TensorRT and run it."""
+
+
+@cli.command()
+@options_from(TrainConfig)
+@device_option
+@progress_option
+def train(**options) -> None:
+    """Fine-tune SAM with LoRA / NAS-LoRA / NAS-PC-LoRA on a folder data set."""
+    from naslora_deploy.training.trainer import train as run_training
+
+    config = TrainConfig(**fields_of(TrainConfig, options))
+    config.validate()  # before any file is read
+    click.echo(f"run directory: {run_training(config)}")
+
+
+@cli.command(name="eval")
+@adapter_argument
+@base_options
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="folder data set to evaluate on")
+@click.option("--split", type=click.Choice(("train", "val", "test")), help="default: test, else val, else train")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="skip unreadable or unpaired files with a warning")
+@device_option
+@json_option
+def evaluate(adapter, base, allow_base_mismatch, data, split, batch_size, skip_bad, device, json_target) -> None:
+    """Metrics of a trained adapter on a data set (IoU, Dice, BER... or mIoU)."""
+    from naslora_deploy.training.data.folder import discover
+    from naslora_deploy.training.evaluate import evaluate as run_evaluation, format_metrics
+
+    model = _load(adapter, base, allow_base_mismatch, device)
+    classes = model.spec.classes
+    splits = discover(data, None if classes.binary else classes.num_classes, val_fraction=0.0, skip_bad=skip_bad)
+    split = split or next(s for s in ("test", "val", "train") if splits.split(s))
     pairs = splits.split(split)
     if not pairs:
-        raise ValueError(f"{args.data} has no {split} split")
-    metrics = evaluate(model, pairs, model.spec.classes, args.batch_size, args.device)
-    result = {"adapter": str(args.adapter), "data": str(args.data), "split": split, "metrics": metrics}
-    text = json.dumps(result, indent=2)
-    if args.json:
-        from naslora_deploy.io import atomic_write_text
-
-        atomic_write_text(Path(args.json), text + "\n")
-        print(f"wrote {args.json}")
-    else:
-        print(text)
-    return 0
+        raise NasloraError(f"{data} has no {split} split")
+    metrics = run_evaluation(model, pairs, classes, batch_size, next(model.parameters()).device)
+    say(json_target, f"{adapter} on {data} ({split}, {len(pairs)} images):\n{format_metrics(metrics)}")
+    emit_json(json_target, {"adapter": str(adapter), "data": str(data), "split": split, "metrics": metrics})
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    from naslora_deploy.architecture import inspection_summary
+@cli.command()
+@adapter_argument
+@click.option("--plot", type=click.Path(path_type=Path), help="also draw the operation shares to this PNG (extra: plot)")
+@json_option
+def inspect(adapter, plot, json_target) -> None:
+    """The searched architecture: softmax(alpha) per block and projection."""
+    from naslora_deploy.core.architecture import inspection_summary
 
-    summary = inspection_summary(args.adapter, args.plot)
-    if args.json:
-        print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
-        return 0
-    print(summary["table"])
-    if "plot" in summary:
-        print(f"plot: {summary['plot']}")
-    return 0
+    summary = inspection_summary(adapter, plot)
+    say(json_target, summary["table"] + (f"\nplot: {summary['plot']}" if "plot" in summary else ""))
+    emit_json(json_target, {k: v for k, v in summary.items() if k != "table"})
 
 
-def _merge(args: argparse.Namespace) -> int:
-    from naslora_deploy.merged_files import calibration_images, write_merged
+@cli.command()
+@adapter_argument
+@base_options
+@click.option("--mode", required=True, type=click.Choice(MERGE_MODES), help="dense: plain SAM; fused: exact")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)")
+@options_from(ExportSpec, only=("calibration", "calibration_images"))
+@device_option
+@progress_option
+def merge(adapter, base, allow_base_mismatch, mode, out, calibration, calibration_images, device, progress) -> None:
+    """Fold the adapters into SAM: dense (a plain SAM checkpoint) or fused (exact), with the measured fidelity."""
+    from naslora_deploy.core.calibration import calibration_images as read_calibration
+    from naslora_deploy.core.checkpoint import write_merged
 
-    model = _load(args)
-    calibration = None
-    if args.calibration:
-        calibration = calibration_images(args.calibration, args.calibration_images, model.spec.image_size)
-    _, report, written = write_merged(model, args.mode, args.out, calibration, source=str(args.adapter))
-    print(report.summary())
+    model = _load(adapter, base, allow_base_mismatch, device)
+    images = read_calibration(calibration, calibration_images, model.spec.image_size) if calibration else None
+    _, report, written = write_merged(model, mode, out, images, source=str(adapter), progress=progress)
+    click.echo(report.summary())
     for path in written:
-        print(f"wrote {path}")
-    return 0
+        click.echo(f"wrote {path}")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from naslora_deploy.checkpoint import load_adapter
-    from naslora_deploy.data.folder import discover
-    from naslora_deploy.data.synthetic import write_synthetic_dataset
-    from naslora_deploy.evaluate import evaluate
-    from naslora_deploy.merged_files import calibration_images, write_merged
-    from naslora_deploy.train import TrainConfig, train
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="artifact directory")
+@click.option("--model", help="variant of a SAM checkpoint file (vit_b, vit_l, vit_h, vit_tiny)")
+@options_from(ExportSpec)
+@options_from(EngineSpec)
+@base_options
+@progress_option
+def export(source, out, model, base, allow_base_mismatch, progress, **options) -> None:
+    """ONNX / TensorRT / Triton artifacts from an adapter directory or a SAM checkpoint file."""
+    from naslora_deploy.core.report import MergeReport
+    from naslora_deploy.exporters.export import export as run_export
 
-    started = time.perf_counter()
-    out = Path(args.out)
-    data = write_synthetic_dataset(out / "data", count=args.images, seed=args.seed)
-    print(f"synthetic data set: {data} ({args.images} training images)")
-    run = train(
-        TrainConfig(
-            data=str(data), out=str(out / "run"), model="vit_tiny", method="nas_pc_lora", epochs=args.epochs,
-            search_start=args.search_start, lr=args.lr, seed=args.seed, progress=not args.no_progress,
-        )
-    )
-    model = load_adapter(run)
-    test = discover(data, check=False).split("test")
-    metrics = evaluate(model, test, model.spec.classes)
-    print(f"test set ({len(test)} images): IoU {metrics['iou']:.4f}, Dice {metrics['dice']:.4f}, BER {metrics['ber']:.2f} %")
-    calibration = calibration_images(data, 8, model.spec.image_size)
-    written = []
-    for mode in ("fused", "dense"):
-        merged_sam, report, paths = write_merged(
-            model, mode, out / "merged" / f"sam_vit_tiny_{mode}.pth", calibration, source=str(run)
-        )
-        written += paths
-        merged_metrics = evaluate(model.with_sam(merged_sam), test, model.spec.classes)
-        print()
-        print(report.summary())
-        print(f"  test IoU after the {mode} merge: {merged_metrics['iou']:.4f} (unmerged {metrics['iou']:.4f})")
-    print(f"\nrun directory (best/, last/, metrics.jsonl): {run}")
-    for path in written:
-        print(f"wrote {path}")
-    print(f"demo finished in {time.perf_counter() - started:.1f} s")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from naslora_deploy.exporters.export import ExportSpec, export_artifacts
-    from naslora_deploy.exporters.tensorrt_engine import EngineSpec
-
-    engine = EngineSpec(precision=args.precision if args.format == "trt" else "fp16", max_batch=args.max_batch,
-                        opt_batch=min(args.opt_batch, args.max_batch), workspace_gb=args.workspace,
-                        timing_cache=args.timing_cache)
-    triton = args.format == "triton"
-    spec = ExportSpec(format="onnx" if triton else args.format, merge=args.merge, precision=args.precision, opset=args.opset,
-                      prompts=args.prompts, point_slots=args.point_slots, calibration=args.calibration,
-                      calibration_images=args.calibration_images, engine=engine)
-    target = Path(args.out) / "artifacts" if triton else Path(args.out)
-    out, manifest = export_artifacts(args.source, target, spec, args.model, args.base, args.allow_base_mismatch)
+    spec_fields, engine_fields = fields_of(ExportSpec, options), fields_of(EngineSpec, options)
+    if spec_fields.get("format") == "trt" and "precision" in spec_fields:
+        engine_fields["precision"] = spec_fields["precision"]
+    spec = ExportSpec(**spec_fields, engine=EngineSpec(**engine_fields))
+    artifacts, manifest, repository = run_export(source, out, spec, model, base, allow_base_mismatch, progress)
     report = (manifest["merge"] or {}).get("report")
     if report:
-        from naslora_deploy.report import MergeReport
-
-        print(MergeReport.from_dict(report).summary())
+        click.echo(MergeReport.from_dict(report).summary())
     for name, entry in manifest["files"].items():
-        print(f"wrote {out / name} ({entry['bytes'] / 1e6:.1f} MB)")
+        click.echo(f"wrote {artifacts / name} ({entry['bytes'] / 1e6:.1f} MB)")
     for name, command in manifest["trtexec"].items():
-        print(f"trtexec equivalent for {name}: {command}")
-    print(f"manifest: {out / 'manifest.json'}")
-    if triton:
-        from naslora_deploy.exporters.triton import artifacts_to_triton
-
-        repository = artifacts_to_triton(out, Path(args.out) / "model_repository", max_batch=args.max_batch)
-        print(f"Triton model repository: {repository} (serve with: tritonserver --model-repository={repository})")
-    return 0
+        click.echo(f"trtexec equivalent for {name}: {command}")
+    click.echo(f"manifest: {artifacts / 'manifest.json'}")
+    if repository is not None:
+        click.echo(f"Triton model repository: {repository} (serve with: tritonserver --model-repository={repository})")
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from naslora_deploy.exporters.verify import plain_sam_proof, verify_parity
+@cli.command()
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--images", type=click.Path(path_type=Path), help="image folder (default: seeded generated images)")
+@click.option("--count", type=int, default=2, show_default=True, help="images to compare on")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", type=float, help="max abs error allowed on the embeddings (fp32 default 1e-4)")
+@click.option("--against-plain-sam", is_flag=True, help="structure and latency against plain build_sam(variant)")
+@click.option("--repeats", type=int, default=30, show_default=True, help="alternating latency runs (medians are quoted)")
+@json_option
+@progress_option
+def verify(artifacts, images, count, seed, tolerance, against_plain_sam, repeats, json_target, progress) -> None:
+    """Prove the artifacts compute what the PyTorch model computes (and, dense, that they are plain SAM)."""
+    from naslora_deploy.exporters.verify import plain_sam_proof, proof_summary, verify_parity
 
-    report = verify_parity(args.artifacts, args.images, args.count, args.seed, args.tolerance)
-    print(report.table())
-    result = {"parity": [vars(r) | {"passed": r.passed} for r in report.rows], "passed": report.passed}
-    if args.against_plain_sam:
-        proof = plain_sam_proof(args.artifacts, args.repeats)
+    report = verify_parity(artifacts, images, count, seed, tolerance, progress)
+    say(json_target, report.table())
+    result = {"parity": [{**vars(r), "passed": r.passed} for r in report.rows], "passed": report.passed}
+    if against_plain_sam:
+        proof = plain_sam_proof(artifacts, repeats)
         result["against_plain_sam"] = proof
-        print(
-            f"\nagainst plain SAM ({proof['merge_mode']} merge): identical operators {proof['identical_operators']}, "
-            f"initializers {proof['identical_initializers']}, MACs {proof['identical_macs']} "
-            f"({proof['candidate']['gmacs']:.3f} vs {proof['reference']['gmacs']:.3f} GMAC)"
-        )
-        if not proof["plain_sam"]:
-            print(f"  extra nodes {proof['extra_nodes']}, extra parameters {proof['extra_parameters']}, "
-                  f"extra MACs {proof['extra_gmacs']:.4f} G ({proof['extra_macs_percent']:.2f} %)")
-        latency = proof.get("image_encoder_latency")
-        if latency:
-            print(f"  onnxruntime CPU encoder latency: {latency['artifact_ms']:.1f} ms vs plain {latency['plain_ms']:.1f} ms, "
-                  f"ratio {latency['ratio']:.3f} (medians of {latency['repeats']} alternating runs)")
-    if args.json:
-        from naslora_deploy.io import atomic_write_text
-
-        atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
+        say(json_target, "\n" + proof_summary(proof))
+    emit_json(json_target, result)
     if not report.passed:
-        print("verify: outputs differ from PyTorch past the tolerance", file=sys.stderr)
-        return 1
-    return 0
+        click.echo("verify: outputs differ from PyTorch past the tolerance", err=True)
+        raise click.exceptions.Exit(1)
 
 
-def _parse_points(text: Optional[str]):
+def _points(text: Optional[str]) -> Optional[List[Tuple[float, ...]]]:
     if not text:
         return None
     points = []
@@ -231,7 +282,7 @@ def _parse_points(text: Optional[str]):
     return points
 
 
-def _parse_box(text: Optional[str]):
+def _box(text: Optional[str]) -> Optional[List[float]]:
     if not text:
         return None
     values = [float(v) for v in text.split(",")]
@@ -240,194 +291,79 @@ def _parse_box(text: Optional[str]):
     return values
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from naslora_deploy.runtime import Segmenter
+@cli.command()
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="folder for masks, overlays, results.jsonl")
+@click.option("--points", help="point prompts in image pixels: 'x,y[,label];x,y[,label]' (needs an --prompts export)")
+@click.option("--box", help="box prompt in image pixels: x0,y0,x1,y1")
+@runtime_options
+@progress_option
+def predict(artifacts, inputs, out, points, box, backend, device, progress) -> None:
+    """Segment images (files, folders or globs) with an artifact directory; no torch needed."""
     from naslora_deploy.runtime.predict import expand_inputs, predict_files
 
-    segmenter = Segmenter.open(args.artifacts, args.backend, args.device)
-    files = expand_inputs(args.inputs)
-    print(f"backend: {segmenter.backend_name}; {len(files)} image(s)")
-    done, errors = predict_files(segmenter, files, Path(args.out), _parse_points(args.points), _parse_box(args.box),
-                                 progress=not args.no_progress)
+    segmenter = _segmenter(artifacts, backend, device)
+    files = expand_inputs(inputs)
+    click.echo(f"backend: {segmenter.backend_name}; {len(files)} image(s)")
+    done, errors = predict_files(segmenter, files, out, _points(points), _box(box), progress)
     for error in errors:
-        print(f"naslora-deploy predict: skipped {error}", file=sys.stderr)
-    print(f"wrote masks, overlays and results.jsonl for {done} image(s) to {args.out}")
-    return 1 if errors else 0
+        click.echo(f"naslora-deploy predict: skipped {error}", err=True)
+    click.echo(f"wrote masks, overlays and results.jsonl for {done} image(s) to {out}")
+    if errors:
+        raise click.exceptions.Exit(1)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from naslora_deploy.runtime import Segmenter
-    from naslora_deploy.runtime.bench import bench, format_rows
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1", show_default=True, help="comma-separated batch sizes")
+@click.option("--runs", type=int, default=20, show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True)
+@runtime_options
+@json_option
+def bench(artifacts, batch_sizes, runs, warmup, backend, device, json_target) -> None:
+    """Latency, throughput and memory; two artifact directories alternate run by run (A B)."""
+    from naslora_deploy.runtime.bench import bench as run_bench, format_rows
 
-    if len(args.artifacts) > 2:
+    if len(artifacts) > 2:
         raise ValueError("bench compares at most two artifact directories (A B)")
-    segmenters = [Segmenter.open(a, args.backend, args.device) for a in args.artifacts]
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    rows = bench(segmenters, sizes, args.runs, args.warmup)
-    print(format_rows(rows))
-    if args.json:
-        from naslora_deploy.io import atomic_write_text
-
-        atomic_write_text(Path(args.json), json.dumps(rows, indent=2) + "\n")
-    return 0
+    segmenters = [_segmenter(a, backend, device) for a in artifacts]
+    rows = run_bench(segmenters, [int(b) for b in batch_sizes.split(",")], runs, warmup)
+    say(json_target, format_rows(rows))
+    emit_json(json_target, rows)
 
 
-def _add_adapter_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("adapter", help="a run directory (uses best/, or last/) or one checkpoint directory")
-    parser.add_argument("--base", help="the base SAM checkpoint (default: the one recorded at training)")
-    parser.add_argument("--allow-base-mismatch", action="store_true", help="accept a base whose sha256 differs")
-    parser.add_argument("--device", default="cpu")
+@cli.command()
+@options_from(DemoConfig)
+@progress_option
+def demo(**options) -> None:
+    """Synthetic data -> train vit_tiny (NAS-PC-LoRA) -> evaluate -> merge both ways, in 1-2 CPU minutes."""
+    from naslora_deploy.training.demo import run_demo
+
+    run_demo(DemoConfig(**fields_of(DemoConfig, options)))
 
 
-def _add_train_parser(commands) -> None:
-    p = commands.add_parser("train", help="fine-tune SAM with LoRA / NAS-LoRA / NAS-PC-LoRA on a folder data set")
-    p.add_argument("--data", required=True, help="folder with images/ and masks/ (optionally train/ val/ test/)")
-    p.add_argument("--model", default="vit_b", help="vit_b, vit_l, vit_h or vit_tiny")
-    p.add_argument("--method", default="nas_pc_lora", choices=METHODS)
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--checkpoint", help="base SAM checkpoint (.pth or .safetensors); random weights without it")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--search-start", type=int, default=10, help="T_B: epochs of weights-only training before alpha")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--arch-lr", type=float, default=1e-3)
-    p.add_argument("--rank", type=int, default=3)
-    p.add_argument("--targets", default="qkv", help="projections to adapt, e.g. qkv or qv")
-    p.add_argument("--ops", help="comma-separated candidate ops (default: all eight)")
-    p.add_argument("--joint", action="store_true", help="update weights and alpha together (Table 9, row 1)")
-    p.add_argument(
-        "--alpha-pass",
-        choices=["second", "same"],
-        default="second",
-        help="stage 2's alpha gradient: 'second' = a second forward/backward at the updated weights (Alg. 1 as "
-        "written, ~2x a step); 'same' = taken from stage 1's backward, at the weights before their update "
-        "(first-order, no extra pass)",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile each image-encoder block (worth it on CUDA)")
-    p.add_argument("--arch-data", default="train", choices=("train", "val"))
-    p.add_argument("--image-size", type=int, help="must equal the variant's native size")
-    p.add_argument("--classes", type=int, help="number of classes for index masks (default: binary or classes.json)")
-    p.add_argument("--queries", type=int, default=0, help="mask queries of the multi-class head (default: K)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or unpaired files with a warning")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--tensorboard", action="store_true")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=_train)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="naslora-deploy", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"naslora-deploy {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_train_parser(commands)
-
-    p = commands.add_parser("eval", help="metrics of a trained adapter on a data set")
-    _add_adapter_args(p)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", choices=("train", "val", "test"), help="default: test, else val, else train")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--json", help="write the metrics here instead of stdout")
-    p.set_defaults(run=_eval)
-
-    p = commands.add_parser("inspect", help="the searched architecture: softmax(alpha) per block and projection")
-    p.add_argument("adapter")
-    p.add_argument("--plot", help="also draw the operation shares to this PNG")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.set_defaults(run=_inspect)
-
-    p = commands.add_parser("merge", help="fold the adapters into SAM: dense (plain SAM) or fused (exact)")
-    _add_adapter_args(p)
-    p.add_argument("--mode", required=True, choices=("dense", "fused"))
-    p.add_argument("--out", required=True, help="output checkpoint (.pth or .safetensors)")
-    p.add_argument("--calibration", help="image folder for the least-squares fold of spatial ops")
-    p.add_argument("--calibration-images", type=int, default=16)
-    p.set_defaults(run=_merge)
-
-    p = commands.add_parser("export", help="ONNX / TensorRT artifacts from an adapter directory or a SAM checkpoint")
-    p.add_argument("source", help="adapter run/checkpoint directory, or a plain SAM checkpoint file (with --model)")
-    p.add_argument("--format", default="onnx", choices=("onnx", "trt", "triton"))
-    p.add_argument("--out", required=True, help="artifact directory")
-    p.add_argument("--model", help="variant of a SAM checkpoint file (vit_b, vit_l, vit_h, vit_tiny)")
-    p.add_argument("--merge", default="dense", choices=("dense", "fused"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--prompts", action="store_true", help="also export the promptable decoder")
-    p.add_argument("--point-slots", type=int, default=4, help="point prompt slots (plus two for a box)")
-    p.add_argument("--calibration", help="image folder for the dense merge's least-squares fold")
-    p.add_argument("--calibration-images", type=int, default=16)
-    p.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch")
-    p.add_argument("--opt-batch", type=int, default=1, help="TensorRT profile: batch to tune for")
-    p.add_argument("--workspace", type=float, help="TensorRT workspace limit in GB (Jetson: keep it small)")
-    p.add_argument("--timing-cache", help="TensorRT timing cache file, reused across builds")
-    p.add_argument("--base", help="base SAM checkpoint of an adapter (default: the recorded one)")
-    p.add_argument("--allow-base-mismatch", action="store_true")
-    p.set_defaults(run=_export)
-
-    p = commands.add_parser("verify", help="prove the artifacts compute what the PyTorch model computes")
-    p.add_argument("artifacts", help="artifact directory written by export")
-    p.add_argument("--images", help="image folder (default: seeded generated images)")
-    p.add_argument("--count", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tolerance", type=float, help="max abs error allowed on the embeddings (fp32 default 1e-4)")
-    p.add_argument("--against-plain-sam", action="store_true", help="structure and latency against plain build_sam")
-    p.add_argument("--repeats", type=int, default=30, help="alternating latency runs (medians are quoted)")
-    p.add_argument("--json", help="also write the results here")
-    p.set_defaults(run=_verify)
-
-    p = commands.add_parser("predict", help="segment images with an artifact directory (no torch needed)")
-    p.add_argument("artifacts")
-    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    p.add_argument("--out", required=True)
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
-    p.add_argument("--device", help="cpu or cuda (default: the best available)")
-    p.add_argument("--points", help="point prompts in image pixels: 'x,y[,label];x,y[,label]' (needs --prompts export)")
-    p.add_argument("--box", help="box prompt in image pixels: x0,y0,x1,y1")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=_predict)
-
-    p = commands.add_parser("bench", help="latency, throughput and memory; two artifacts alternate run by run")
-    p.add_argument("artifacts", nargs="+", help="one artifact directory, or two to compare (A B)")
-    p.add_argument("--batch-sizes", default="1")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
-    p.add_argument("--device")
-    p.add_argument("--json", help="also write the figures here")
-    p.set_defaults(run=_bench)
-
-    p = commands.add_parser("demo", help="synthetic data -> train vit_tiny (NAS-PC-LoRA) -> eval -> merge both ways")
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--images", type=int, default=48)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--search-start", type=int, default=3)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(run=_demo)
-    return parser
+def _command_name(argv: Sequence[str]) -> str:
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: run a subcommand; user errors become one line and exit code 2."""
-    from naslora_deploy.errors import NasloraError
-
-    args = build_parser().parse_args(argv)
+    """Entry point: run a command; user errors become one line and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prefix = f"naslora-deploy {_command_name(argv)}".rstrip()
     previous_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        return args.run(args)
+        code = cli.main(args=argv, prog_name="naslora-deploy", standalone_mode=False)  # Exit(n) comes back as n
+        return code if isinstance(code, int) else 0
+    except click.ClickException as exc:  # usage errors: click's own message and exit code (2)
+        exc.show()
+        return exc.exit_code
     except (NasloraError, ValueError) as exc:
-        print(f"naslora-deploy {args.command}: error: {exc}", file=sys.stderr)
+        click.echo(f"{prefix}: error: {exc}", err=True)
         return 2
-    except KeyboardInterrupt:
-        print(f"naslora-deploy {args.command}: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo(f"{prefix}: interrupted", err=True)
         return 130
     finally:
         warnings.formatwarning = previous_format

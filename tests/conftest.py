@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
-from naslora_deploy.testing import perturb_adapters, set_alpha
+from naslora_deploy.core.testing import perturb_adapters, set_alpha
 
 
 def make_adapted(method="nas_pc_lora", favoured=None, seed=0, perturb=True, **config_fields):
@@ -34,14 +35,14 @@ def tiny_images():
 
 @pytest.fixture(scope="session")
 def binary_data(tmp_path_factory):
-    from naslora_deploy.data.synthetic import write_synthetic_dataset
+    from naslora_deploy.training.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("binary") / "data", count=8, seed=1)
 
 
 @pytest.fixture(scope="session")
 def multiclass_data(tmp_path_factory):
-    from naslora_deploy.data.synthetic import write_synthetic_dataset
+    from naslora_deploy.training.data.synthetic import write_synthetic_dataset
 
     return write_synthetic_dataset(tmp_path_factory.mktemp("multi") / "data", count=8, multiclass=True, seed=2)
 
@@ -52,10 +53,10 @@ def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0):
 
     from safetensors.torch import save_file
 
-    from naslora_deploy.checkpoint import RunSpec, save_checkpoint
-    from naslora_deploy.data.classes import ClassSpec
-    from naslora_deploy.heads import SegmentationModel
-    from naslora_deploy.io import sha256_of
+    from naslora_deploy.core.checkpoint import RunSpec, save_checkpoint
+    from naslora_deploy.core.classes import ClassSpec
+    from naslora_deploy.core.heads import SegmentationModel
+    from naslora_deploy.common.io import sha256_of
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -80,6 +81,27 @@ def binary_adapter(tmp_path_factory):
 @pytest.fixture(scope="session")
 def multiclass_adapter(tmp_path_factory):
     return make_adapter_dir(tmp_path_factory.mktemp("multi_adapter"), num_classes=3)
+
+
+@pytest.fixture(scope="session")
+def binary_artifacts(binary_adapter, tmp_path_factory):
+    from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+
+    return export_artifacts(binary_adapter, tmp_path_factory.mktemp("rt") / "art", ExportSpec(prompts=True))[0]
+
+
+@pytest.fixture(scope="session")
+def multiclass_artifacts(multiclass_adapter, tmp_path_factory):
+    from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+
+    return export_artifacts(multiclass_adapter, tmp_path_factory.mktemp("rtm") / "art", ExportSpec())[0]
+
+
+@pytest.fixture(scope="session")
+def photo():
+    from naslora_deploy.training.data.synthetic import synthetic_sample
+
+    return synthetic_sample(np.random.default_rng(3))[0]
 
 
 def run_without_torch(body: str):

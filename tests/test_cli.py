@@ -37,8 +37,8 @@ def test_inspect_prints_the_architecture_and_plots(trained_run, tmp_path, capsys
     assert [line.split()[1] for line in lines[1:4]] == ["q", "k", "v"]
     assert lines[-2].startswith("     share")
     assert plot.stat().st_size > 1000
-    assert main(["inspect", str(trained_run), "--json"]) == 0
-    shares = json.loads(capsys.readouterr().out)["shares"]
+    assert main(["inspect", str(trained_run), "--json", "-"]) == 0
+    shares = json.loads(capsys.readouterr().out)["shares"]  # stdout holds only the JSON
     assert sum(shares.values()) == pytest.approx(1.0)
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from naslora_deploy import merge
-from naslora_deploy.fast_attention import use_sdpa
-from naslora_deploy.heads import SegmentationModel
-from naslora_deploy.testing import perturb_adapters
-from naslora_deploy.train import Trainer, TrainConfig
+from naslora_deploy.exporters.fast_attention import use_sdpa
+from naslora_deploy.core.heads import SegmentationModel
+from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.training.trainer import Trainer, TrainConfig
 
 pytestmark = [
     pytest.mark.gpu,
@@ -29,7 +29,7 @@ def _trainer(data, out, **changes):
 
 
 def _first_batch(trainer):
-    from naslora_deploy.train import epoch_order
+    from naslora_deploy.training.trainer import epoch_order
 
     pairs = trainer.splits.split("train")
     return next(iter(trainer._loader(pairs, epoch_order(len(pairs), 0, 0))))

@@ -4,6 +4,7 @@ The directory holds ``image_encoder.onnx``, ``mask_decoder.onnx``, optionally
 ``prompt_decoder.onnx`` and TensorRT engines, and ``manifest.json`` describing
 all of it (sha256 of every file included). It is filled in a temporary
 directory and swapped in whole: a failed export leaves nothing half-written.
+``export`` also writes a Triton model repository (``format="triton"``).
 """
 
 from __future__ import annotations
@@ -16,44 +17,14 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from naslora_deploy import __version__
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.exporters.onnx_export import TWO_GB, io_signature, module_to_onnx, onnx_to_fp16
-from naslora_deploy.exporters.tensorrt_engine import EngineSpec, onnx_to_engine, require_tensorrt, trtexec_command
+from naslora_deploy.common import contract as names
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
+from naslora_deploy.exporters.specs import ExportSpec
+from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, require_tensorrt, trtexec_command
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph, MaskDecoderGraph, PromptDecoderGraph
-from naslora_deploy.io import atomic_write_text, sha256_of, write_directory
-from naslora_deploy.runtime.manifest import FORMAT, MANIFEST_NAME
-
-
-
-@dataclass
-class ExportSpec:
-    """What to export and how; saved in the manifest."""
-
-    format: str = "onnx"
-    merge: str = "dense"
-    precision: str = "fp32"
-    opset: int = 17
-    prompts: bool = False
-    point_slots: int = 4
-    calibration: Optional[str] = None
-    calibration_images: int = 16
-    external_threshold: int = TWO_GB
-    engine: EngineSpec = field(default_factory=EngineSpec)
-
-    def __post_init__(self) -> None:
-        if self.format not in ("onnx", "trt"):
-            raise ValueError(f"unknown format {self.format!r}; choose onnx or trt")
-        if self.merge not in ("dense", "fused"):
-            raise ValueError(f"unknown merge mode {self.merge!r}; choose dense or fused")
-        if self.precision not in ("fp32", "fp16", "bf16") or (self.format == "onnx" and self.precision == "bf16"):
-            raise ValueError(f"precision {self.precision!r}: ONNX files are fp32 or fp16; engines fp32, fp16 or bf16")
-        if self.point_slots < 1:
-            raise ValueError("--point-slots must be >= 1")
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
-
+from naslora_deploy.common.io import atomic_write_text, sha256_of, write_directory
 
 @dataclass
 class ExportSource:
@@ -65,23 +36,23 @@ class ExportSource:
     merge_report: Optional[dict]
 
 
-def load_source(source, spec: ExportSpec, variant: Optional[str] = None, base=None, allow_base_mismatch=False) -> ExportSource:
+def load_source(source, spec: ExportSpec, variant: Optional[str] = None, base=None, allow_base_mismatch=False,
+                progress: Optional[bool] = False) -> ExportSource:
     """An adapter run/checkpoint directory (merged here) or a plain SAM checkpoint file."""
-    from naslora_deploy.heads import SegmentationModel
-    from naslora_deploy.merge import merge
+    from naslora_deploy.core.heads import SegmentationModel
+    from naslora_deploy.core.merge import merge
 
     source = Path(source)
     if source.is_dir():
-        from naslora_deploy.checkpoint import load_adapter
+        from naslora_deploy.core.checkpoint import load_adapter
 
         trained = load_adapter(source, base, allow_base_mismatch)
         calibration = None
         if spec.calibration:
-            from naslora_deploy.merged_files import calibration_images
+            from naslora_deploy.core.calibration import calibration_images
 
             calibration = calibration_images(spec.calibration, spec.calibration_images, trained.spec.image_size)
-        merged_sam, report = merge(trained.sam, spec.merge, calibration=calibration)
-        model = trained.with_sam(merged_sam)
+        model, report = merge(trained, spec.merge, calibration=calibration, progress=progress)
         description = {"kind": "adapter", "path": str(source.resolve()), "base": str(base) if base else None,
                        "spec": trained.spec.to_dict()}
         return ExportSource(model.eval(), trained.spec.variant, description, report.to_dict())
@@ -89,14 +60,14 @@ def load_source(source, spec: ExportSpec, variant: Optional[str] = None, base=No
         raise NasloraError(f"export source {source} not found; pass an adapter directory or a SAM checkpoint file")
     if variant is None:
         raise NasloraError(f"{source} is a checkpoint file: name its variant with --model (vit_b, vit_l, vit_h, vit_tiny)")
-    from naslora_deploy.variants import build_sam
+    from naslora_deploy.core.variants import build_sam
 
     model = SegmentationModel(build_sam(variant, source)).eval()
     description = {"kind": "sam_checkpoint", "path": str(source.resolve()), "variant": variant}
     return ExportSource(model, variant, description, None)
 
 
-def export_graphs(model, spec: ExportSpec, directory: Path) -> Dict[str, Path]:
+def export_graphs(model, spec: ExportSpec, directory: Path, progress: Optional[bool] = False) -> Dict[str, Path]:
     """Write the ONNX files of ``model`` into ``directory``; returns name -> path."""
     size = model.image_size
     image = torch.zeros(1, 3, size, size)
@@ -104,26 +75,21 @@ def export_graphs(model, spec: ExportSpec, directory: Path) -> Dict[str, Path]:
         embeddings = model.sam.image_encoder(image)
     files = {}
     common = dict(opset=spec.opset, external_threshold=spec.external_threshold)
-    files["image_encoder"] = module_to_onnx(
-        ImageEncoderGraph(model.sam.image_encoder), (image,), directory / "image_encoder.onnx",
-        ["image"], ["image_embeddings"], **common,
-    )
-    outputs = ["low_res_logits", "mask_logits"] + (["class_logits"] if model.class_head is not None else [])
-    files["mask_decoder"] = module_to_onnx(
-        MaskDecoderGraph(model), (embeddings,), directory / "mask_decoder.onnx", ["image_embeddings"], outputs, **common
-    )
+    graphs = {
+        names.IMAGE_ENCODER: (ImageEncoderGraph(model.sam.image_encoder), (image,), names.ENCODER_INPUTS,
+                              names.ENCODER_OUTPUTS),
+        names.MASK_DECODER: (MaskDecoderGraph(model), (embeddings,), names.DECODER_INPUTS,
+                             names.decoder_outputs(model.class_head is not None)),
+    }
     if spec.prompts:
         slots = spec.point_slots + 2  # the last two slots take a box (labels 2, 3) or padding (-1)
-        coords = torch.zeros(1, slots, 2)
-        labels = torch.full((1, slots), -1.0)
-        files["prompt_decoder"] = module_to_onnx(
-            PromptDecoderGraph(model.sam), (embeddings, coords, labels), directory / "prompt_decoder.onnx",
-            ["image_embeddings", "point_coords", "point_labels"], ["mask_logits", "low_res_logits", "iou_predictions"],
-            **common,
-        )
-    if spec.format == "onnx" and spec.precision == "fp16":
-        for name, path in files.items():
-            files[name] = onnx_to_fp16(path, path, spec.external_threshold)
+        prompts = (embeddings, torch.zeros(1, slots, 2), torch.full((1, slots), -1.0))
+        graphs[names.PROMPT_DECODER] = (PromptDecoderGraph(model.sam), prompts, names.PROMPT_INPUTS, names.PROMPT_OUTPUTS)
+    for name, (module, example, inputs, outputs) in progress_bar(graphs.items(), "export: ONNX", progress):
+        path = module_to_onnx(module, example, directory / names.onnx_file(name), inputs, outputs, **common)
+        if spec.format != "trt" and spec.precision == "fp16":
+            path = onnx_to_fp16(path, path, spec.external_threshold)
+        files[name] = path
     return files
 
 
@@ -137,26 +103,58 @@ def _describe(path: Path) -> dict:
     return entry
 
 
-def export_artifacts(source, out, spec: ExportSpec, variant=None, base=None, allow_base_mismatch=False) -> Tuple[Path, dict]:
-    """Export ``source`` into the artifact directory ``out``; returns (out, manifest)."""
+def export_artifacts(source, out, spec: ExportSpec, variant=None, base=None, allow_base_mismatch=False,
+                     progress: Optional[bool] = False) -> Tuple[Path, dict]:
+    """Export ``source`` into the artifact directory ``out``; returns (out, manifest).
+
+    ``format="triton"`` writes the ONNX artifacts here; ``export`` adds the repository.
+    """
     if spec.format == "trt":
         require_tensorrt()  # fail before any work, with install help
-    loaded = load_source(source, spec, variant, base, allow_base_mismatch)
+    loaded = load_source(source, spec, variant, base, allow_base_mismatch, progress)
     model = loaded.model
     manifest: dict = {}
 
     def write(tmp: Path) -> None:
-        files = export_graphs(model, spec, tmp)
+        files = export_graphs(model, spec, tmp, progress)
         engines = {}
         if spec.format == "trt":
-            for name, onnx_path in files.items():
+            for name, onnx_path in progress_bar(files.items(), "export: TensorRT engines", progress):
                 inputs = io_signature(onnx_path)["inputs"]
-                engines[name] = onnx_to_engine(onnx_path, tmp / f"{name}.engine", spec.engine, inputs)
+                engines[name] = onnx_to_engine(onnx_path, tmp / names.engine_file(name), spec.engine, inputs)
         manifest.update(_manifest(loaded, spec, files, engines))
-        atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+        atomic_write_text(tmp / names.MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
     write_directory(Path(out), write)
     return Path(out), manifest
+
+
+def export(source, out, spec: ExportSpec, variant=None, base=None, allow_base_mismatch=False,
+           progress: Optional[bool] = False) -> Tuple[Path, dict, Optional[Path]]:
+    """``naslora-deploy export``: artifacts in ``out``, or for ``triton`` artifacts in
+    ``out/artifacts`` and a model repository in ``out/model_repository``.
+
+    Returns (artifact directory, manifest, Triton repository or None).
+    """
+    if spec.format != "triton":
+        return (*export_artifacts(source, out, spec, variant, base, allow_base_mismatch, progress), None)
+    from naslora_deploy.exporters.triton import artifacts_to_triton
+
+    artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", spec, variant, base, allow_base_mismatch,
+                                           progress)
+    repository = artifacts_to_triton(artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch)
+    return artifacts, manifest, repository
+
+
+def rebuild_source(manifest: dict, base=None) -> ExportSource:
+    """The PyTorch model an artifact directory was exported from, merged the same way."""
+    described = manifest["source"]
+    spec = ExportSpec.from_manifest(manifest)
+    spec.format, spec.precision = "onnx", "fp32"  # the PyTorch reference: no engine, full precision
+    path = Path(described["path"])
+    if not path.exists():
+        raise NasloraError(f"the export source {path} is gone; the PyTorch model cannot be rebuilt without it")
+    return load_source(path, spec, described.get("variant") or manifest["variant"], base or described.get("base"))
 
 
 def _manifest(loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], engines: Dict[str, Path]) -> dict:
@@ -172,7 +170,7 @@ def _manifest(loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], en
     if spec_dict:
         classes = spec_dict["classes"]
     return {
-        "format": FORMAT,
+        "format": names.MANIFEST_FORMAT,
         "naslora_deploy_version": __version__,
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,

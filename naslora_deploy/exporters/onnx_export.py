@@ -10,10 +10,10 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.io import atomic_write
+from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.common.io import atomic_write
+from naslora_deploy.exporters.specs import TWO_GB
 
-TWO_GB = 2 * 1024**3
 # Kept in float32 by the fp16 conversion: SAM's LayerNorms (nn.LayerNorm exports as
 # LayerNormalization, LayerNorm2d as ReduceMean/Pow/Sqrt) overflow in fp16; softmax too.
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"]
@@ -111,8 +111,7 @@ def check_onnx(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", strict_mode=True)
     except Exception as exc:  # onnx raises several types (ValidationError, DecodeError, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasloraError(f"{path}: not a valid ONNX model ({reason[:200]}); export it again") from None
+        raise NasloraError(f"{path}: not a valid ONNX model ({first_line(exc, 200)}); export it again") from None
     finally:
         Path(str(path) + ".inferred").unlink(missing_ok=True)
 

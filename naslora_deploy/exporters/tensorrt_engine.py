@@ -12,31 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.io import atomic_write, atomic_write_text, sha256_of
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.exporters.specs import EngineSpec
+from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.runtime.engines import INSTALL_HELP, current_gpu, sidecar_path
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 # ONNX node names TensorRT keeps as layer names: LayerNorm (and LayerNorm2d's pieces) and softmax.
 FP32_LAYER_NAMES = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax")
-
-
-@dataclass
-class EngineSpec:
-    """How to build an engine: precision, batch profile, workspace and timing cache."""
-
-    precision: str = "fp16"
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 8
-    workspace_gb: Optional[float] = None
-    timing_cache: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown engine precision {self.precision!r}; choose fp32, fp16 or bf16")
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError("batch profile must satisfy 1 <= min <= opt <= max")
 
 
 def require_tensorrt():

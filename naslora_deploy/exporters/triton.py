@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 from typing import List
 
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.io import atomic_write_text, write_directory
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import atomic_write_text, write_directory
 from naslora_deploy.runtime.manifest import read_manifest
 
 ENCODER, DECODER, ENSEMBLE = "naslora_image_encoder", "naslora_mask_decoder", "naslora_segment"

@@ -19,13 +19,15 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.exporters.export import ExportSpec, export_graphs, load_source
+from naslora_deploy.common import contract as names
+from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.exporters.export import ExportSpec, export_graphs, rebuild_source
+from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 from naslora_deploy.runtime.backends import available_providers, ort_session
 from naslora_deploy.runtime.manifest import read_manifest
-from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 
-TOLERANCES = {"fp32": {"image_embeddings": 1e-4, "decoder": 1e-3}}
+TOLERANCES = {"fp32": {names.IMAGE_EMBEDDINGS: 1e-4, "decoder": 1e-3}}
 
 
 @dataclass
@@ -74,10 +76,10 @@ def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: i
     """(N, 3, S, S) float32 model inputs: preprocessed ``images_dir`` files or seeded probes."""
     size = manifest["image_size"]
     if images_dir:
-        from naslora_deploy.merged_files import calibration_images
+        from naslora_deploy.core.calibration import calibration_images
 
         return calibration_images(images_dir, count, size).numpy()
-    from naslora_deploy.fidelity import probe_images
+    from naslora_deploy.core.fidelity import probe_images
 
     return probe_images(size, count, seed=seed).numpy()
 
@@ -100,13 +102,13 @@ def torch_outputs(model, images: np.ndarray) -> Dict[str, np.ndarray]:
     with torch.no_grad():
         embeddings = model.sam.image_encoder(torch.from_numpy(images))
         decoded = MaskDecoderGraph(model)(embeddings)
-    names = ["low_res_logits", "mask_logits", "class_logits"]
-    out = {"image_embeddings": embeddings.numpy()}
-    out.update({name: t.numpy() for name, t in zip(names, decoded)})
+    out = {names.IMAGE_EMBEDDINGS: embeddings.numpy()}
+    out.update({name: t.numpy() for name, t in zip(names.decoder_outputs(model.class_head is not None), decoded)})
     return out
 
 
-def verify_parity(directory, images_dir=None, count: int = 2, seed: int = 0, tolerance: Optional[float] = None) -> ParityReport:
+def verify_parity(directory, images_dir=None, count: int = 2, seed: int = 0, tolerance: Optional[float] = None,
+                  progress: Optional[bool] = False) -> ParityReport:
     """Compare every ONNX backend available here (and TensorRT engines) with PyTorch."""
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -114,74 +116,65 @@ def verify_parity(directory, images_dir=None, count: int = 2, seed: int = 0, tol
     images = verification_images(manifest, images_dir, count, seed)
     expected = torch_outputs(source.model, images)
     tolerances = TOLERANCES.get(manifest["onnx_precision"], {})
-    embed_tol = tolerance if tolerance is not None else tolerances.get("image_embeddings")
+    embed_tol = tolerance if tolerance is not None else tolerances.get(names.IMAGE_EMBEDDINGS)
     decoder_tol = tolerances.get("decoder")
     report = ParityReport()
-    for provider in available_providers():
-        encoder = ort_session(directory / "image_encoder.onnx", provider)
-        decoder = ort_session(directory / "mask_decoder.onnx", provider)
-        embeddings = encoder.run(None, {"image": images})[0]
+    for provider in progress_bar(available_providers(), "verify: onnxruntime providers", progress):
+        encoder = ort_session(directory / names.onnx_file(names.IMAGE_ENCODER), provider)
+        decoder = ort_session(directory / names.onnx_file(names.MASK_DECODER), provider)
+        embeddings = encoder.run(None, {names.IMAGE: images})[0]
         tag = f"onnxruntime {provider.replace('ExecutionProvider', '')}"
-        report.rows.append(_row(tag, "image_embeddings", embeddings, expected["image_embeddings"], embed_tol))
-        names = [o.name for o in decoder.get_outputs()]
-        for name, got in zip(names, decoder.run(None, {"image_embeddings": expected["image_embeddings"]})):
+        report.rows.append(_row(tag, names.IMAGE_EMBEDDINGS, embeddings, expected[names.IMAGE_EMBEDDINGS], embed_tol))
+        outputs = [o.name for o in decoder.get_outputs()]
+        for name, got in zip(outputs, decoder.run(None, {names.IMAGE_EMBEDDINGS: expected[names.IMAGE_EMBEDDINGS]})):
             report.rows.append(_row(tag, f"{name} (torch embeddings)", got, expected[name], decoder_tol, "mask" in name))
-        end_to_end = decoder.run(["mask_logits"], {"image_embeddings": embeddings})[0]
-        report.rows.append(_row(tag, "mask_logits (end to end)", end_to_end, expected["mask_logits"], None, True))
+        end_to_end = decoder.run([names.MASK_LOGITS], {names.IMAGE_EMBEDDINGS: embeddings})[0]
+        report.rows.append(_row(tag, f"{names.MASK_LOGITS} (end to end)", end_to_end, expected[names.MASK_LOGITS], None, True))
     report.rows.extend(verify_engines(directory, manifest, images, expected))
     return report
 
 
 def verify_engines(directory: Path, manifest: dict, images: np.ndarray, expected: Dict[str, np.ndarray]) -> List[ParityRow]:
     """TensorRT engines run through polygraphy's ``TrtRunner`` and ``Comparator``, where present."""
-    if not (directory / "image_encoder.engine").is_file():
+    if not (directory / names.engine_file(names.IMAGE_ENCODER)).is_file():
         return []
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-    from polygraphy.comparator import Comparator
+    polygraphy_trt = lazy_import("polygraphy.backend.trt", "trt", "verifying TensorRT engines")
+    Comparator = lazy_import("polygraphy.comparator", "trt", "verifying TensorRT engines").Comparator
 
     from naslora_deploy.runtime.engines import load_engine_bytes
 
     tag = f"tensorrt {manifest['precision']} (polygraphy)"
     tolerances = TOLERANCES.get(manifest["precision"], {})
-    feeds = {"image_encoder": {"image": images}, "mask_decoder": {"image_embeddings": expected["image_embeddings"]}}
+    feeds = {
+        names.IMAGE_ENCODER: {names.IMAGE: images},
+        names.MASK_DECODER: {names.IMAGE_EMBEDDINGS: expected[names.IMAGE_EMBEDDINGS]},
+    }
     rows = []
     for name, feed in feeds.items():
-        runner = TrtRunner(EngineFromBytes(load_engine_bytes(directory / f"{name}.engine")), name=name)
-        outputs = Comparator.run([runner], data_loader=[feed])[0][1][0]
+        engine = polygraphy_trt.EngineFromBytes(load_engine_bytes(directory / names.engine_file(name)))
+        outputs = Comparator.run([polygraphy_trt.TrtRunner(engine, name=name)], data_loader=[feed])[0][1][0]
         for output, got in outputs.items():
-            tol = tolerances.get("image_embeddings" if output == "image_embeddings" else "decoder")
+            tol = tolerances.get(names.IMAGE_EMBEDDINGS if output == names.IMAGE_EMBEDDINGS else "decoder")
             rows.append(_row(tag, output, np.asarray(got), expected[output], tol, "mask" in output))
     return rows
 
 
-def rebuild_source(manifest: dict, base=None):
-    """The PyTorch model the artifacts were exported from (merged the same way)."""
-    described = manifest["source"]
-    spec = ExportSpec(**{k: v for k, v in manifest["export"].items() if k != "engine"})
-    spec.format, spec.precision = "onnx", "fp32"
-    path = Path(described["path"])
-    if not path.exists():
-        raise NasloraError(f"the export source {path} is gone; verify needs it to rebuild the PyTorch model")
-    return load_source(path, spec, described.get("variant") or manifest["variant"], base or described.get("base"))
-
-
 def plain_sam_proof(directory, repeats: int = 10) -> dict:
     """Structure and ORT CPU latency of the artifact against plain ``build_sam(variant)``."""
-    from naslora_deploy.heads import SegmentationModel
-    from naslora_deploy.variants import build_sam
+    from naslora_deploy.core.heads import SegmentationModel
+    from naslora_deploy.core.variants import build_sam
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    spec = ExportSpec(**{k: v for k, v in manifest["export"].items() if k != "engine"})
+    spec = ExportSpec.from_manifest(manifest)
     spec.format, spec.prompts = "onnx", False
     plain = SegmentationModel(build_sam(manifest["variant"])).eval()
     with tempfile.TemporaryDirectory() as tmp:
         files = export_graphs(plain, spec, Path(tmp))
-        structure = compare_signatures(graph_signature(directory / "image_encoder.onnx"), graph_signature(files["image_encoder"]))
+        artifact_encoder, plain_encoder = directory / names.onnx_file(names.IMAGE_ENCODER), files[names.IMAGE_ENCODER]
+        structure = compare_signatures(graph_signature(artifact_encoder), graph_signature(plain_encoder))
         if repeats > 0:
-            structure["image_encoder_latency"] = latency_ratio(
-                directory / "image_encoder.onnx", files["image_encoder"], manifest["image_size"], repeats
-            )
+            structure["image_encoder_latency"] = latency_ratio(artifact_encoder, plain_encoder, manifest["image_size"], repeats)
     structure["plain_sam"] = structure["identical_operators"] and structure["identical_initializers"] and structure["identical_macs"]
     structure["merge_mode"] = manifest["merge"]["mode"]
     return structure
@@ -192,13 +185,34 @@ def latency_ratio(candidate: Path, reference: Path, size: int, repeats: int = 10
     sessions = {"artifact": ort_session(candidate, "CPUExecutionProvider"), "plain": ort_session(reference, "CPUExecutionProvider")}
     image = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     for session in sessions.values():
-        session.run(None, {"image": image})
+        session.run(None, {names.IMAGE: image})
     times = {name: [] for name in sessions}
     for _ in range(repeats):
         for name, session in sessions.items():
             start = time.perf_counter()
-            session.run(None, {"image": image})
+            session.run(None, {names.IMAGE: image})
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
     return {"artifact_ms": medians["artifact"], "plain_ms": medians["plain"],
             "ratio": medians["artifact"] / medians["plain"], "repeats": repeats}
+
+
+def proof_summary(proof: dict) -> str:
+    """The plain-SAM proof in a few printable lines."""
+    lines = [
+        f"against plain SAM ({proof['merge_mode']} merge): identical operators {proof['identical_operators']}, "
+        f"initializers {proof['identical_initializers']}, MACs {proof['identical_macs']} "
+        f"({proof['candidate']['gmacs']:.3f} vs {proof['reference']['gmacs']:.3f} GMAC)"
+    ]
+    if not proof["plain_sam"]:
+        lines.append(
+            f"  extra nodes {proof['extra_nodes']}, extra parameters {proof['extra_parameters']}, "
+            f"extra MACs {proof['extra_gmacs']:.4f} G ({proof['extra_macs_percent']:.2f} %)"
+        )
+    latency = proof.get("image_encoder_latency")
+    if latency:
+        lines.append(
+            f"  onnxruntime CPU encoder latency: {latency['artifact_ms']:.1f} ms vs plain {latency['plain_ms']:.1f} ms, "
+            f"ratio {latency['ratio']:.3f} (medians of {latency['repeats']} alternating runs)"
+        )
+    return "\n".join(lines)

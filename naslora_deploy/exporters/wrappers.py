@@ -1,47 +1,20 @@
 """Export-only modules: static-shape, batch-friendly graphs around SAM's own parts.
 
 Training code is never bent for ONNX: these wrappers hold the trained modules
-and restate the decoder's token assembly in a batched form (SAM's
+and run the decoder through the batched token pass of ``core.heads`` (SAM's
 ``MaskDecoder.forward`` broadcasts one image over many prompts, which a graph
-with a batch axis cannot use). Parity tests pin them to segment-anything's own
+with a batch axis cannot use). Their graphs' input and output names are the
+artifact contract's (``common.contract``). Parity tests pin them to segment-anything's own
 forward. Masks come out at the padded model input size; cropping and resizing
 to the original image happen in the runtime, so no ``orig_im_size`` input.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from naslora_deploy.heads import decode_queries
-
-
-def batched_predict_masks(
-    decoder, embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor, sparse: Optional[torch.Tensor]
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SAM's ``MaskDecoder.predict_masks`` for B images with B prompt sets.
-
-    Returns all mask-token masks (B, M, 4h, 4w) and IoU predictions (B, M).
-    """
-    batch = embeddings.shape[0]
-    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = tokens.unsqueeze(0).expand(batch, -1, -1)
-    if sparse is not None:
-        tokens = torch.cat([tokens, sparse], dim=1)
-    src = embeddings + dense
-    pos = image_pe.expand(batch, -1, -1, -1)
-    channels, height, width = embeddings.shape[1:]
-    hidden, src = decoder.transformer(src, pos, tokens)
-    iou_out = hidden[:, 0, :]
-    mask_out = hidden[:, 1 : 1 + decoder.num_mask_tokens, :]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
-    hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
-    up_c, up_h, up_w = upscaled.shape[1:]
-    masks = (hyper @ upscaled.reshape(batch, up_c, up_h * up_w)).reshape(batch, -1, up_h, up_w)
-    return masks, decoder.iou_prediction_head(iou_out)
+from naslora_deploy.core.heads import batched_predict_masks, decode_queries, upsample_logits
 
 
 class ImageEncoderGraph(nn.Module):
@@ -72,12 +45,10 @@ class MaskDecoderGraph(nn.Module):
         if self.class_head is None:
             masks, _ = batched_predict_masks(self.decoder, image_embeddings, self.image_pe, self.dense, None)
             low_res = masks[:, :1]
-            upscaled = F.interpolate(low_res, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            return low_res, upscaled
+            return low_res, upsample_logits(low_res, self.image_size)
         outputs = decode_queries(self.decoder, self.class_head, image_embeddings, self.dense, self.image_pe)
         low_res = outputs["mask_logits"]
-        upscaled = F.interpolate(low_res, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return low_res, upscaled, outputs["class_logits"]
+        return low_res, upsample_logits(low_res, self.image_size), outputs["class_logits"]
 
 
 class PromptDecoderGraph(nn.Module):
@@ -114,5 +85,4 @@ class PromptDecoderGraph(nn.Module):
         sparse = self.embed_points(point_coords, point_labels)
         masks, iou = batched_predict_masks(self.decoder, image_embeddings, self.image_pe, self.dense, sparse)
         low_res = masks[:, :1]
-        upscaled = F.interpolate(low_res, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return upscaled, low_res, iou[:, :1]
+        return upsample_logits(low_res, self.image_size), low_res, iou[:, :1]

@@ -1,8 +1,10 @@
-"""Torch-free inference runtime.
+"""Torch-free inference runtime: ``Segmenter`` over an exported artifact directory.
 
-Nothing under this package may import torch at import time: it runs on Jetsons
-and slim servers where PyTorch is absent (only the optional ``torch`` backend
-imports it, when asked for).
+It runs on Jetsons and slim servers where PyTorch is absent. The backends it
+owns (TensorRT, onnxruntime) import their libraries lazily; any other backend
+(e.g. ``exporters.torch_backend``) is built by the caller and passed in. It may
+import ``common`` only, and never torch, in any function: the import-rule test
+guards both.
 """
 
 from naslora_deploy.runtime.segmenter import Segmentation, Segmenter

@@ -1,19 +1,46 @@
-"""Inference backends for an artifact directory: TensorRT, onnxruntime, torch.
+"""Inference backends the runtime owns: TensorRT and onnxruntime, behind one ``Backend`` protocol.
 
 Every backend offers ``encode(images)`` -> an embeddings handle (which may stay
 on the GPU) and ``decode(handle)`` / ``prompt_decode(handle, coords, labels)``
--> numpy outputs named as in the ONNX files. Heavy libraries are imported in
-the backend that needs them; torch only in ``TorchBackend``.
+-> numpy outputs named as in the artifact contract. Heavy libraries are
+imported lazily in the backend that needs them. Other backends (the PyTorch one
+lives in ``exporters.torch_backend``) are built by the caller and handed to
+``Segmenter``, the way Polygraphy's runners are handed a model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Protocol
 
 import numpy as np
 
-from naslora_deploy.errors import NasloraError
+from naslora_deploy.common import contract as names
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.lazy import lazy_import
+
+RUNTIME_BACKENDS = ("auto", "tensorrt", "onnxruntime")
+
+
+class Backend(Protocol):
+    """What ``Segmenter`` needs of a backend.
+
+    ``name``: says what runs the model (e.g. ``onnxruntime (CUDA)``); ``on_gpu``.
+    ``encode``: (B, 3, S, S) float32 -> an embeddings handle (an array, a device
+    buffer, a tensor: only this backend's ``decode`` and ``prompt_decode`` read it).
+    ``decode``: handle -> {``low_res_logits``, ``mask_logits`` [, ``class_logits``]}.
+    ``prompt_decode``: handle, (B, N, 2) coords, (B, N) labels ->
+    {``mask_logits``, ``low_res_logits``, ``iou_predictions``}.
+    """
+
+    name: str
+    on_gpu: bool
+
+    def encode(self, images: np.ndarray): ...
+
+    def decode(self, embeddings) -> Dict[str, np.ndarray]: ...
+
+    def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]: ...
 
 ORT_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -47,31 +74,28 @@ class OnnxRuntimeBackend:
     output stays on the device and is bound straight into the decoder."""
 
     def __init__(self, directory: Path, manifest: dict, providers: Optional[List[str]] = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise NasloraError("the onnxruntime backend needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from None
+        ort = lazy_import("onnxruntime", "pip:onnxruntime (or onnxruntime-gpu)", "the onnxruntime backend")
         available = ort.get_available_providers()
         chosen = providers or available_providers()
         missing = [p for p in chosen if p not in available]
         if missing:
             raise NasloraError(f"onnxruntime provider {missing[0]} is not available here (have: {', '.join(available)})")
         self.sessions = {
-            name: ort_session(directory / f"{name}.onnx", chosen)
-            for name in ("image_encoder", "mask_decoder", "prompt_decoder")
-            if (directory / f"{name}.onnx").is_file()
+            graph: ort_session(directory / names.onnx_file(graph), chosen)
+            for graph in names.GRAPHS
+            if (directory / names.onnx_file(graph)).is_file()
         }
-        used = self.sessions["image_encoder"].get_providers()[0]
+        used = self.sessions[names.IMAGE_ENCODER].get_providers()[0]
         self.on_gpu = used != "CPUExecutionProvider"
         self.name = f"onnxruntime ({used.replace('ExecutionProvider', '')})"
 
     def encode(self, images: np.ndarray):
-        session = self.sessions["image_encoder"]
+        session = self.sessions[names.IMAGE_ENCODER]
         if not self.on_gpu:
-            return session.run(None, {"image": images})[0]
+            return session.run(None, {names.IMAGE: images})[0]
         binding = session.io_binding()
-        binding.bind_cpu_input("image", images)
-        binding.bind_output("image_embeddings", "cuda")
+        binding.bind_cpu_input(names.IMAGE, images)
+        binding.bind_output(names.IMAGE_EMBEDDINGS, "cuda")
         session.run_with_iobinding(binding)
         return binding.get_outputs()[0]  # an OrtValue on the GPU
 
@@ -92,10 +116,11 @@ class OnnxRuntimeBackend:
         return dict(zip(outputs, binding.copy_outputs_to_cpu()))
 
     def decode(self, embeddings) -> Dict[str, np.ndarray]:
-        return self._run("mask_decoder", {"image_embeddings": embeddings})
+        return self._run(names.MASK_DECODER, {names.IMAGE_EMBEDDINGS: embeddings})
 
     def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
-        return self._run("prompt_decoder", {"image_embeddings": embeddings, "point_coords": coords, "point_labels": labels})
+        feeds = {names.IMAGE_EMBEDDINGS: embeddings, names.POINT_COORDS: coords, names.POINT_LABELS: labels}
+        return self._run(names.PROMPT_DECODER, feeds)
 
 
 class TensorRTBackend:
@@ -108,15 +133,15 @@ class TensorRTBackend:
         try:
             import tensorrt as trt
             from cuda.bindings import runtime as cudart
-        except ImportError:
+        except ImportError:  # TensorRT is never a pip extra of ours: JetPack or NVIDIA's wheel
             raise NasloraError(INSTALL_HELP + "; the TensorRT backend also needs cuda-python") from None
         self.trt, self.cudart = trt, cudart
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         self.engines, self.contexts, self.buffers = {}, {}, {}
         self.stream = self._check(cudart.cudaStreamCreate())
-        for name in ("image_encoder", "mask_decoder", "prompt_decoder"):
-            path = directory / f"{name}.engine"
+        for name in names.GRAPHS:
+            path = directory / names.engine_file(name)
             if not path.is_file():
                 continue
             engine = runtime.deserialize_cuda_engine(load_engine_bytes(path))
@@ -125,9 +150,9 @@ class TensorRTBackend:
             self.engines[name] = engine
             self.contexts[name] = engine.create_execution_context()
             self._allocate(name, engine, self._max_batch(engine))
-        if "image_encoder" not in self.engines:
-            raise NasloraError(f"{directory} has no image_encoder.engine; export with --format trt")
-        self.max_batch = self._max_batch(self.engines["image_encoder"])
+        if names.IMAGE_ENCODER not in self.engines:
+            raise NasloraError(f"{directory} has no {names.engine_file(names.IMAGE_ENCODER)}; export with --format trt")
+        self.max_batch = self._max_batch(self.engines[names.IMAGE_ENCODER])
         self.name = "tensorrt"
         self.on_gpu = True
 
@@ -147,7 +172,7 @@ class TensorRTBackend:
         trt = self.trt
         for i in range(engine.num_io_tensors):
             tensor = engine.get_tensor_name(i)
-            if name != "image_encoder" and tensor == "image_embeddings":
+            if name != names.IMAGE_ENCODER and tensor == names.IMAGE_EMBEDDINGS:
                 continue  # bound to the encoder's output buffer
             shape = [max_batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor)))
@@ -159,7 +184,8 @@ class TensorRTBackend:
         kind = cudart.cudaMemcpyKind
         for i in range(engine.num_io_tensors):
             tensor = engine.get_tensor_name(i)
-            pointer = self.buffers[("image_encoder", "image_embeddings") if tensor == "image_embeddings" and name != "image_encoder" else (name, tensor)][0]
+            shared = tensor == names.IMAGE_EMBEDDINGS and name != names.IMAGE_ENCODER
+            pointer = self.buffers[(names.IMAGE_ENCODER, names.IMAGE_EMBEDDINGS) if shared else (name, tensor)][0]
             context.set_tensor_address(tensor, int(pointer))
             if engine.get_tensor_mode(tensor) == self.trt.TensorIOMode.INPUT:
                 shape = [batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
@@ -172,7 +198,7 @@ class TensorRTBackend:
         outputs = {}
         for i in range(engine.num_io_tensors):
             tensor = engine.get_tensor_name(i)
-            if engine.get_tensor_mode(tensor) != self.trt.TensorIOMode.OUTPUT or name == "image_encoder":
+            if engine.get_tensor_mode(tensor) != self.trt.TensorIOMode.OUTPUT or name == names.IMAGE_ENCODER:
                 continue
             pointer, dtype, _ = self.buffers[(name, tensor)]
             array = np.empty(tuple(context.get_tensor_shape(tensor)), dtype=dtype)
@@ -184,81 +210,32 @@ class TensorRTBackend:
     def encode(self, images: np.ndarray):
         if images.shape[0] > self.max_batch:
             raise NasloraError(f"batch {images.shape[0]} exceeds the engine profile's maximum {self.max_batch}")
-        self._execute("image_encoder", images.shape[0], {"image": images.astype(np.float32)})
+        self._execute(names.IMAGE_ENCODER, images.shape[0], {names.IMAGE: images.astype(np.float32)})
         return images.shape[0]  # the embeddings stay in the encoder's device buffer
 
     def decode(self, batch: int) -> Dict[str, np.ndarray]:
-        return self._execute("mask_decoder", batch, {})
+        return self._execute(names.MASK_DECODER, batch, {})
 
     def prompt_decode(self, batch: int, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
-        return self._execute("prompt_decoder", batch, {"point_coords": coords, "point_labels": labels})
+        return self._execute(names.PROMPT_DECODER, batch, {names.POINT_COORDS: coords, names.POINT_LABELS: labels})
 
 
-class TorchBackend:
-    """The PyTorch model the artifacts came from (needs torch and the export source)."""
-
-    def __init__(self, directory: Path, manifest: dict, device: Optional[str] = None) -> None:
-        try:
-            import torch  # noqa: F401  (only to fail early with a clear message)
-        except ImportError:
-            raise NasloraError("the torch backend needs PyTorch; use --backend onnxruntime or tensorrt") from None
-        from naslora_deploy.exporters.verify import rebuild_source
-
-        self._setup(rebuild_source(manifest).model, device)
-
-    @classmethod
-    def from_model(cls, model, device: Optional[str] = None, label: str = "") -> "TorchBackend":
-        """The same backend on a model in memory (e.g. an unmerged adapted one)."""
-        backend = cls.__new__(cls)
-        backend._setup(model, device, label)
-        return backend
-
-    def _setup(self, model, device: Optional[str], label: str = "") -> None:
-        import torch
-
-        from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph
-        from naslora_deploy.fast_attention import use_sdpa
-
-        self.torch = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = model.to(self.device).eval()
-        self.encoder = model.sam.image_encoder
-        use_sdpa(self.encoder)  # equal to SAM's attention to ~2e-6 (tests/test_fast_attention.py), and faster
-        self.decoder = MaskDecoderGraph(model).to(self.device)
-        self.prompter = PromptDecoderGraph(model.sam).to(self.device)
-        self.outputs = ["low_res_logits", "mask_logits"] + (["class_logits"] if model.class_head is not None else [])
-        self.name = f"torch ({self.device.type}{', ' + label if label else ''})"
-        self.on_gpu = self.device.type == "cuda"
-
-    def encode(self, images: np.ndarray):
-        with self.torch.no_grad():
-            return self.encoder(self.torch.from_numpy(images).to(self.device))
-
-    def decode(self, embeddings) -> Dict[str, np.ndarray]:
-        with self.torch.no_grad():
-            return {n: t.float().cpu().numpy() for n, t in zip(self.outputs, self.decoder(embeddings))}
-
-    def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
-        t = self.torch
-        with t.no_grad():
-            outs = self.prompter(embeddings, t.from_numpy(coords).to(self.device), t.from_numpy(labels).to(self.device))
-        return {n: o.float().cpu().numpy() for n, o in zip(["mask_logits", "low_res_logits", "iou_predictions"], outs)}
-
-
-def open_backend(directory: Path, manifest: dict, backend: str = "auto", device: Optional[str] = None):
-    """Open ``backend``; ``auto`` takes the first that loads of tensorrt, onnxruntime, torch."""
+def open_backend(directory: Path, manifest: dict, backend: str = "auto", device: Optional[str] = None) -> Backend:
+    """Open one of the runtime's own backends; ``auto`` takes TensorRT (where engines were
+    built and the device is not the CPU), else onnxruntime."""
     if backend == "tensorrt":
         return TensorRTBackend(directory, manifest)
     if backend == "onnxruntime":
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return OnnxRuntimeBackend(directory, manifest, providers)
-    if backend == "torch":
-        return TorchBackend(directory, manifest, device)
     if backend != "auto":
-        raise NasloraError(f"unknown backend {backend!r}; choose auto, tensorrt, onnxruntime or torch")
+        raise NasloraError(
+            f"unknown backend {backend!r}; the runtime has {', '.join(RUNTIME_BACKENDS)} "
+            "(pass any other backend object to Segmenter, e.g. exporters.torch_backend.TorchBackend)"
+        )
     reasons = []
-    candidates = ["onnxruntime", "torch"]
-    if (directory / "image_encoder.engine").is_file() and device != "cpu":
+    candidates = ["onnxruntime"]
+    if (directory / names.engine_file(names.IMAGE_ENCODER)).is_file() and device != "cpu":
         candidates.insert(0, "tensorrt")
     for name in candidates:
         try:

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Optional
 
-from naslora_deploy.errors import NasloraError
+from naslora_deploy.common.errors import NasloraError
 
 INSTALL_HELP = (
     "TensorRT is not installed: on an x86 server `pip install tensorrt` (NVIDIA's wheel, matching your CUDA), "

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.io import sha256_of
+from naslora_deploy.common.contract import MANIFEST_FORMAT, MANIFEST_NAME
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import sha256_of
 
-MANIFEST_NAME = "manifest.json"
-FORMAT = "naslora-deploy-artifacts/1"
 
 
 def read_manifest(directory, check_files: bool = True) -> dict:
@@ -24,7 +23,7 @@ def read_manifest(directory, check_files: bool = True) -> dict:
         raise NasloraError(f"{directory} is not an artifact directory; pass a directory written by naslora-deploy export") from None
     except json.JSONDecodeError as exc:
         raise NasloraError(f"{path} is damaged ({exc})") from None
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") != MANIFEST_FORMAT:
         raise NasloraError(f"{path} is not a naslora-deploy artifact manifest")
     if check_files:
         for name, entry in manifest["files"].items():

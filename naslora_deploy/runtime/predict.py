@@ -5,14 +5,15 @@ from __future__ import annotations
 import glob
 import json
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.imaging import IMAGE_SUFFIXES
-from naslora_deploy.io import atomic_write
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.imaging import IMAGE_SUFFIXES
+from naslora_deploy.common.io import atomic_write
+from naslora_deploy.common.progress import progress as progress_bar
 
 OVERLAY_COLOUR = (255, 64, 32)
 
@@ -62,15 +63,17 @@ def save_png(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def predict_files(segmenter, files: List[Path], out: Path, points=None, box=None, progress: bool = True) -> Tuple[int, List[str]]:
-    """Segment every file; a bad file is reported and skipped. Returns (done, errors)."""
-    from tqdm import tqdm
+def predict_files(segmenter, files: List[Path], out: Path, points=None, box=None,
+                  progress: Optional[bool] = None) -> Tuple[int, List[str]]:
+    """Segment every file; a bad file is reported and skipped. Returns (done, errors).
 
+    ``progress``: a bar over the files (None: on a terminal only, and only for two or more).
+    """
     from naslora_deploy.runtime.segmenter import load_image
 
     out.mkdir(parents=True, exist_ok=True)
     records, errors = [], []
-    for path in tqdm(files, desc="predict", disable=not progress or len(files) < 2, leave=False):
+    for path in progress_bar(files, "predict", progress if len(files) > 1 else False):
         try:
             image = load_image(path)
             result = segmenter.segment(image, points=points, box=box)

@@ -5,7 +5,7 @@
     result = seg.segment(image, points=[(120, 80, 1)], box=(10, 20, 200, 220))
 
 Pre- and post-processing are the training pipeline's own numpy + Pillow
-functions (``naslora_deploy.imaging``): resize the longest side, normalise,
+functions (``naslora_deploy.common.imaging``): resize the longest side, normalise,
 pad; then crop the padding and resize the masks back to the original size.
 """
 
@@ -18,8 +18,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.imaging import postprocess_probabilities, preprocess_image, read_image, resized_shape, to_rgb_uint8
+from naslora_deploy.common import contract as names
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.imaging import postprocess_probabilities, preprocess_image, read_image, resized_shape, to_rgb_uint8
+from naslora_deploy.runtime.backends import Backend, open_backend
 from naslora_deploy.runtime.manifest import read_manifest
 
 ImageInput = Union[str, Path, np.ndarray]
@@ -57,9 +59,14 @@ def semantic_probabilities(mask_logits: np.ndarray, class_logits: np.ndarray) ->
 
 
 class Segmenter:
-    """An artifact directory opened on one backend, with pre- and post-processing."""
+    """An artifact directory opened on one backend, with pre- and post-processing.
 
-    def __init__(self, directory: Path, manifest: dict, backend) -> None:
+    ``Segmenter.open(dir)`` checks the manifest and picks a backend the runtime
+    owns; ``Segmenter(dir, manifest, backend)`` takes any ``Backend`` built by the
+    caller (e.g. ``exporters.torch_backend.TorchBackend``).
+    """
+
+    def __init__(self, directory: Path, manifest: dict, backend: Backend) -> None:
         self.directory = directory
         self.manifest = manifest
         self.backend = backend
@@ -71,11 +78,12 @@ class Segmenter:
 
     @classmethod
     def open(cls, artifact_dir, backend: str = "auto", device: Optional[str] = None) -> "Segmenter":
-        """Check the manifest (sha256 of every file), then open ``backend`` (``auto`` says which it took)."""
-        from naslora_deploy.runtime.backends import open_backend
-
+        """Check the manifest (sha256 of every file), then open ``backend``: ``auto``, ``tensorrt``
+        or ``onnxruntime`` (``backend_name`` says which ``auto`` took). ``device``: ``cpu``,
+        ``cuda``, or ``auto``/None for the best available."""
         directory = Path(artifact_dir)
         manifest = read_manifest(directory)
+        device = None if device == "auto" else device
         return cls(directory, manifest, open_backend(directory, manifest, backend, device))
 
     @property
@@ -114,15 +122,15 @@ class Segmenter:
         return results
 
     def _postprocess(self, outputs: Dict[str, np.ndarray], index: int, size: Tuple[int, int]) -> Segmentation:
-        logits = outputs["mask_logits"][index : index + 1]
+        logits = outputs[names.MASK_LOGITS][index : index + 1]
         if not self.multiclass:
             prob = postprocess_probabilities(sigmoid(logits[0, 0]), size, self.image_size)
             return Segmentation(size, prob > 0.5, prob.astype(np.float32))
-        semantic = semantic_probabilities(logits, outputs["class_logits"][index : index + 1])[0]
+        semantic = semantic_probabilities(logits, outputs[names.CLASS_LOGITS][index : index + 1])[0]
         prob = postprocess_probabilities(semantic, size, self.image_size)
         class_map = prob.argmax(0).astype(np.uint8)
-        names = self.classes.get("names") or [str(i) for i in range(prob.shape[0])]
-        areas = {name: int((class_map == k).sum()) for k, name in enumerate(names)}
+        class_names = self.classes.get("names") or [str(i) for i in range(prob.shape[0])]
+        areas = {name: int((class_map == k).sum()) for k, name in enumerate(class_names)}
         return Segmentation(size, class_map != 0, prob.max(0).astype(np.float32), class_map, areas)
 
     def prompt_arrays(self, size: Tuple[int, int], points: Optional[Sequence], box: Optional[Sequence[float]]):
@@ -163,8 +171,8 @@ class Segmenter:
         t_enc = time.perf_counter()
         outputs = self.backend.prompt_decode(embeddings, coords, labels)
         t_dec = time.perf_counter()
-        prob = postprocess_probabilities(sigmoid(outputs["mask_logits"][0, 0]), image.shape[:2], self.image_size)
-        result = Segmentation(image.shape[:2], prob > 0.5, prob.astype(np.float32), score=float(outputs["iou_predictions"][0, 0]))
+        prob = postprocess_probabilities(sigmoid(outputs[names.MASK_LOGITS][0, 0]), image.shape[:2], self.image_size)
+        result = Segmentation(image.shape[:2], prob > 0.5, prob.astype(np.float32), score=float(outputs[names.IOU_PREDICTIONS][0, 0]))
         t_post = time.perf_counter()
         result.timings = {"pre": 1000 * (t_pre - start), "encoder": 1000 * (t_enc - t_pre),
                           "decoder": 1000 * (t_dec - t_enc), "post": 1000 * (t_post - t_dec)}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from naslora_deploy.errors import NasloraError
+from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.runtime.manifest import read_manifest
 from naslora_deploy.exporters.verify import verify_parity

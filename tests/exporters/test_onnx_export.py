@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from naslora_deploy.errors import NasloraError
+from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.exporters.onnx_export import check_onnx, io_signature, module_to_onnx, onnx_to_fp16
 
 

@@ -9,7 +9,7 @@ from naslora_deploy.exporters.onnx_export import module_to_onnx
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 from naslora_deploy.exporters.verify import plain_sam_proof
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph
-from naslora_deploy.testing import perturb_adapters
+from naslora_deploy.core.testing import perturb_adapters
 
 
 def test_dense_artifact_is_plain_sam_and_fused_reports_its_extras(binary_adapter, tmp_path):
@@ -48,8 +48,8 @@ def test_vit_b_dense_merge_exports_as_plain_sam(tmp_path):
     adapted = build_sam("vit_b")
     add_adapters(adapted, AdapterConfig(method="nas_pc_lora"))
     perturb_adapters(adapted, seed=3)
-    from naslora_deploy.adapters import adapted_layers
-    from naslora_deploy.merge import constant_response_folds, dense_copy
+    from naslora_deploy.core.adapters import adapted_layers
+    from naslora_deploy.core.merge import constant_response_folds, dense_copy
 
     layers = dict(adapted_layers(adapted))
     with torch.no_grad():

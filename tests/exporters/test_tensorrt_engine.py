@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from naslora_deploy.exporters.tensorrt_engine import EngineSpec, engine_sidecar, profile_shapes, trtexec_command
+from naslora_deploy.exporters.specs import EngineSpec
+from naslora_deploy.exporters.tensorrt_engine import engine_sidecar, profile_shapes, trtexec_command
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed here (no wheel for this machine)")
@@ -29,7 +30,7 @@ def test_profile_and_trtexec_command(tmp_path):
 
 
 def test_sidecar_contents(tmp_path):
-    from naslora_deploy.io import sha256_of
+    from naslora_deploy.common.io import sha256_of
     from naslora_deploy.runtime.engines import check_engine_compatibility
 
     onnx_path = tmp_path / "image_encoder.onnx"

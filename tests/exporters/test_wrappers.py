@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from naslora_deploy import build_sam
-from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph, batched_predict_masks
-from naslora_deploy.heads import SegmentationModel
+from naslora_deploy.core.heads import batched_predict_masks
+from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph
+from naslora_deploy.core.heads import SegmentationModel
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from naslora_deploy.errors import NasloraError
+from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.runtime.engines import check_engine_compatibility, read_sidecar
 
 SIDECAR = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}

@@ -5,51 +5,12 @@ import pytest
 import torch
 
 from conftest import run_without_torch
-from naslora_deploy.errors import NasloraError
-from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.runtime import Segmenter
-
-
-@pytest.fixture(scope="module")
-def binary_artifacts(binary_adapter, tmp_path_factory):
-    return export_artifacts(binary_adapter, tmp_path_factory.mktemp("rt") / "art", ExportSpec(prompts=True))[0]
-
-
-@pytest.fixture(scope="module")
-def multiclass_artifacts(multiclass_adapter, tmp_path_factory):
-    return export_artifacts(multiclass_adapter, tmp_path_factory.mktemp("rtm") / "art", ExportSpec())[0]
-
-
-@pytest.fixture(scope="module")
-def photo():
-    from naslora_deploy.data.synthetic import synthetic_sample
-
-    return synthetic_sample(np.random.default_rng(3))[0]
 
 
 def _iou(a, b):
     return (a & b).sum() / max((a | b).sum(), 1)
-
-
-def test_onnxruntime_and_torch_backends_agree_with_training_inference(binary_artifacts, binary_adapter, photo):
-    from naslora_deploy.checkpoint import load_adapter
-    from naslora_deploy.evaluate import predict_probabilities
-
-    ort_seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
-    torch_seg = Segmenter.open(binary_artifacts, backend="torch")
-    assert ort_seg.backend_name == "onnxruntime (CPU)" and torch_seg.backend_name == "torch (cpu)"
-    for session in ort_seg.backend.sessions.values():  # idle threads must not busy-wait between sessions
-        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    from naslora_deploy.fast_attention import sdpa_enabled_count
-
-    assert sdpa_enabled_count(torch_seg.backend.encoder) == len(torch_seg.backend.encoder.blocks)
-    a, b = ort_seg.segment(photo), torch_seg.segment(photo)
-    assert a.size == photo.shape[:2] and a.mask.shape == photo.shape[:2]
-    assert np.abs(a.probability - b.probability).max() < 1e-4
-    assert set(a.timings) == {"pre", "encoder", "decoder", "post"}
-    # the dense-merged artifact against the unmerged trained model through the training-side inference path
-    reference = predict_probabilities(load_adapter(binary_adapter), [photo], "cpu")[0]
-    assert _iou(a.mask, reference > 0.5) > 0.9
 
 
 def test_auto_picks_the_fastest_that_loads(binary_artifacts):
@@ -59,7 +20,7 @@ def test_auto_picks_the_fastest_that_loads(binary_artifacts):
 def test_postprocessing_matches_sams_within_one_pixel(binary_artifacts, photo):
     from scipy import ndimage
     from naslora_deploy import build_sam
-    from naslora_deploy.imaging import preprocess_image, resized_shape
+    from naslora_deploy.common.imaging import preprocess_image, resized_shape
 
     seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
     batch = preprocess_image(photo, 256)[None]
@@ -77,8 +38,8 @@ def test_postprocessing_matches_sams_within_one_pixel(binary_artifacts, photo):
 def test_preprocessing_is_the_training_pipelines(binary_artifacts, tmp_path, photo):
     from PIL import Image
 
-    from naslora_deploy.data.classes import ClassSpec
-    from naslora_deploy.data.dataset import SegmentationDataset
+    from naslora_deploy.core.classes import ClassSpec
+    from naslora_deploy.training.data.dataset import SegmentationDataset
 
     Image.fromarray(photo).save(tmp_path / "p.png")
     Image.fromarray(np.zeros(photo.shape[:2], np.uint8)).save(tmp_path / "m.png")
@@ -110,9 +71,6 @@ def test_prompts(binary_artifacts, multiclass_artifacts, photo):
     seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
     result = seg.segment(photo, points=[(60, 50, 1), (10, 10, 0)], box=(20, 20, 150, 120))
     assert result.score is not None and result.mask.shape == photo.shape[:2]
-    torch_result = Segmenter.open(binary_artifacts, backend="torch").segment(photo, points=[(60, 50, 1), (10, 10, 0)],
-                                                                                box=(20, 20, 150, 120))
-    assert np.abs(result.probability - torch_result.probability).max() < 1e-4
     with pytest.raises(ValueError, match="5 points, but the prompt decoder has 4 point slots"):
         seg.segment(photo, points=[(1, 1)] * 5)
     with pytest.raises(ValueError, match=r"point 0 is \(1, 2, 3, 4\)"):

@@ -1,0 +1,95 @@
+"""The searched architecture of a trained adapter: softmax(alpha) per block and projection."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from naslora_deploy.core.checkpoint import WEIGHTS_NAME, read_spec, resolve_checkpoint_dir
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.lazy import lazy_import
+
+ALPHA_KEY = re.compile(r"blocks\.(\d+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
+SHORT_NAMES = {
+    "sep_conv_3x3": "sep3x3",
+    "sep_conv_5x5": "sep5x5",
+    "dil_conv_3x3": "dil3x3",
+    "dil_conv_5x5": "dil5x5",
+    "avg_pool_3x3": "avg3x3",
+    "max_pool_3x3": "max3x3",
+    "skip_connect": "skip",
+    "none": "none",
+}
+
+
+def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.ndarray]]:
+    """(op names, {(block, projection): softmax(alpha)}) read from a checkpoint directory."""
+    from safetensors.numpy import load_file
+
+    directory = resolve_checkpoint_dir(directory)
+    spec = read_spec(directory)
+    if not spec.adapter.has_cell:
+        raise NasloraError(f"{directory} holds plain LoRA adapters: there is no searched architecture to inspect")
+    state = load_file(str(directory / WEIGHTS_NAME))
+    weights = {}
+    for key, value in state.items():
+        match = ALPHA_KEY.search(key)
+        if match:
+            alpha = value.astype(np.float64)
+            exp = np.exp(alpha - alpha.max())
+            weights[(int(match.group(1)), match.group(2))] = exp / exp.sum()
+    return list(spec.adapter.ops), dict(sorted(weights.items(), key=lambda kv: (kv[0][0], "qkv".index(kv[0][1]))))
+
+
+def operation_shares(weights: Dict[Tuple[int, str], np.ndarray]) -> np.ndarray:
+    """The paper's Fig. C2 proportion of each op: its mean weight over blocks and q, k, v."""
+    return np.mean(np.stack(list(weights.values())), axis=0)
+
+
+def format_table(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray]) -> str:
+    """A text table: one row per (block, projection), one column per op, plus the top op."""
+    short = [SHORT_NAMES.get(op, op[:9]) for op in ops]
+    lines = [f"{'block':>5} {'proj':>4} " + " ".join(f"{s:>9}" for s in short) + "  top"]
+    for (block, target), w in weights.items():
+        lines.append(f"{block:>5} {target:>4} " + " ".join(f"{v:>9.3f}" for v in w) + f"  {ops[int(np.argmax(w))]}")
+    shares = operation_shares(weights)
+    lines.append(f"{'share':>10} " + " ".join(f"{v:>9.3f}" for v in shares))
+    return "\n".join(lines)
+
+
+def plot_shares(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], path: Path) -> Path:
+    """Bar chart of the operation shares (needs matplotlib)."""
+    matplotlib = lazy_import("matplotlib", "plot", "--plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from naslora_deploy.common.io import atomic_write
+
+    shares = operation_shares(weights)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(ops)), shares, color="#3b6ea5")
+    ax.set_xticks(range(len(ops)))
+    ax.set_xticklabels(ops, rotation=30, ha="right")
+    ax.set_ylabel("mean softmax(alpha)")
+    ax.set_title("Share of each candidate operation (all blocks, q/k/v)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120))
+    plt.close(fig)
+    return Path(path)
+
+
+def inspection_summary(directory, plot: Optional[Path] = None) -> dict:
+    """Everything ``naslora-deploy inspect`` prints, as a dict."""
+    ops, weights = searched_weights(directory)
+    summary = {
+        "ops": ops,
+        "shares": dict(zip(ops, operation_shares(weights).tolist())),
+        "weights": {f"{b}.{t}": w.tolist() for (b, t), w in weights.items()},
+        "table": format_table(ops, weights),
+    }
+    if plot is not None:
+        summary["plot"] = str(plot_shares(ops, weights, Path(plot)))
+    return summary

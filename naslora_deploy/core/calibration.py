@@ -1,0 +1,62 @@
+"""Calibration images: what a dense merge fits its folds on and every merge is measured on.
+
+``merge`` takes a (N, 3, S, S) tensor, a callable returning batches, or any
+re-iterable of batches; ``calibration_batches`` turns each into one re-callable,
+checked batch iterator. ``calibration_images`` reads them from an image folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Union
+
+import numpy as np
+import torch
+
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.imaging import IMAGE_SUFFIXES, preprocess_image, read_image
+
+Calibration = Union[torch.Tensor, Callable[[], Iterable[torch.Tensor]], Iterable[torch.Tensor]]
+
+
+def calibration_images(folder, count: int, image_size: int) -> torch.Tensor:
+    """Up to ``count`` preprocessed images from ``folder`` (or its images/, train/images/)."""
+    folder = Path(folder)
+    for candidate in (folder / "train" / "images", folder / "images", folder):
+        if candidate.is_dir():
+            files = sorted(p for p in candidate.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if files:
+                break
+    else:
+        raise NasloraError(f"calibration folder {folder} not found")
+    if not files:
+        raise NasloraError(f"no images in {folder} (png, jpg, jpeg, bmp, tif) for calibration")
+    step = max(1, len(files) // count)
+    chosen = files[::step][:count]
+    return torch.from_numpy(np.stack([preprocess_image(read_image(p), image_size) for p in chosen]))
+
+
+def calibration_batches(calibration: Calibration, image_size: int) -> Callable[[], Iterator[torch.Tensor]]:
+    """Normalise the accepted calibration forms into a re-callable batch iterator that checks shapes."""
+    if isinstance(calibration, torch.Tensor):
+        source: Callable[[], Iterable[torch.Tensor]] = lambda: calibration.split(4)
+    elif callable(calibration):
+        source = calibration
+    else:
+        materialised = list(calibration)
+        source = lambda: materialised
+
+    def batches() -> Iterator[torch.Tensor]:
+        count = 0
+        for batch in source():
+            if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or tuple(batch.shape[1:]) != (3, image_size, image_size):
+                shape = list(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+                raise ValueError(
+                    f"calibration batches must be (N, 3, {image_size}, {image_size}) preprocessed images, got {shape}"
+                )
+            count += 1
+            yield batch
+        if count == 0:
+            raise ValueError("calibration gave no images")
+
+    return batches

@@ -1,0 +1,237 @@
+"""Adapter checkpoints: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Also the files a merge writes: a plain SAM state dict (dense) or the fused model's,
+with the fidelity report and, for multi-class models, the class head beside it.
+
+A checkpoint directory holds everything needed to rebuild the trained model on
+top of its base SAM checkpoint, whose sha256 is recorded and checked. The
+safetensors file holds the whole trainable state and nothing else: adapters
+(W_e, W_d, cell ops, alpha, PC masks), the mask decoder and the class head.
+Directories are replaced atomically: a reader sees the old one or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+from naslora_deploy import __version__
+from naslora_deploy.core.config import AdapterConfig
+from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.common.errors import CheckpointError, first_line
+from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+TRAINING_STATE_NAME = "training_state.pt"
+FORMAT = "naslora-deploy-adapter/1"
+
+
+@dataclass
+class RunSpec:
+    """Everything needed to rebuild a trained model, saved as ``adapter_config.json``."""
+
+    variant: str
+    adapter: AdapterConfig
+    classes: ClassSpec = field(default_factory=ClassSpec)
+    num_queries: int = 0
+    image_size: int = 1024
+    base_checkpoint: Optional[str] = None
+    base_sha256: Optional[str] = None
+    progress: dict = field(default_factory=dict)
+
+    @property
+    def head(self) -> str:
+        """``binary`` or ``multiclass``."""
+        return self.classes.head
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, with the format tag and package version."""
+        return {
+            "format": FORMAT,
+            "naslora_deploy_version": __version__,
+            "variant": self.variant,
+            "image_size": self.image_size,
+            "head": self.head,
+            "classes": self.classes.to_dict(),
+            "num_queries": self.num_queries,
+            "base_checkpoint": self.base_checkpoint,
+            "base_sha256": self.base_sha256,
+            "adapter": self.adapter.to_dict(),
+            "progress": self.progress,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "adapter config") -> "RunSpec":
+        """Parse ``to_dict`` output; a foreign or damaged file gets a clear error."""
+        if data.get("format") != FORMAT:
+            raise CheckpointError(f"{source} is not a naslora-deploy adapter config (format {data.get('format')!r})")
+        try:
+            return cls(
+                variant=data["variant"],
+                adapter=AdapterConfig.from_dict(data["adapter"]),
+                classes=ClassSpec.from_dict(data["classes"]),
+                num_queries=int(data.get("num_queries", 0)),
+                image_size=int(data["image_size"]),
+                base_checkpoint=data.get("base_checkpoint"),
+                base_sha256=data.get("base_sha256"),
+                progress=dict(data.get("progress") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source} is damaged: {exc}") from None
+
+
+def trainable_state(model) -> Dict[str, torch.Tensor]:
+    """The whole trainable state of a ``SegmentationModel``, by structure, not by requires_grad."""
+    from naslora_deploy.core.adapters import adapted_layers
+
+    keep = set()
+    for index, layer in adapted_layers(model.sam):
+        prefix = f"sam.image_encoder.blocks.{index}.attn.qkv.adapters."
+        keep.update(prefix + name for name, _ in layer.adapters.named_parameters())
+        keep.update(prefix + name for name, _ in layer.adapters.named_buffers())
+    state = model.state_dict()
+    keep.update(k for k in state if k.startswith(("sam.mask_decoder.", "class_head.")))
+    # named_buffers() also lists non-persistent buffers (derived kernel bases), which are not state
+    return {k: state[k].detach().contiguous().cpu() for k in sorted(keep) if k in state}
+
+
+def save_checkpoint(directory: Path, model, spec: RunSpec, training_state: Optional[dict] = None) -> Path:
+    """Write one checkpoint directory atomically."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        save_file(trainable_state(model), str(tmp / WEIGHTS_NAME))
+        atomic_write_text(tmp / CONFIG_NAME, json.dumps(spec.to_dict(), indent=2) + "\n")
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE_NAME)
+
+    return write_directory(Path(directory), write)
+
+
+def resolve_checkpoint_dir(path: Union[str, Path]) -> Path:
+    """A checkpoint directory, or a run directory's ``best/`` (``last/`` without validation)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"adapter directory {path} not found")
+    if (path / CONFIG_NAME).is_file():
+        return path
+    for name in ("best", "last", ".best.old", ".last.old"):
+        if (path / name / CONFIG_NAME).is_file():
+            return path / name
+    raise CheckpointError(f"{path} holds no {CONFIG_NAME} (nor best/ or last/); pass a run or checkpoint directory")
+
+
+def read_spec(directory: Union[str, Path]) -> RunSpec:
+    """Read ``adapter_config.json`` of a (resolved) checkpoint directory."""
+    path = resolve_checkpoint_dir(directory) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    return RunSpec.from_dict(data, source=str(path))
+
+
+def _base_path(spec: RunSpec, directory: Path, base_checkpoint) -> Optional[Path]:
+    if base_checkpoint is not None:
+        return Path(base_checkpoint)
+    if spec.base_checkpoint is None:
+        return None
+    recorded = Path(spec.base_checkpoint)
+    return recorded if recorded.is_absolute() else (directory / recorded)
+
+
+def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = False, device="cpu"):
+    """Rebuild a trained ``SegmentationModel`` from a run or checkpoint directory.
+
+    The base SAM checkpoint is ``base_checkpoint`` or the recorded one; its
+    sha256 must match the recorded one unless ``allow_base_mismatch``.
+    """
+    from safetensors.torch import load_file
+
+    from naslora_deploy.core.adapters import add_adapters
+    from naslora_deploy.core.heads import SegmentationModel
+    from naslora_deploy.core.variants import build_sam, first_mismatch
+
+    directory = resolve_checkpoint_dir(directory)
+    spec = read_spec(directory)
+    base = _base_path(spec, directory, base_checkpoint)
+    if spec.base_sha256 is not None:
+        if base is None or not base.is_file():
+            raise CheckpointError(
+                f"{directory} was trained on base checkpoint {spec.base_checkpoint} (sha256 {spec.base_sha256[:12]}...), "
+                f"which is not at {base}; pass it with --base"
+            )
+        found = sha256_of(base)
+        if found != spec.base_sha256 and not allow_base_mismatch:
+            raise CheckpointError(
+                f"base checkpoint {base} has sha256 {found[:12]}..., but {directory} was trained on "
+                f"{spec.base_sha256[:12]}...; pass the original SAM checkpoint, or --allow-base-mismatch to use it anyway"
+            )
+    sam = build_sam(spec.variant, base)
+    add_adapters(sam, spec.adapter)
+    model = SegmentationModel(sam, spec.classes.num_classes, spec.num_queries)
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except Exception as exc:  # safetensors raises several types on damaged files
+        raise CheckpointError(f"cannot read {directory / WEIGHTS_NAME}: {first_line(exc)}") from None
+    mismatch = first_mismatch(trainable_state(model), state)
+    if mismatch:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME} does not fit its {CONFIG_NAME}: {mismatch}")
+    model.load_state_dict(state, strict=False)
+    model.spec = spec
+    return model.to(device).eval()
+
+
+def save_state(path: Path, state: dict) -> Path:
+    """A tensor dict to ``.safetensors`` or a ``torch.save`` file, atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def sidecar_paths(out: Path) -> dict:
+    """Where the report and (multi-class) head go, beside ``out``."""
+    stem = out.with_suffix("")
+    return {"report": Path(f"{stem}.report.json"), "head": Path(f"{stem}.head.safetensors")}
+
+
+def write_merged(model, mode: str, out, calibration=None, source: str = "", progress: Optional[bool] = False):
+    """Merge a trained ``SegmentationModel`` and write it; returns (merged model, report, paths).
+
+    dense: ``out`` is a plain SAM state dict (loads with ``sam_model_registry``);
+    fused: ``out`` holds the fused model's state. The fidelity report (plus what
+    the model is) goes to ``<stem>.report.json``; a multi-class class head and
+    queries to ``<stem>.head.safetensors``.
+    """
+    from naslora_deploy.core.merge import merge
+
+    out = Path(out)
+    spec = model.spec
+    merged, report = merge(model, mode, calibration=calibration, progress=progress)
+    written = [save_state(out, merged.sam.state_dict())]
+    paths = sidecar_paths(out)
+    if model.class_head is not None:
+        head = {f"class_head.{k}": v for k, v in model.class_head.state_dict().items()}
+        written.append(save_state(paths["head"], head))
+    description = {
+        "variant": spec.variant,
+        "image_size": spec.image_size,
+        "head": spec.head,
+        "classes": spec.classes.to_dict(),
+        "num_queries": spec.num_queries,
+        "adapter": spec.adapter.to_dict(),
+        "source": source,
+        "checkpoint": out.name,
+        "head_weights": paths["head"].name if model.class_head is not None else None,
+        "merge": report.to_dict(),
+    }
+    written.append(atomic_write_text(paths["report"], json.dumps(description, indent=2) + "\n"))
+    return merged, report, written

@@ -1,0 +1,172 @@
+"""`AdapterConfig`: what adapters to put where, validated and JSON round-trippable.
+
+No torch here: the command line declares its choices from these names anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Tuple, Union
+
+METHODS = ("lora", "nas_lora", "nas_pc_lora")
+TARGETS = ("q", "k", "v")
+MERGE_MODES = ("dense", "fused")
+# The cell's eight candidates (DARTS' names); ``ops.OP_SPECS`` gives their shapes.
+OP_NAMES = (
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "avg_pool_3x3",
+    "max_pool_3x3",
+    "skip_connect",
+    "none",
+)
+
+
+@dataclass
+class AdapterConfig:
+    """Adapters on the Q/K/V projections of a SAM image encoder.
+
+    method: ``lora`` (plain low-rank), ``nas_lora`` (searchable cell on all rank
+        channels) or ``nas_pc_lora`` (cell on a fixed ``channel_ratio`` of them).
+    rank: LoRA rank r (paper default 3).
+    targets: which slices of ``attn.qkv`` get an adapter, in q, k, v order.
+    blocks: ``"all"`` or a list of image-encoder block indices.
+    ops: candidate operations of the cell (any non-empty subset of ``OP_NAMES``).
+    channel_ratio: share of the rank channels that go through the cell (PC only).
+    alpha_init_std: architecture weights start as N(0, 1) * this.
+    seed: seeds every adapter initialisation, so a config rebuilds the same adapters.
+    """
+
+    method: str = "nas_pc_lora"
+    rank: int = 3
+    targets: Tuple[str, ...] = TARGETS
+    blocks: Union[str, List[int]] = "all"
+    ops: Tuple[str, ...] = OP_NAMES
+    channel_ratio: float = 2.0 / 3.0
+    alpha_init_std: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(self.targets)
+        self.ops = tuple(self.ops)
+        if not isinstance(self.blocks, str):
+            self.blocks = [int(b) for b in self.blocks]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message on the first invalid field."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise ValueError(f"rank must be an integer >= 1, got {self.rank!r}")
+        if not self.targets:
+            raise ValueError("targets is empty; give a non-empty subset of q, k, v")
+        for target in self.targets:
+            if target not in TARGETS:
+                raise ValueError(f"unknown target {target!r}; targets are a subset of q, k, v")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets has duplicates: {list(self.targets)}")
+        self.targets = tuple(t for t in TARGETS if t in self.targets)
+        if isinstance(self.blocks, str):
+            if self.blocks != "all":
+                raise ValueError(f"blocks must be 'all' or a list of block indices, got {self.blocks!r}")
+        else:
+            if not self.blocks:
+                raise ValueError("blocks is an empty list; use 'all' or name at least one block")
+            if any(b < 0 for b in self.blocks):
+                raise ValueError(f"block indices must be >= 0, got {self.blocks}")
+            if len(set(self.blocks)) != len(self.blocks):
+                raise ValueError(f"blocks has duplicates: {self.blocks}")
+        if not self.ops:
+            raise ValueError("ops is empty; give a non-empty subset of " + ", ".join(OP_NAMES))
+        for op in self.ops:
+            if op not in OP_NAMES:
+                raise ValueError(f"unknown op {op!r}; ops are a subset of {', '.join(OP_NAMES)}")
+        if len(set(self.ops)) != len(self.ops):
+            raise ValueError(f"ops has duplicates: {list(self.ops)}")
+        if not (0.0 < self.channel_ratio <= 1.0) or math.isnan(self.channel_ratio):
+            raise ValueError(f"channel_ratio must be in (0, 1], got {self.channel_ratio!r}")
+        if not (self.alpha_init_std >= 0.0 and math.isfinite(self.alpha_init_std)):
+            raise ValueError(f"alpha_init_std must be a finite number >= 0, got {self.alpha_init_std!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def has_cell(self) -> bool:
+        """Whether the adapters carry a searchable cell (and architecture weights)."""
+        return self.method != "lora"
+
+    @property
+    def cell_channels(self) -> int:
+        """How many of the rank channels go through the cell (0 for plain LoRA)."""
+        if self.method == "lora":
+            return 0
+        if self.method == "nas_lora":
+            return self.rank
+        return max(1, min(self.rank, round(self.channel_ratio * self.rank)))
+
+    def block_indices(self, depth: int) -> List[int]:
+        """The adapted block indices for an encoder of ``depth`` blocks."""
+        if self.blocks == "all":
+            return list(range(depth))
+        bad = [b for b in self.blocks if b >= depth]
+        if bad:
+            raise ValueError(f"block {bad[0]} is out of range: the image encoder has {depth} blocks (0..{depth - 1})")
+        return sorted(self.blocks)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field."""
+        data = dataclasses.asdict(self)
+        data["targets"] = list(self.targets)
+        data["ops"] = list(self.ops)
+        return data
+
+    def to_json(self) -> str:
+        """The config as a JSON string."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "AdapterConfig":
+        """Build from a dict; unknown keys are an error, not silently dropped."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an adapter config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown adapter config field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "AdapterConfig":
+        """Parse a config from its JSON text."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"adapter config is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the config as JSON (atomically) and return the path."""
+        from naslora_deploy.common.io import atomic_write_text
+
+        return atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "AdapterConfig":
+        """Read a config written by ``save``."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read adapter config {path}: {exc.strerror}") from None
+        try:
+            return cls.from_json(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+

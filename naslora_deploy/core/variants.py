@@ -1,0 +1,177 @@
+"""SAM variants: segment-anything's own builders, plus a small ``vit_tiny``.
+
+``vit_b``, ``vit_l`` and ``vit_h`` come straight from
+``segment_anything.sam_model_registry``. ``vit_tiny`` is assembled from the same
+segment-anything modules at 256 px, with windowed blocks whose windows need
+padding (as in the real models) and global blocks, so tests and the demo run
+on a 2-core CPU in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from naslora_deploy.common.errors import CheckpointError, first_line
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """The numbers that tell SAM variants apart, and how to build one.
+
+    ``registry``: the key of segment-anything's own ``sam_model_registry``
+    builder; None assembles the same modules from these numbers (``assemble_sam``).
+    """
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: Tuple[int, ...]
+    image_size: int = 1024
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_hidden: int = 256
+    registry: Optional[str] = None
+
+    def build(self):
+        """A fresh ``Sam`` of this variant (random weights, eval mode)."""
+        if self.registry is not None:
+            from segment_anything import sam_model_registry
+
+            return sam_model_registry[self.registry]().eval()
+        return assemble_sam(self)
+
+
+VARIANTS: Dict[str, VariantSpec] = {
+    "vit_b": VariantSpec(768, 12, 12, (2, 5, 8, 11), registry="vit_b"),
+    "vit_l": VariantSpec(1024, 24, 16, (5, 11, 17, 23), registry="vit_l"),
+    "vit_h": VariantSpec(1280, 32, 16, (7, 15, 23, 31), registry="vit_h"),
+    # 16x16 tokens; windows of 6 pad the grid to 18x18, as 14 pads 64 to 70 in vit_b.
+    "vit_tiny": VariantSpec(
+        128, 4, 4, (1, 3), image_size=256, window_size=6, prompt_embed_dim=64,
+        decoder_mlp_dim=256, decoder_heads=4, iou_hidden=64,
+    ),
+}
+
+
+def assemble_sam(spec: VariantSpec):
+    """A ``Sam`` of segment-anything's own modules shaped by ``spec`` (random weights, eval mode).
+
+    ``vit_tiny`` is built this way; the benchmarks use it for full-width encoders
+    at a smaller image size.
+    """
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    grid = spec.image_size // 16
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=spec.depth,
+            embed_dim=spec.embed_dim,
+            img_size=spec.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=spec.num_heads,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=spec.global_attn_indexes,
+            window_size=spec.window_size,
+            out_chans=spec.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=spec.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(spec.image_size, spec.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=spec.prompt_embed_dim, mlp_dim=spec.decoder_mlp_dim, num_heads=spec.decoder_heads
+            ),
+            transformer_dim=spec.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=spec.iou_hidden,
+        ),
+    )
+    return sam.eval()
+
+
+def build_sam(variant: str, checkpoint: Optional[Union[str, Path]] = None):
+    """Build a ``segment_anything.modeling.Sam`` of ``variant``, in eval mode.
+
+    With ``checkpoint`` (a ``.pth``/``.pt`` state dict or a ``.safetensors``
+    file) its weights are loaded without unpickling arbitrary objects. A file
+    that does not fit the variant raises ``CheckpointError`` naming the variant
+    and the first mismatching key.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SAM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    sam = VARIANTS[variant].build()
+    if checkpoint is not None:
+        state = read_state_dict(checkpoint)
+        load_fitting_state_dict(sam, state, variant, checkpoint)
+    return sam
+
+
+def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """Read a tensor dict from ``.safetensors`` or a ``torch.save`` file, safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass the path of a SAM .pth or .safetensors file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise many types for bad files
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({first_line(exc)}); it must be a state dict saved by torch.save or safetensors"
+        ) from None
+    if isinstance(state, dict) and len(state) == 1 and next(iter(state)) in ("model", "state_dict"):
+        state = next(iter(state.values()))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} is not a state dict of tensors; save model.state_dict()")
+    return state
+
+
+def first_mismatch(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor]) -> Optional[str]:
+    """Describe the first key that is missing, unexpected or of another shape, or None."""
+    for key, tensor in expected.items():
+        if key not in found:
+            return f"missing key {key!r}"
+        if tuple(found[key].shape) != tuple(tensor.shape):
+            return f"key {key!r} has shape {list(found[key].shape)}, expected {list(tensor.shape)}"
+    for key in found:
+        if key not in expected:
+            return f"unexpected key {key!r}"
+    return None
+
+
+def load_fitting_state_dict(model, state: Dict[str, torch.Tensor], variant: str, source) -> None:
+    """Load ``state`` into ``model`` after checking every key and shape."""
+    mismatch = first_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"checkpoint {source} does not fit SAM {variant}: {mismatch}")
+    model.load_state_dict(state)
+
+
+def variant_of(sam) -> str:
+    """Name the registered variant that ``sam``'s image encoder matches."""
+    encoder = sam.image_encoder
+    for name, spec in VARIANTS.items():
+        if (
+            len(encoder.blocks) == spec.depth
+            and encoder.img_size == spec.image_size
+            and encoder.patch_embed.proj.out_channels == spec.embed_dim
+        ):
+            return name
+    raise ValueError("this SAM model matches none of the registered variants " + ", ".join(VARIANTS))

@@ -1,0 +1,80 @@
+"""`ExportSpec` and `EngineSpec`: what to export and how to build engines, declared once.
+
+Each is saved beside what it describes (the artifact manifest, the engine
+sidecar). Fields that are command-line options carry their help text
+(``common.options``), so ``naslora-deploy export`` generates its options from
+them. No torch here, so the CLI imports everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from naslora_deploy.common.options import option
+from naslora_deploy.core.config import MERGE_MODES
+
+FORMATS = ("onnx", "trt", "triton")
+PRECISIONS = ("fp32", "fp16", "bf16")
+TWO_GB = 2 * 1024**3
+
+
+@dataclass
+class EngineSpec:
+    """How to build a TensorRT engine: precision, batch profile, workspace and timing cache."""
+
+    precision: str = "fp16"
+    min_batch: int = 1
+    opt_batch: int = field(default=1, metadata=option("TensorRT profile: batch to tune for"))
+    max_batch: int = field(default=8, metadata=option("TensorRT profile (and Triton): largest batch"))
+    workspace_gb: Optional[float] = field(
+        default=None, metadata=option("TensorRT workspace limit in GB (Jetson: keep it small)", flag="--workspace")
+    )
+    timing_cache: Optional[str] = field(default=None, metadata=option("TensorRT timing cache file, reused across builds"))
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown engine precision {self.precision!r}; choose fp32, fp16 or bf16")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("batch profile must satisfy 1 <= min <= opt <= max")
+
+
+@dataclass
+class ExportSpec:
+    """What to export and how; saved in the manifest."""
+
+    format: str = field(default="onnx", metadata=option("onnx, TensorRT engines, or a Triton repository", choices=FORMATS))
+    merge: str = field(default="dense", metadata=option("dense: plain SAM; fused: exact, tiny branch", choices=MERGE_MODES))
+    precision: str = field(
+        default="fp32", metadata=option("ONNX: fp32 or fp16; engines: fp32, fp16 or bf16", choices=PRECISIONS)
+    )
+    opset: int = field(default=17, metadata=option("ONNX opset"))
+    prompts: bool = field(default=False, metadata=option("also export the promptable decoder"))
+    point_slots: int = field(default=4, metadata=option("point prompt slots (plus two for a box)"))
+    calibration: Optional[str] = field(
+        default=None, metadata=option("image folder for the dense merge's least-squares fold (and its measurement)")
+    )
+    calibration_images: int = field(default=16, metadata=option("how many calibration images to use"))
+    external_threshold: int = TWO_GB
+    engine: EngineSpec = field(default_factory=EngineSpec)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose {', '.join(FORMATS)}")
+        if self.merge not in MERGE_MODES:
+            raise ValueError(f"unknown merge mode {self.merge!r}; choose dense or fused")
+        if self.precision not in PRECISIONS or (self.format != "trt" and self.precision == "bf16"):
+            raise ValueError(f"precision {self.precision!r}: ONNX files are fp32 or fp16; engines fp32, fp16 or bf16")
+        if self.point_slots < 1:
+            raise ValueError("--point-slots must be >= 1")
+        if isinstance(self.engine, dict):  # read back from a manifest
+            self.engine = EngineSpec(**self.engine)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "ExportSpec":
+        """The spec an artifact directory was exported with."""
+        return cls(**manifest["export"])

@@ -1,0 +1,67 @@
+"""The PyTorch backend: the model artifacts came from, run behind the runtime's ``Backend`` protocol.
+
+It lives here, not in the torch-free runtime: it needs torch and the export
+wrappers, and it is handed a model instead of building one (as Polygraphy's
+runners are). ``Segmenter(directory, manifest, TorchBackend(model))`` runs any
+``SegmentationModel``; ``open_segmenter(dir, "torch")`` rebuilds the model an
+artifact directory was exported from (its source must still exist).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from naslora_deploy.common import contract as names
+from naslora_deploy.exporters.fast_attention import use_sdpa
+from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph
+from naslora_deploy.runtime import Segmenter
+from naslora_deploy.runtime.manifest import read_manifest
+
+
+class TorchBackend:
+    """A ``SegmentationModel`` (merged, fused or unmerged) through the export wrappers, SDPA attention."""
+
+    def __init__(self, model, device: Optional[str] = None, label: str = "") -> None:
+        auto = device in (None, "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
+        model = model.to(self.device).eval()
+        self.encoder = model.sam.image_encoder
+        use_sdpa(self.encoder)  # equal to SAM's attention to ~2e-6 (tests/exporters/test_fast_attention.py), and faster
+        self.decoder = MaskDecoderGraph(model).to(self.device)
+        self.prompter = PromptDecoderGraph(model.sam).to(self.device)
+        self.outputs = names.decoder_outputs(model.class_head is not None)
+        self.name = f"torch ({self.device.type}{', ' + label if label else ''})"
+        self.on_gpu = self.device.type == "cuda"
+
+    @classmethod
+    def for_artifacts(cls, manifest: dict, device: Optional[str] = None) -> "TorchBackend":
+        """The PyTorch model an artifact directory was exported from, rebuilt and merged the same way."""
+        from naslora_deploy.exporters.export import rebuild_source
+
+        return cls(rebuild_source(manifest).model, device)
+
+    def encode(self, images: np.ndarray):
+        with torch.no_grad():
+            return self.encoder(torch.from_numpy(images).to(self.device))
+
+    def decode(self, embeddings) -> Dict[str, np.ndarray]:
+        with torch.no_grad():
+            return {n: t.float().cpu().numpy() for n, t in zip(self.outputs, self.decoder(embeddings))}
+
+    def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+        with torch.no_grad():
+            outs = self.prompter(embeddings, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
+        return {n: o.float().cpu().numpy() for n, o in zip(names.PROMPT_OUTPUTS, outs)}
+
+
+def open_segmenter(artifact_dir, backend: str = "auto", device: Optional[str] = None) -> Segmenter:
+    """``Segmenter.open`` for the runtime's own backends, plus ``torch`` (built here and handed in)."""
+    if backend != "torch":
+        return Segmenter.open(artifact_dir, backend, device)
+    directory = Path(artifact_dir)
+    manifest = read_manifest(directory)
+    return Segmenter(directory, manifest, TorchBackend.for_artifacts(manifest, device))

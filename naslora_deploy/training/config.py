@@ -1,0 +1,130 @@
+"""`TrainConfig` and `DemoConfig`: the options of ``naslora-deploy train`` and ``demo``, declared once.
+
+Each field that is a command-line option carries its help text (``common.options``);
+the CLI generates ``--epochs`` etc. from these fields, so names, types and
+defaults live here only. No torch at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from naslora_deploy.common.options import option
+from naslora_deploy.core.config import METHODS, TARGETS, AdapterConfig
+
+ALPHA_PASSES = ("second", "same")
+ARCH_DATA = ("train", "val")
+
+
+def _targets(text: str) -> List[str]:
+    return list(text.replace(",", ""))
+
+
+def _ops(text: str) -> List[str]:
+    return [op.strip() for op in text.split(",") if op.strip()]
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``naslora-deploy train`` (defaults: the paper's Sec. 4.1)."""
+
+    data: str = field(metadata=option("folder with images/ and masks/ (optionally train/ val/ test/)"))
+    out: str = field(metadata=option("run directory"))
+    model: str = field(default="vit_b", metadata=option("SAM variant: vit_b, vit_l, vit_h or vit_tiny"))
+    method: str = field(default="nas_pc_lora", metadata=option("adapter method", choices=METHODS))
+    checkpoint: Optional[str] = field(
+        default=None, metadata=option("base SAM checkpoint (.pth or .safetensors); random weights without it")
+    )
+    epochs: int = field(default=40, metadata=option("training epochs (T)"))
+    search_start: int = field(default=10, metadata=option("T_B: epochs of weights-only training before alpha"))
+    batch_size: int = field(default=4, metadata=option("images per step"))
+    lr: float = field(default=1e-4, metadata=option("weights' learning rate"))
+    weight_decay: float = 1e-4
+    arch_lr: float = field(default=1e-3, metadata=option("alpha's learning rate"))
+    arch_weight_decay: float = 1e-3
+    rank: int = field(default=3, metadata=option("LoRA rank r"))
+    targets: List[str] = field(
+        default_factory=lambda: list(TARGETS),
+        metadata=option("projections to adapt, e.g. qkv or qv", parse=_targets, shown="qkv", metavar="QKV"),
+    )
+    ops: Optional[List[str]] = field(
+        default=None, metadata=option("comma-separated candidate ops", parse=_ops, shown="all eight", metavar="OPS")
+    )
+    channel_ratio: float = 2.0 / 3.0
+    joint: bool = field(default=False, metadata=option("update weights and alpha together (Table 9, row 1)"))
+    alpha_pass: str = field(
+        default="second",
+        metadata=option(
+            "stage 2's alpha gradient: 'second' = a second forward/backward at the updated weights (Alg. 1 as "
+            "written, ~2x a step); 'same' = taken from stage 1's backward, at the weights before their update "
+            "(first-order, no extra pass)",
+            choices=ALPHA_PASSES,
+        ),
+    )
+    arch_data: str = field(default="train", metadata=option("data for alpha's steps", choices=ARCH_DATA))
+    image_size: Optional[int] = field(default=None, metadata=option("must equal the variant's native size"))
+    classes: Optional[int] = field(
+        default=None, metadata=option("number of classes for index masks (default: binary or classes.json)")
+    )
+    queries: int = field(default=0, metadata=option("mask queries of the multi-class head (0: one per class)"))
+    val_fraction: float = field(default=0.1, metadata=option("share held out for validation without val/"))
+    skip_bad: bool = field(default=False, metadata=option("skip unreadable or unpaired files with a warning"))
+    device: str = "auto"  # the CLI's shared --device
+    seed: int = field(default=0, metadata=option("seeds adapters, data order and flips"))
+    resume: bool = field(default=False, metadata=option("continue from OUT/last/"))
+    max_steps: Optional[int] = field(default=None, metadata=option("stop after this many steps (smoke runs)"))
+    workers: int = field(default=0, metadata=option("data loader worker processes"))
+    bf16: Optional[bool] = None
+    grad_checkpoint: Optional[bool] = None
+    compile: bool = field(default=False, metadata=option("torch.compile each image-encoder block (worth it on CUDA)"))
+    tensorboard: bool = field(default=False, metadata=option("write TensorBoard logs to OUT/tensorboard"))
+    progress: Optional[bool] = None  # the CLI's shared --progress/--no-progress
+
+    def adapter_config(self) -> AdapterConfig:
+        """The ``AdapterConfig`` these options describe (validated: unknown ops, targets... raise ``ValueError``)."""
+        return AdapterConfig(
+            method=self.method,
+            rank=self.rank,
+            targets=tuple(self.targets),
+            channel_ratio=self.channel_ratio,
+            seed=self.seed,
+            **({"ops": tuple(self.ops)} if self.ops else {}),
+        )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` on an option that cannot work."""
+        from naslora_deploy.core.variants import VARIANTS
+
+        if self.model not in VARIANTS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(VARIANTS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be >= 1")
+        if not 0 <= self.search_start:
+            raise ValueError("--search-start must be >= 0")
+        if self.arch_data not in ARCH_DATA:
+            raise ValueError("--arch-data must be train or val")
+        if self.alpha_pass not in ALPHA_PASSES:
+            raise ValueError(f"--alpha-pass must be one of {', '.join(ALPHA_PASSES)}")
+        if self.alpha_pass == "same" and self.arch_data == "val":
+            raise ValueError("--alpha-pass same takes alpha's gradient from the training batch; it cannot use --arch-data val")
+        native = VARIANTS[self.model].image_size
+        if self.image_size not in (None, native):
+            raise ValueError(
+                f"--image-size {self.image_size}: {self.model} is trained at its native {native} px "
+                "(SAM's positional embedding is fixed); resize your images instead"
+            )
+        self.adapter_config()
+
+
+@dataclass
+class DemoConfig:
+    """Options of ``naslora-deploy demo``: synthetic data, vit_tiny, NAS-PC-LoRA, both merges."""
+
+    out: str = field(default="demo-out", metadata=option("output directory"))
+    images: int = field(default=48, metadata=option("synthetic training images"))
+    epochs: int = field(default=12, metadata=option("training epochs"))
+    search_start: int = field(default=3, metadata=option("T_B: epochs before alpha is searched"))
+    lr: float = field(default=1e-3, metadata=option("weights' learning rate"))
+    seed: int = field(default=0, metadata=option("seeds data and training"))
+    progress: Optional[bool] = None  # the CLI's shared --progress/--no-progress

@@ -1,0 +1,39 @@
+"""The torch ``Dataset`` over checked pairs: SAM-preprocessed images and label maps."""
+
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.training.data.folder import Pair
+from naslora_deploy.common.imaging import IGNORE_INDEX, binarize_mask, preprocess_image, preprocess_mask, read_image, read_mask
+
+
+def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:
+    """A mask file as class indices: 0/1 for binary, 0..K-1 for multi-class, 255 ignored."""
+    raw = read_mask(mask_path, classes.palette_lookup())
+    if classes.binary:
+        return binarize_mask(raw)
+    return raw
+
+
+class SegmentationDataset(Dataset):
+    """Items: ``image`` (3, S, S) float32, ``labels`` (S, S) int64 (255 = ignore/padding), ``index``."""
+
+    def __init__(self, pairs: List[Pair], classes: ClassSpec, image_size: int) -> None:
+        self.pairs = list(pairs)
+        self.classes = classes
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, mask_path = self.pairs[index]
+        image = preprocess_image(read_image(image_path), self.image_size)
+        labels = preprocess_mask(load_labels(mask_path, self.classes), self.image_size, IGNORE_INDEX)
+        return {"image": torch.from_numpy(image), "labels": torch.from_numpy(labels), "index": index}

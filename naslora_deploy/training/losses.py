@@ -1,0 +1,105 @@
+"""Losses of the paper's Appendix A: BCE + Dice, and the multi-class matching loss."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from naslora_deploy.core.heads import upsample_logits
+from naslora_deploy.common.imaging import IGNORE_INDEX
+
+LAMBDA_SEG = 1.0
+LAMBDA_CLS = 2.0
+
+
+def bce_dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over masks of BCE + Dice (Eq. 9-10), counting only ``valid`` pixels.
+
+    logits, target, valid: (M, H, W); Dice uses sum(y^2) + sum(p^2) as in Eq. 10.
+    """
+    valid = valid.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = (bce * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1.0)
+    prob = logits.sigmoid() * valid
+    target = target * valid
+    inter = (prob * target).flatten(1).sum(1)
+    denom = target.pow(2).flatten(1).sum(1) + prob.pow(2).flatten(1).sum(1)
+    dice = 1.0 - 2.0 * inter / denom.clamp(min=1e-6)
+    return (bce + dice).mean()
+
+
+def binary_loss(outputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice of the single mask against 0/1 labels (255 ignored)."""
+    logits = upsample_logits(outputs["mask_logits"], labels.shape[-1])[:, 0]
+    valid = labels != IGNORE_INDEX
+    return bce_dice(logits, (labels == 1).float(), valid)
+
+
+def _pairwise_cost(prob: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(Q, C) BCE + Dice cost of every query mask against every class mask."""
+    v = valid.flatten().float()
+    lg = logits.flatten(1)
+    tg = targets.flatten(1).float() * v
+    pos = F.binary_cross_entropy_with_logits(lg, torch.ones_like(lg), reduction="none") * v
+    neg = F.binary_cross_entropy_with_logits(lg, torch.zeros_like(lg), reduction="none") * v
+    background = (1 - targets.flatten(1).float()) * v
+    bce = (pos @ tg.T + neg @ background.T) / v.sum().clamp(min=1)
+    p = prob.flatten(1) * v
+    dice = 1 - 2 * (p @ tg.T) / (p.pow(2).sum(1)[:, None] + tg.pow(2).sum(1)[None, :]).clamp(min=1e-6)
+    return bce + dice
+
+
+def match_queries(outputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> List[Tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+    """Hungarian matching per image: (query indices, class ids, class masks) of the matches.
+
+    Cost = lambda_cls * (-p(class)) + lambda_seg * (BCE + Dice), over the classes
+    present in the image.
+    """
+    size = labels.shape[-1]
+    matches = []
+    with torch.no_grad():
+        logits = upsample_logits(outputs["mask_logits"], size)
+        class_prob = outputs["class_logits"].softmax(-1)
+        for b in range(labels.shape[0]):
+            present = [int(c) for c in torch.unique(labels[b]) if int(c) != IGNORE_INDEX]
+            if not present:
+                matches.append((np.zeros(0, int), np.zeros(0, int), labels.new_zeros((0, size, size))))
+                continue
+            class_ids = torch.tensor(present, device=labels.device)
+            targets = labels[b][None] == class_ids[:, None, None]
+            valid = labels[b] != IGNORE_INDEX
+            cost = LAMBDA_SEG * _pairwise_cost(logits[b].sigmoid(), logits[b], targets, valid)
+            cost = cost - LAMBDA_CLS * class_prob[b][:, class_ids]
+            rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+            matches.append((rows, class_ids.cpu().numpy()[cols], targets[cols]))
+    return matches
+
+
+def multiclass_loss(outputs: Dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """lambda_seg * (BCE + Dice) on matched queries + lambda_cls * CE over all queries.
+
+    Unmatched queries are trained towards "no object" (index K).
+    """
+    matches = match_queries(outputs, labels)
+    logits = upsample_logits(outputs["mask_logits"], labels.shape[-1])
+    class_logits = outputs["class_logits"]
+    batch, queries = class_logits.shape[:2]
+    class_targets = torch.full((batch, queries), num_classes, dtype=torch.long, device=labels.device)
+    seg_logits, seg_targets, seg_valid = [], [], []
+    for b, (rows, class_ids, targets) in enumerate(matches):
+        if len(rows) == 0:
+            continue
+        rows_t = torch.as_tensor(rows, device=labels.device)
+        class_targets[b, rows_t] = torch.as_tensor(class_ids, device=labels.device)
+        seg_logits.append(logits[b, rows_t])
+        seg_targets.append(targets.float())
+        seg_valid.append((labels[b] != IGNORE_INDEX)[None].expand(len(rows), -1, -1))
+    cls_loss = F.cross_entropy(class_logits.flatten(0, 1), class_targets.flatten())
+    if not seg_logits:
+        return LAMBDA_CLS * cls_loss
+    seg_loss = bce_dice(torch.cat(seg_logits), torch.cat(seg_targets), torch.cat(seg_valid))
+    return LAMBDA_SEG * seg_loss + LAMBDA_CLS * cls_loss

@@ -1,0 +1,398 @@
+"""Stage-wise NAS-LoRA training (paper Alg. 1) with checkpoints that lose nothing.
+
+Stage 1 updates the weights (adapters, decoder, class head) with alpha fixed;
+from epoch ``search_start`` (T_B) on, stage 2 then updates alpha with the
+weights fixed, each with its own Adam. Stage 2 is a second forward and backward
+pass at the updated weights (``alpha_pass="second"``, Alg. 1 as written), or it
+reuses stage 1's backward (``alpha_pass="same"``: alpha's gradient is taken at the
+weights before their update, a first-order shortcut that costs no extra pass).
+``joint`` updates both from one backward pass from the first epoch (the paper's
+Table 9, first row). The sample order and flips are
+a pure function of (seed, epoch, index), so a resumed run repeats an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import torch
+
+from naslora_deploy.core.adapters import add_adapters, architecture_parameters, weight_parameters
+from naslora_deploy.core.checkpoint import (
+    TRAINING_STATE_NAME,
+    WEIGHTS_NAME,
+    RunSpec,
+    read_spec,
+    save_checkpoint,
+    trainable_state,
+)
+from naslora_deploy.training.data.dataset import SegmentationDataset
+from naslora_deploy.training.data.folder import DataSplits, discover
+from naslora_deploy.training.distributed import DistInfo, average_gradients, barrier, init_distributed, ranks_agree, shard, shutdown
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.training.evaluate import evaluate, headline
+from naslora_deploy.core.heads import SegmentationModel
+from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
+from naslora_deploy.training.losses import binary_loss, multiclass_loss
+from naslora_deploy.core.variants import build_sam
+from naslora_deploy.training.config import TrainConfig
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NasloraError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> List[int]:
+    """The shuffled sample order of one epoch, a pure function of (seed, epoch)."""
+    order = list(range(count))
+    random.Random(f"order-{seed}-{epoch}").shuffle(order)
+    return order
+
+
+def flip_batch(batch: dict, seed: int, epoch: int) -> dict:
+    """Random horizontal flip of each sample, decided by (seed, epoch, index)."""
+    for i, index in enumerate(batch["index"].tolist()):
+        if random.Random(f"flip-{seed}-{epoch}-{index}").random() < 0.5:
+            batch["image"][i] = batch["image"][i].flip(-1)
+            batch["labels"][i] = batch["labels"][i].flip(-1)
+    return batch
+
+
+@contextlib.contextmanager
+def frozen(params: List[torch.nn.Parameter]) -> Iterator[None]:
+    """Hold ``params`` fixed: no gradients are computed for them inside the block."""
+    previous = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, was in zip(params, previous):
+            p.requires_grad_(was)
+
+
+def enable_gradient_checkpointing(sam) -> None:
+    """Recompute each image-encoder block in the backward pass to save activation memory."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in sam.image_encoder.blocks:
+        forward = block.forward
+        block.forward = lambda x, f=forward: checkpoint(f, x, use_reentrant=False)
+
+
+def compile_encoder_blocks(sam) -> None:
+    """``torch.compile`` each image-encoder block in place (state-dict keys unchanged).
+
+    Per block rather than the whole model: the blocks are where the time goes, and
+    a graph break elsewhere (the decoder's per-image loop) then costs nothing.
+    """
+    if not hasattr(torch.nn.Module, "compile"):
+        raise NasloraError(f"--compile needs torch >= 2.2 (this is {torch.__version__})")
+    for block in sam.image_encoder.blocks:
+        block.compile()
+
+
+class Trainer:
+    """One training run: build, (resume), loop over epochs, checkpoint, evaluate."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        config.validate()
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.out = Path(config.out)
+        self.bf16 = self.device.type == "cuda" if config.bf16 is None else config.bf16
+        self.splits: DataSplits = discover(
+            config.data, config.classes, config.val_fraction, config.seed, config.skip_bad
+        )
+        if config.arch_data == "val" and not self.splits.split("val"):
+            raise NasloraError("--arch-data val needs a validation split; add val/ or use --val-fraction > 0")
+        self.spec = self._build_model()
+        self.weights = weight_parameters(self.model.sam) + (
+            list(self.model.class_head.parameters()) if self.model.class_head is not None else []
+        )
+        self.alphas = architecture_parameters(self.model.sam)
+        self.weight_opt = torch.optim.Adam(self.weights, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+        self.arch_opt = (
+            torch.optim.Adam(self.alphas, lr=config.arch_lr, weight_decay=config.arch_weight_decay, foreach=True)
+            if self.alphas
+            else None
+        )
+        self.epoch, self.step, self.best = 0, 0, None
+        self.history: List[dict] = []
+
+    def _build_model(self) -> RunSpec:
+        c = self.config
+        adapter = c.adapter_config()
+        saved_base = self.out / "base_model.safetensors"
+        base = c.checkpoint or (saved_base if c.resume and saved_base.is_file() else None)
+        torch.manual_seed(c.seed)  # random base weights (no --checkpoint) and the class head
+        sam = build_sam(c.model, base)
+        add_adapters(sam, adapter)
+        classes = self.splits.classes
+        self.model = SegmentationModel(sam, classes.num_classes, c.queries).to(self.device)
+        self.model.train()
+        if c.grad_checkpoint or (c.grad_checkpoint is None and self.device.type == "cuda"):
+            enable_gradient_checkpointing(sam)
+        if c.compile:
+            compile_encoder_blocks(sam)
+        base_path, base_sha = self._record_base(sam)
+        num_queries = self.model.class_head.queries.num_embeddings if self.model.class_head is not None else 0
+        return RunSpec(c.model, adapter, classes, num_queries, sam.image_encoder.img_size, base_path, base_sha)
+
+    def _record_base(self, sam):
+        """The base checkpoint's path and sha256; a random base is saved in the run dir."""
+        if self.config.checkpoint:
+            return str(Path(self.config.checkpoint).resolve()), sha256_of(self.config.checkpoint)
+        path = self.out / "base_model.safetensors"
+        if self.dist.is_main and not (self.config.resume and path.is_file()):
+            from safetensors.torch import save_file
+
+            base = {k: v.contiguous().cpu() for k, v in sam.state_dict().items() if ".adapters." not in k}
+            base = {k.replace(".qkv.base_layer.", ".qkv."): v for k, v in base.items()}
+            atomic_write(path, lambda tmp: save_file(base, str(tmp)))
+        barrier(self.dist)
+        return "../base_model.safetensors", sha256_of(path)
+
+    # ----- resume -------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore weights, both optimisers, epoch, step, best score and RNG state from ``last/``."""
+        from safetensors.torch import load_file
+
+        last = self.out / "last"
+        if not (last / TRAINING_STATE_NAME).is_file():
+            old = self.out / ".last.old"
+            if (old / TRAINING_STATE_NAME).is_file():
+                last = old
+            else:
+                raise NasloraError(f"--resume: {self.out} has no complete last/ checkpoint to resume from")
+        spec = read_spec(last)
+        if spec.adapter != self.spec.adapter or spec.variant != self.spec.variant:
+            raise NasloraError(f"--resume: {last} was trained with other model/adapter options; use a new --out")
+        self.model.load_state_dict(load_file(str(last / WEIGHTS_NAME)), strict=False)
+        state = torch.load(last / TRAINING_STATE_NAME, map_location=self.device, weights_only=True)
+        self.weight_opt.load_state_dict(state["weight_opt"])
+        if self.arch_opt is not None and state.get("arch_opt"):
+            self.arch_opt.load_state_dict(state["arch_opt"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state.get("best")
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(_tuple_state(state["python_rng"]))
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file():
+            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            self.history = [line for line in lines if line.get("epoch", 0) < self.epoch]
+
+    def training_state(self) -> dict:
+        """Optimisers, counters and RNG state for ``last/training_state.pt``."""
+        return {
+            "weight_opt": self.weight_opt.state_dict(),
+            "arch_opt": self.arch_opt.state_dict() if self.arch_opt is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": self.best,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+        }
+
+    # ----- the loop -----------------------------------------------------------------
+    def loss(self, batch: dict) -> torch.Tensor:
+        """Forward and loss of one batch (bf16 autocast on CUDA)."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = self.model(images)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        if self.spec.classes.binary:
+            return binary_loss(outputs, labels)
+        return multiclass_loss(outputs, labels, self.spec.classes.num_classes)
+
+    def stage(self, epoch: int) -> str:
+        """Which steps run in ``epoch``: weights, weights+alpha (stage-wise) or joint."""
+        if not self.alphas:
+            return "weights"
+        if self.config.joint:
+            return "joint"
+        return "weights+alpha" if epoch >= self.config.search_start else "weights"
+
+    def train_step(self, batch: dict, arch_batch: Optional[dict], stage: str) -> Dict[str, float]:
+        """One step of Alg. 1; returns the losses."""
+        if stage == "joint" or (stage == "weights+alpha" and self.config.alpha_pass == "same"):
+            return self._one_pass_step(batch, with_alpha=True)
+        result = self._one_pass_step(batch, with_alpha=False)
+        if stage == "weights+alpha":
+            with frozen(self.weights):  # stage 2: weights fixed
+                self.arch_opt.zero_grad(set_to_none=True)
+                arch_loss = self.loss(arch_batch if arch_batch is not None else batch)
+                arch_loss.backward()
+                average_gradients(self.alphas, self.dist)
+                self.arch_opt.step()
+            result["arch_loss"] = arch_loss.item()
+        return result
+
+    def _one_pass_step(self, batch: dict, with_alpha: bool) -> Dict[str, float]:
+        """One forward and backward; the weights step, and alpha too when ``with_alpha``.
+
+        Both gradients come from the same (weights, alpha) point, so alpha's update
+        does not see this step's weight update: stage 1 then stage 2 at zero extra cost.
+        """
+        params = self.weights + (self.alphas if with_alpha else [])
+        with frozen([] if with_alpha else self.alphas):
+            self.weight_opt.zero_grad(set_to_none=True)
+            if with_alpha:
+                self.arch_opt.zero_grad(set_to_none=True)
+            loss = self.loss(batch)
+            loss.backward()
+            average_gradients(params, self.dist)
+            self.weight_opt.step()
+            if with_alpha:
+                self.arch_opt.step()
+        result = {"loss": loss.item()}
+        if with_alpha:
+            result["arch_loss"] = result["loss"]
+        return result
+
+    def _loader(self, pairs, order: List[int]):
+        dataset = SegmentationDataset(pairs, self.spec.classes, self.spec.image_size)
+        batches = [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.config.workers)
+
+    def _arch_batches(self, epoch: int) -> Iterator[Optional[dict]]:
+        if self.config.arch_data != "val":
+            while True:
+                yield None
+        val = self.splits.split("val")
+        cycle = 0
+        while True:
+            order = shard(epoch_order(len(val), self.config.seed + 7919, epoch * 1000 + cycle), self.dist)
+            for batch in self._loader(val, order):
+                yield batch
+            cycle += 1
+
+    def run(self) -> Path:
+        """Train to ``epochs`` (or ``max_steps``); returns the run directory."""
+        c = self.config
+        if c.resume:
+            self.resume()
+        writer = self._tensorboard()
+        train_pairs = self.splits.split("train")
+        while self.epoch < c.epochs and not self._out_of_steps():
+            epoch, stage = self.epoch, self.stage(self.epoch)
+            started, losses, arch_losses, step_times = time.perf_counter(), [], [], []
+            order = shard(epoch_order(len(train_pairs), c.seed, epoch), self.dist)
+            arch_batches = self._arch_batches(epoch)
+            bar = progress_bar(
+                self._loader(train_pairs, order),
+                f"epoch {epoch + 1}/{c.epochs} [{stage}]",
+                c.progress if self.dist.is_main else False,
+            )
+            for batch in bar:
+                t0 = time.perf_counter()
+                batch = flip_batch(batch, c.seed, epoch)
+                result = self.train_step(batch, next(arch_batches) if stage == "weights+alpha" else None, stage)
+                step_times.append(time.perf_counter() - t0)
+                self.step += 1
+                losses.append(result["loss"])
+                if "arch_loss" in result:
+                    arch_losses.append(result["arch_loss"])
+                bar.set_postfix(loss=f"{result['loss']:.4f}", lr=c.lr, arch_lr=c.arch_lr if stage != "weights" else 0)
+                if writer is not None:
+                    writer.add_scalar("train/loss", result["loss"], self.step)
+                if self._out_of_steps():
+                    break
+            self.epoch += 1
+            self._end_epoch(epoch, stage, losses, arch_losses, step_times, time.perf_counter() - started, writer)
+        self._finish()
+        return self.out
+
+    def _out_of_steps(self) -> bool:
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
+
+    def _tensorboard(self):
+        if not (self.config.tensorboard and self.dist.is_main):
+            return None
+        lazy_import("tensorboard", "tensorboard", "--tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _end_epoch(self, epoch, stage, losses, arch_losses, step_times, seconds, writer) -> None:
+        val_pairs = self.splits.split("val")
+        record = {
+            "epoch": epoch,
+            "step": self.step,
+            "stage": stage,
+            "train_loss": sum(losses) / max(len(losses), 1),
+            "arch_loss": sum(arch_losses) / len(arch_losses) if arch_losses else None,
+            "lr": self.config.lr,
+            "arch_lr": self.config.arch_lr if stage != "weights" else 0.0,
+            "step_time_ms": 1000 * sorted(step_times)[len(step_times) // 2] if step_times else None,
+            "seconds": seconds,
+        }
+        if self.dist.is_main:
+            if val_pairs:
+                record["val"] = evaluate(self.model, val_pairs, self.spec.classes, self.config.batch_size, self.device)
+            self.history.append(record)
+            self._write_epoch(record, writer)
+        barrier(self.dist)
+
+    def _write_epoch(self, record: dict, writer) -> None:
+        # metrics first: a kill after it but before last/ is repaired by resume's filtering
+        text = "".join(json.dumps(r) + "\n" for r in self.history)
+        atomic_write_text(self.out / "metrics.jsonl", text)
+        self.spec.progress = {"epoch": self.epoch, "step": self.step, "val": record.get("val")}
+        # best/ before last/: a kill in between re-runs the epoch, which re-saves best/ identically
+        if "val" in record:
+            _, score = headline(record["val"])
+            if self.best is None or score > self.best:
+                self.best = score
+                save_checkpoint(self.out / "best", self.model, self.spec)
+        save_checkpoint(self.out / "last", self.model, self.spec, self.training_state())
+        val = record.get("val")
+        summary = f"epoch {record['epoch'] + 1}/{self.config.epochs} [{record['stage']}] loss {record['train_loss']:.4f}"
+        if val:
+            name, score = headline(val)
+            summary += f"  val {name} {score:.4f}" + ("  (best)" if score == self.best else "")
+        print(summary, flush=True)
+        if writer is not None and val:
+            writer.add_scalar(f"val/{headline(val)[0]}", headline(val)[1], self.step)
+
+    def _finish(self) -> None:
+        agree = ranks_agree(list(trainable_state(self.model).values()), self.dist) if self.dist.enabled else True
+        if self.dist.is_main:
+            summary = {"finished": True, "epoch": self.epoch, "step": self.step, "world_size": self.dist.world_size}
+            if self.dist.enabled:
+                summary["ranks_identical"] = agree
+            atomic_write_text(self.out / "run_summary.json", json.dumps(summary, indent=2) + "\n")
+        shutdown(self.dist)
+        if not agree:
+            raise NasloraError("data-parallel ranks ended with different weights; please report this as a bug")
+
+
+def _tuple_state(state):
+    """``random.setstate`` wants tuples; a saved state may come back with lists."""
+    return tuple(_tuple_state(s) for s in state) if isinstance(state, (list, tuple)) else state
+
+
+def train(config: TrainConfig) -> Path:
+    """Run a whole training job; returns the run directory."""
+    trainer = Trainer(config)
+    if trainer.dist.is_main:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(trainer.out / "train_config.json", json.dumps(asdict(config), indent=2) + "\n")
+    return trainer.run()

@@ -1,0 +1,240 @@
+"""Alg. 1's schedule, lossless checkpoints, resume after SIGKILL and data parallelism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from naslora_deploy.core.checkpoint import load_adapter, read_spec, trainable_state
+from naslora_deploy.common.errors import CheckpointError
+from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.training.trainer import Trainer, TrainConfig
+
+
+def _config(data, out, **changes):
+    fields = dict(data=str(data), out=str(out), model="vit_tiny", epochs=2, search_start=1, batch_size=4,
+                  lr=1e-3, progress=False)
+    fields.update(changes)
+    return TrainConfig(**fields)
+
+
+def _snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _first_batch(trainer):
+    from naslora_deploy.training.trainer import epoch_order
+
+    loader = trainer._loader(trainer.splits.split("train"), epoch_order(len(trainer.splits.split("train")), 0, 0))
+    return next(iter(loader))
+
+
+def test_alpha_untouched_before_search_start(binary_data, tmp_path):
+    trainer = Trainer(_config(binary_data, tmp_path / "run", epochs=1, search_start=1))
+    alphas, weights = _snapshot(trainer.alphas), _snapshot(trainer.weights)
+    assert trainer.stage(0) == "weights" and trainer.stage(1) == "weights+alpha"
+    trainer.run()
+    assert _same(alphas, trainer.alphas)
+    assert not _same(weights, trainer.weights)
+
+
+def test_weights_untouched_during_the_alpha_step(binary_data, tmp_path):
+    trainer = Trainer(_config(binary_data, tmp_path / "run"))
+    batch = _first_batch(trainer)
+    after_stage_1 = {}
+    step = trainer.weight_opt.step
+
+    def recording_step(*args, **kwargs):
+        result = step(*args, **kwargs)
+        after_stage_1["weights"] = _snapshot(trainer.weights)
+        after_stage_1["alphas"] = _snapshot(trainer.alphas)
+        return result
+
+    trainer.weight_opt.step = recording_step
+    alphas_before = _snapshot(trainer.alphas)
+    trainer.train_step(batch, None, "weights+alpha")
+    assert _same(after_stage_1["alphas"], alphas_before), "stage 1 must hold alpha fixed"
+    assert _same(after_stage_1["weights"], trainer.weights), "stage 2 must hold the weights fixed"
+    assert not _same(alphas_before, trainer.alphas), "stage 2 must move alpha"
+
+
+def _count_forwards(trainer):
+    calls = []
+    trainer.model.sam.image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def _record_grads(optimizer, params, into):
+    step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        into.extend(None if p.grad is None else p.grad.detach().clone() for p in params)
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step
+
+
+def test_same_pass_alpha_step_takes_both_gradients_from_one_backward(binary_data, tmp_path):
+    same = Trainer(_config(binary_data, tmp_path / "same", alpha_pass="same"))
+    second = Trainer(_config(binary_data, tmp_path / "second"))
+    for trainer in (same, second):  # non-zero W_d, or alpha gets no gradient at all
+        perturb_adapters(trainer.model.sam, seed=3, b_std=0.05)
+    assert _same(same.weights, second.weights) and _same(same.alphas, second.alphas)
+    batch = _first_batch(same)
+    loss = same.loss(batch)  # the gradients at the starting point, by plain autograd
+    expected = torch.autograd.grad(loss, same.weights + same.alphas, allow_unused=True)
+    alphas_before = _snapshot(same.alphas)
+
+    weight_grads, alpha_grads = [], []
+    _record_grads(same.weight_opt, same.weights, weight_grads)
+    _record_grads(same.arch_opt, same.alphas, alpha_grads)
+    same_forwards, second_forwards = _count_forwards(same), _count_forwards(second)
+    result = same.train_step(batch, None, "weights+alpha")
+    second.train_step(batch, None, "weights+alpha")
+
+    assert len(same_forwards) == 1 and len(second_forwards) == 2
+    assert result["arch_loss"] == result["loss"]
+    n = len(same.weights)
+    assert len(weight_grads) == n and len(alpha_grads) == len(same.alphas)
+    for got, want in zip(weight_grads + alpha_grads, expected):
+        assert (got is None) == (want is None)  # parts the loss does not reach (e.g. the IoU head)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    assert all(g is not None and g.abs().sum() > 0 for g in alpha_grads), "every alpha must receive a gradient"
+    # the weight update is stage 1's, whichever pass alpha's gradient came from
+    assert _same(same.weights, second.weights)
+    assert not _same(alphas_before, same.alphas)
+    # second pass: alpha's gradient is taken at the updated weights, so the two alphas differ
+    assert not _same(same.alphas, second.alphas)
+
+
+def test_same_pass_needs_the_training_batch(binary_data, tmp_path):
+    with pytest.raises(ValueError, match="--alpha-pass same"):
+        _config(binary_data, tmp_path / "run", alpha_pass="same", arch_data="val").validate()
+    with pytest.raises(ValueError, match="--alpha-pass must be"):
+        _config(binary_data, tmp_path / "run", alpha_pass="third").validate()
+
+
+def test_joint_and_lora_modes(binary_data, tmp_path):
+    joint = Trainer(_config(binary_data, tmp_path / "joint", joint=True))
+    assert joint.stage(0) == "joint"
+    alphas, weights = _snapshot(joint.alphas), _snapshot(joint.weights)
+    joint.train_step(_first_batch(joint), None, "joint")
+    assert not _same(alphas, joint.alphas) and not _same(weights, joint.weights)
+
+    lora = Trainer(_config(binary_data, tmp_path / "lora", method="lora"))
+    assert lora.alphas == [] and lora.arch_opt is None
+    assert lora.stage(5) == "weights"
+
+
+def test_checkpoint_holds_the_whole_trainable_state_and_nothing_else(multiclass_data, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(_config(multiclass_data, run, epochs=1, max_steps=2))
+    trainer.run()
+    state = load_file(str(run / "last" / "adapter_model.safetensors"))
+    assert set(state) == set(trainable_state(trainer.model))
+    assert any(k.endswith(".alpha") for k in state) and any(k.endswith(".pc_mask") for k in state)
+    assert any(k.startswith("class_head.queries") for k in state)
+    assert any(k.startswith("sam.mask_decoder.") for k in state)
+    assert not any(".mlp." in k and "image_encoder" in k for k in state)  # frozen encoder weights stay out
+    spec = read_spec(run)
+    assert spec.head == "multiclass" and spec.classes.names == ["background", "disc", "box"]
+    assert spec.base_sha256 and spec.variant == "vit_tiny"
+
+    model = load_adapter(run)
+    images = torch.randn(1, 3, 256, 256)
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(images)
+        got = model(images)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
+def test_base_checkpoint_mismatch_is_refused(binary_data, tmp_path):
+    from naslora_deploy import build_sam
+
+    run = tmp_path / "run"
+    Trainer(_config(binary_data, run, epochs=1, max_steps=1)).run()
+    other = tmp_path / "other_base.pth"
+    torch.manual_seed(99)
+    torch.save(build_sam("vit_tiny").state_dict(), other)
+    with pytest.raises(CheckpointError, match="was trained on .*--allow-base-mismatch"):
+        load_adapter(run, base_checkpoint=other)
+    assert load_adapter(run, base_checkpoint=other, allow_base_mismatch=True) is not None
+    (run / "base_model.safetensors").rename(tmp_path / "moved.safetensors")
+    with pytest.raises(CheckpointError, match="pass it with --base"):
+        load_adapter(run)
+    assert load_adapter(run, base_checkpoint=tmp_path / "moved.safetensors") is not None
+
+
+def _train_command(data, out, *extra):
+    return [sys.executable, "-m", "naslora_deploy", "train", "--data", str(data), "--model", "vit_tiny",
+            "--out", str(out), "--epochs", "6", "--search-start", "1", "--lr", "1e-3", "--no-progress", *extra]
+
+
+def _checkpoint_epoch(run):
+    config = run / "last" / "adapter_config.json"
+    if not config.is_file():
+        return -1
+    try:
+        return json.loads(config.read_text())["progress"]["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(binary_data, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(binary_data, straight), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(binary_data, killed), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _checkpoint_epoch(killed) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run must still have been going when killed"
+    assert load_adapter(killed) is not None  # the last complete checkpoint is readable
+
+    subprocess.run(_train_command(binary_data, killed, "--resume"), check=True, env=env, capture_output=True)
+    expected = load_file(str(straight / "last" / "adapter_model.safetensors"))
+    resumed = load_file(str(killed / "last" / "adapter_model.safetensors"))
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(6))
+
+
+def test_two_process_data_parallel_run_ends_with_identical_weights(binary_data, tmp_path):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "naslora_deploy", "train", "--data", str(binary_data), "--model", "vit_tiny", "--out", str(run),
+               "--epochs", "2", "--search-start", "1", "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    assert summary["step"] == 2  # 8 images / 2 ranks / batch 4 = 1 step per epoch
+
+
+def test_compile_wraps_each_encoder_block_and_keeps_the_state_dict(binary_data, tmp_path):
+    plain = Trainer(_config(binary_data, tmp_path / "plain"))
+    compiled = Trainer(_config(binary_data, tmp_path / "compiled", compile=True))
+    blocks = compiled.model.sam.image_encoder.blocks
+    assert all(block._compiled_call_impl is not None for block in blocks)  # compiled lazily, on first call
+    assert all(block._compiled_call_impl is None for block in plain.model.sam.image_encoder.blocks)
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
