@@ -22,6 +22,7 @@ import click
 
 from naslora_deploy import __version__
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.core.config import MERGE_MODES
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
@@ -97,6 +98,20 @@ runtime_options = _compose(
 )
 
 
+def export_spec_from(options: Dict[str, object]) -> ExportSpec:
+    """The ``ExportSpec`` (with its ``EngineSpec``) that ``export``'s options describe.
+
+    ``--precision`` is the engines' precision with ``--format trt``; otherwise the
+    engines built later from the ONNX files (the manifest's trtexec commands) keep
+    ``EngineSpec``'s own default.
+    """
+    engine = EngineSpec(**{k: v for k, v in fields_of(EngineSpec, options).items() if k != "precision"})
+    spec = ExportSpec(**fields_of(ExportSpec, options), engine=engine)
+    if spec.format == "trt":
+        spec.engine = dataclasses.replace(engine, precision=spec.precision)
+    return spec
+
+
 def emit_json(target: Optional[str], data) -> None:
     """``--json``: write ``data`` to the file ``target``, or to stdout for ``-``."""
     if target is None:
@@ -125,6 +140,7 @@ def _load(adapter, base, allow_base_mismatch, device):
 
 def _segmenter(artifacts, backend: str, device: str):
     if backend == "torch":
+        lazy_import("torch", "pip:torch", "--backend torch")
         from naslora_deploy.exporters.torch_backend import open_segmenter
 
         return open_segmenter(artifacts, backend, device)
@@ -226,10 +242,7 @@ def export(source, out, model, base, allow_base_mismatch, progress, **options) -
     from naslora_deploy.core.report import MergeReport
     from naslora_deploy.exporters.export import export as run_export
 
-    spec_fields, engine_fields = fields_of(ExportSpec, options), fields_of(EngineSpec, options)
-    if spec_fields.get("format") == "trt" and "precision" in spec_fields:
-        engine_fields["precision"] = spec_fields["precision"]
-    spec = ExportSpec(**spec_fields, engine=EngineSpec(**engine_fields))
+    spec = export_spec_from(options)
     artifacts, manifest, repository = run_export(source, out, spec, model, base, allow_base_mismatch, progress)
     report = (manifest["merge"] or {}).get("report")
     if report:

@@ -104,21 +104,30 @@ def photo():
     return synthetic_sample(np.random.default_rng(3))[0]
 
 
-def run_without_torch(body: str):
-    """Run ``body`` in a fresh interpreter where ``import torch`` raises."""
+def run_without(body: str, blocked=("torch",)):
+    """Run ``body`` in a fresh interpreter where importing any of ``blocked`` fails.
+
+    A meta-path finder refuses them, so ``import x`` and ``importlib.import_module``
+    both raise ``ModuleNotFoundError``, as on a machine where they are not installed.
+    """
     import subprocess
     import sys
     import textwrap
 
     blocker = textwrap.dedent(
-        """
-        import builtins, sys
-        real_import = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-            return real_import(name, *args, **kwargs)
-        builtins.__import__ = guarded
+        f"""
+        import sys
+        class _Uninstalled:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {tuple(blocked)!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked in this test)")
+                return None
+        sys.meta_path.insert(0, _Uninstalled())
         """
     )
     return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(body)], capture_output=True, text=True)
+
+
+def run_without_torch(body: str):
+    """Run ``body`` in a fresh interpreter where torch cannot be imported."""
+    return run_without(body, ("torch",))

@@ -130,3 +130,72 @@ def test_export_and_verify_commands(binary_adapter, tmp_path, capsys):
 def test_verify_bad_artifact_directory(tmp_path):
     result = _cli("verify", str(tmp_path))
     assert result.returncode == 2 and "manifest.json not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_top_level_help_lists_every_command(capsys):
+    from naslora_deploy.cli import cli
+
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out.split("Commands:")[1]
+    names = [line.split()[0] for line in listed.strip().splitlines()]
+    assert sorted(names) == sorted(cli.commands) == sorted(
+        ["train", "eval", "inspect", "merge", "export", "verify", "predict", "bench", "demo"]
+    )
+
+
+def test_no_option_is_declared_twice_and_defaults_live_in_the_dataclasses():
+    import click
+
+    from naslora_deploy.cli import cli, export_spec_from, fields_of
+    from naslora_deploy.exporters.specs import ExportSpec
+    from naslora_deploy.training.config import DemoConfig, TrainConfig
+
+    for name, command in cli.commands.items():
+        flags = [flag for param in command.params for flag in param.opts + param.secondary_opts]
+        assert len(flags) == len(set(flags)), name
+    ctx = click.Context(cli.commands["train"])
+    defaults = {p.name: p.get_default(ctx) for p in cli.commands["train"].params}
+    built = TrainConfig(**{**fields_of(TrainConfig, defaults), "data": "d", "out": "o"})
+    assert built == TrainConfig(data="d", out="o")
+    ctx = click.Context(cli.commands["demo"])
+    assert DemoConfig(**fields_of(DemoConfig, {p.name: p.get_default(ctx) for p in cli.commands["demo"].params})) == DemoConfig()
+    ctx = click.Context(cli.commands["export"])
+    defaults = {p.name: p.get_default(ctx) for p in cli.commands["export"].params}
+    assert export_spec_from(defaults) == ExportSpec()
+    trt = export_spec_from({**defaults, "format": "trt", "precision": "bf16", "max_batch": 4})
+    assert (trt.engine.precision, trt.engine.max_batch) == ("bf16", 4)
+
+
+def test_json_means_one_thing_everywhere(trained_run, multiclass_data, tmp_path, capsys):
+    assert main(["eval", str(trained_run), "--data", str(multiclass_data), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["split"] == "test"  # stdout is exactly the JSON
+    assert "miou" in captured.err  # the human summary went to stderr
+    assert main(["eval", str(trained_run), "--data", str(multiclass_data)]) == 0
+    assert "miou" in capsys.readouterr().out
+    out = tmp_path / "arch.json"
+    assert main(["inspect", str(trained_run), "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"ops", "shares", "weights"}
+    assert "block" in capsys.readouterr().out
+
+
+def test_a_redirected_log_gets_one_line_per_epoch(binary_data, tmp_path):
+    result = _cli("train", "--data", str(binary_data), "--model", "vit_tiny", "--out", str(tmp_path / "run"),
+                  "--epochs", "2", "--search-start", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stderr and "\r" not in result.stdout
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+
+
+def test_an_option_that_needs_an_extra_names_it(trained_run, tmp_path):
+    from conftest import run_without
+
+    body = f"""
+from naslora_deploy.cli import main
+sys.exit(main(["inspect", {str(trained_run)!r}, "--plot", {str(tmp_path / "p.png")!r}]))
+"""
+    result = run_without(body, blocked=("matplotlib",))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "naslora-deploy inspect: error: --plot needs the matplotlib package: pip install 'naslora-deploy[plot]'"
+    )

@@ -22,3 +22,31 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_main_job_runs_the_demo():
     blocks = _bash_blocks((ROOT / "README.md").read_text())
     assert any(b.endswith("naslora-deploy demo --out demo-out") for b in blocks)
+
+
+def _python_blocks(text):
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch, binary_artifacts, binary_adapter):
+    """Every ```python block of the README, run in a folder that holds the files it names."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from naslora_deploy.training.data.synthetic import synthetic_sample
+
+    shutil.copytree(binary_artifacts, tmp_path / "artifacts")
+    shutil.copytree(binary_adapter, tmp_path / "runs" / "isic")
+    photo, _ = synthetic_sample(np.random.default_rng(5), size_range=(480, 640))
+    Image.fromarray(photo).save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    blocks = _python_blocks((ROOT / "README.md").read_text())
+    assert len(blocks) >= 2
+    for number, block in enumerate(blocks):
+        namespace = {"__name__": f"readme_block_{number}"}
+        exec(compile(block, f"README.md python block {number}", "exec"), namespace)  # noqa: S102
+    merged, report = namespace["merged"], namespace["report"]  # the API block's last lines
+    assert type(merged).__name__ == "SegmentationModel" and report.mode == "dense"
+    assert (tmp_path / "sam_merged.pth").is_file() and (tmp_path / "sam_merged.report.json").is_file()

@@ -183,3 +183,30 @@ def test_constant_response_fold_is_the_cells_response_to_a_constant_code(adapted
         centre = adapter.naive_cell(code)[0, :, 10, 10]
         fold = adapter.constant_response_fold()
     torch.testing.assert_close(fold @ level, centre, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_classes", [1, 3], ids=["binary", "multiclass"])
+def test_merge_takes_what_load_adapter_returns_and_gives_the_same_kind_back(tmp_path, num_classes):
+    from conftest import make_adapter_dir
+    from naslora_deploy import load_adapter
+
+    model = load_adapter(make_adapter_dir(tmp_path, num_classes=num_classes))
+    images = probe_images(256, 1, seed=3)
+    with torch.no_grad():
+        expected = model(images)
+    for mode in ("fused", "dense"):
+        merged, report = merge(model, mode)
+        assert type(merged) is type(model) and report.mode == mode
+        assert not list(adapted_layers(merged.sam)) and len(list(adapted_layers(model.sam))) == 4  # input untouched
+        if num_classes > 1:
+            assert merged.class_head is not model.class_head
+            for (name, a), b in zip(model.class_head.state_dict().items(), merged.class_head.state_dict().values()):
+                assert torch.equal(a, b), name
+        with torch.no_grad():
+            got = merged(images)
+        assert set(got) == set(expected)
+        if mode == "fused":
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
+        else:
+            build_sam("vit_tiny").load_state_dict(merged.sam.state_dict())  # strict: plain SAM keys and shapes

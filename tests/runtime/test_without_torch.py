@@ -1,0 +1,115 @@
+"""The runtime and the CLI's runtime commands where torch cannot be imported, through every path ``auto`` takes."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_without, run_without_torch
+
+
+def test_runtime_imports_without_torch():
+    result = run_without_torch(
+        """
+        import naslora_deploy.runtime
+        import naslora_deploy
+        assert naslora_deploy.__version__
+        assert "torch" not in sys.modules
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.fixture(scope="module")
+def photo_file(photo, tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(photo).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def with_engine(binary_artifacts, tmp_path_factory):
+    """The artifacts plus an image_encoder.engine: ``auto`` tries TensorRT first on a GPU-capable device."""
+    copy = tmp_path_factory.mktemp("engine") / "art"
+    shutil.copytree(binary_artifacts, copy)
+    (copy / "image_encoder.engine").write_bytes(b"not an engine")
+    (copy / "image_encoder.engine.json").write_text(json.dumps({"tensorrt_version": "0.0", "compute_capability": None}))
+    return copy
+
+
+SEGMENT = """
+from naslora_deploy.runtime import Segmenter
+seg = Segmenter.open({artifacts!r}, device={device!r})
+result = seg.segment({photo!r})
+prompted = seg.segment({photo!r}, box=(10, 10, 120, 100))
+assert "torch" not in sys.modules
+print(seg.backend_name, result.area, prompted.score is not None)
+"""
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", None])
+def test_auto_without_engines_takes_onnxruntime(binary_artifacts, photo_file, device):
+    result = run_without_torch(SEGMENT.format(artifacts=str(binary_artifacts), device=device, photo=str(photo_file)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("onnxruntime (CPU)") and result.stdout.strip().endswith("True")
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_auto_with_engines_falls_back_to_onnxruntime(with_engine, photo_file, device):
+    """TensorRT is tried (device auto) and fails here (no TensorRT, or a bad engine): onnxruntime takes over."""
+    result = run_without_torch(SEGMENT.format(artifacts=str(with_engine), device=device, photo=str(photo_file)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("onnxruntime (CPU)")
+
+
+def test_auto_with_nothing_that_loads_says_why_in_one_error(with_engine):
+    result = run_without(
+        f"""
+        from naslora_deploy.common.errors import NasloraError
+        from naslora_deploy.runtime import Segmenter
+        try:
+            Segmenter.open({str(with_engine)!r})
+        except NasloraError as exc:
+            print(exc)
+        """,
+        blocked=("torch", "onnxruntime"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    message = result.stdout.strip()
+    assert message.startswith("no backend could load these artifacts (tensorrt: ")
+    assert "; onnxruntime: the onnxruntime backend needs the onnxruntime package: pip install onnxruntime" in message
+    assert "torch" not in message.replace("blocked", "")
+
+
+CLI = """
+from naslora_deploy.cli import main
+code = main({argv!r})
+assert "torch" not in sys.modules, "the CLI imported torch"
+sys.exit(code)
+"""
+
+
+def test_cli_predict_and_bench_without_torch(binary_artifacts, photo_file, tmp_path):
+    out = tmp_path / "pred"
+    result = run_without_torch(CLI.format(argv=["predict", str(binary_artifacts), str(photo_file), "--out", str(out)]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backend: onnxruntime (CPU); 1 image(s)" in result.stdout
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["file"] == str(photo_file)
+    result = run_without_torch(CLI.format(argv=["bench", str(binary_artifacts), "--runs", "2", "--warmup", "1"]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "onnxruntime (CPU)" in result.stdout
+
+
+def test_cli_help_and_torch_backend_without_torch(binary_artifacts, photo_file, tmp_path):
+    result = run_without_torch(CLI.format(argv=["--help"]))
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_without_torch(CLI.format(argv=["predict", str(binary_artifacts), str(photo_file), "--out",
+                                                str(tmp_path), "--backend", "torch"]))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "naslora-deploy predict: error: --backend torch needs the torch package: pip install torch"
+    )
