@@ -21,7 +21,10 @@ except ImportError:  # run as a module from the repository root
     from benchmarks.timing import alternate, median_ms, write_record
 
 # vit_b's qkv inputs: a global block sees 64x64 tokens, a windowed block 25 zero-padded 14x14 windows.
-SHAPES = {"vit_b global block (1,64,64,768)": (1, 64, 64, 768), "vit_b windowed block (25,14,14,768)": (25, 14, 14, 768)}
+SHAPES = {
+    "vit_b global block (1,64,64,768)": (1, 64, 64, 768),
+    "vit_b windowed block (25,14,14,768)": (25, 14, 14, 768),
+}
 
 
 def qkv_layer(method: str, seed: int = 0) -> AdaptedQKV:
@@ -53,7 +56,9 @@ def layer_rows(repeats: int) -> list:
         x = torch.randn(shape)
         for train in (False, True):
             for branch_only in (True, False):
-                what = ("branch only" if branch_only else "qkv layer") + (", fwd+bwd" if train else ", forward")
+                what = ("branch only" if branch_only else "qkv layer") + (
+                    ", fwd+bwd" if train else ", forward"
+                )
                 pc_naive = qkv_layer("nas_pc_lora")
                 pc_naive.cell_forward = "naive"
                 pc_kernel = qkv_layer("nas_pc_lora")
@@ -102,7 +107,8 @@ def encoder_rows(repeats: int) -> list:
         return run
 
     times = alternate(
-        {"naive": forward(naive), "kernel": forward(models["nas_pc_lora"]), "lora": forward(models["lora"])}, repeats
+        {"naive": forward(naive), "kernel": forward(models["nas_pc_lora"]), "lora": forward(models["lora"])},
+        repeats,
     )
     medians = {k: median_ms(v) for k, v in times.items()}
     return [
@@ -124,11 +130,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cell_forward.json")
     args = parser.parse_args()
     rows = layer_rows(args.repeats) + encoder_rows(args.repeats)
-    header = f"{'input':<38} {'what':<24} {'naive ms':>9} {'kernel ms':>9} {'lora ms':>8} {'kern/naive':>10} {'pc/lora':>8}"
+    header = (
+        f"{'input':<38} {'what':<24} {'naive ms':>9} {'kernel ms':>9} {'lora ms':>8} "
+        f"{'kern/naive':>10} {'pc/lora':>8}"
+    )
     print(header)
     for r in rows:
         print(
-            f"{r['input']:<38} {r['what']:<24} {r['naive_ms']:>9.2f} {r['kernel_ms']:>9.2f} {r['lora_ms']:>8.2f} "
+            f"{r['input']:<38} {r['what']:<24} {r['naive_ms']:>9.2f} {r['kernel_ms']:>9.2f} "
+            f"{r['lora_ms']:>8.2f} "
             f"{r['kernel_over_naive']:>10.2f} {r['pc_kernel_over_lora']:>8.2f}"
         )
     write_record(args.out, rows)

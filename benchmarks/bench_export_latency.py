@@ -18,12 +18,12 @@ import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
 from naslora_deploy.core.adapters import adapted_layers
-from naslora_deploy.exporters.onnx_export import module_to_onnx
-from naslora_deploy.exporters.structure import compare_signatures, graph_signature
-from naslora_deploy.runtime.backends import ort_session
-from naslora_deploy.exporters.wrappers import ImageEncoderGraph
 from naslora_deploy.core.merge import constant_response_folds, dense_copy
 from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.exporters.onnx_export import module_to_onnx
+from naslora_deploy.exporters.structure import compare_signatures, graph_signature
+from naslora_deploy.exporters.wrappers import ImageEncoderGraph
+from naslora_deploy.runtime.backends import ort_session
 
 try:
     from timing import alternate, median_ms, write_record
@@ -57,27 +57,45 @@ def main() -> None:
         size = modules["plain"].img_size
         image = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         paths = {
-            name: module_to_onnx(ImageEncoderGraph(m), (torch.from_numpy(image),), Path(tmp) / f"{name}.onnx",
-                                 ["image"], ["image_embeddings"])
+            name: module_to_onnx(
+                ImageEncoderGraph(m),
+                (torch.from_numpy(image),),
+                Path(tmp) / f"{name}.onnx",
+                ["image"],
+                ["image_embeddings"],
+            )
             for name, m in modules.items()
         }
         signatures = {name: graph_signature(p) for name, p in paths.items()}
         sessions = {name: ort_session(p, "CPUExecutionProvider") for name, p in paths.items()}
-        times = alternate({name: (lambda s=s: s.run(None, {"image": image})) for name, s in sessions.items()},
-                          args.repeats, warmup=1)
+        times = alternate(
+            {name: (lambda s=s: s.run(None, {"image": image})) for name, s in sessions.items()},
+            args.repeats,
+            warmup=1,
+        )
     plain = median_ms(times["plain"])
     rows = []
     for name in ("plain", "dense", "fused"):
         structure = compare_signatures(signatures[name], signatures["plain"])
-        rows.append({
-            "encoder": name, "median_ms": median_ms(times[name]), "over_plain": median_ms(times[name]) / plain,
-            "gmacs": signatures[name].macs / 1e9, "extra_nodes": structure["extra_nodes"],
-            "extra_parameters": structure["extra_parameters"], "extra_macs_percent": structure["extra_macs_percent"],
-        })
+        rows.append(
+            {
+                "encoder": name,
+                "median_ms": median_ms(times[name]),
+                "over_plain": median_ms(times[name]) / plain,
+                "gmacs": signatures[name].macs / 1e9,
+                "extra_nodes": structure["extra_nodes"],
+                "extra_parameters": structure["extra_parameters"],
+                "extra_macs_percent": structure["extra_macs_percent"],
+            }
+        )
     print(f"{args.model} image encoder, onnxruntime CPU, batch 1, median of {args.repeats} alternating runs")
     for r in rows:
-        print(f"  {r['encoder']:<6} {r['median_ms']:>9.1f} ms  {r['over_plain']:.3f}x plain  {r['gmacs']:.2f} GMAC  "
-              f"+{r['extra_parameters']} params  +{r['extra_macs_percent']:.3f} % MACs  extra nodes {r['extra_nodes']}")
+        print(
+            f"  {r['encoder']:<6} {r['median_ms']:>9.1f} ms  {r['over_plain']:.3f}x plain  {r['gmacs']:.2f} "
+            "GMAC  "
+            f"+{r['extra_parameters']} params  +{r['extra_macs_percent']:.3f} % MACs  extra nodes "
+            f"{r['extra_nodes']}"
+        )
     write_record(out, rows)
     print(f"wrote {out}")
 

@@ -28,9 +28,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam, merge
-from naslora_deploy.exporters.fast_attention import use_sdpa
 from naslora_deploy.core.heads import SegmentationModel
 from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.exporters.fast_attention import use_sdpa
 
 try:
     from timing import alternate, median_ms, write_record
@@ -52,10 +52,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
-                        help='torch.compile mode; "none" skips the compiled configuration')
-    parser.add_argument("--compile-on-cpu", action="store_true", help="also compile on CPU (slow; checks the code path)")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU, TFLOP/s")
+    parser.add_argument(
+        "--compile-mode",
+        default="max-autotune-no-cudagraphs",
+        help='torch.compile mode; "none" skips the compiled configuration',
+    )
+    parser.add_argument(
+        "--compile-on-cpu", action="store_true", help="also compile on CPU (slow; checks the code path)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU, TFLOP/s"
+    )
     parser.add_argument("--out", type=Path)
     return parser.parse_args()
 
@@ -122,7 +129,9 @@ def configurations(model, images: torch.Tensor, args) -> tuple:
     elif device.type != "cuda" and not args.compile_on_cpu:
         skipped[name] = "torch.compile is timed on CUDA only (pass --compile-on-cpu to exercise it here)"
     else:
-        compiled = torch.compile(sdpa_model, mode=None if args.compile_mode == "default" else args.compile_mode)
+        compiled = torch.compile(
+            sdpa_model, mode=None if args.compile_mode == "default" else args.compile_mode
+        )
         contenders[name] = forward_fn(compiled, images, bf16=True)
         start = time.perf_counter()
         for _ in range(2):  # compilation and autotuning happen here, outside any timing
@@ -141,15 +150,22 @@ def peak_memory_mib(fn: Callable[[], None], device: torch.device) -> Optional[fl
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def throughput_row(name: str, samples: List[float], batch: int, gmac: Dict[str, Optional[float]], peak_tflops: float) -> dict:
+def throughput_row(
+    name: str, samples: List[float], batch: int, gmac: Dict[str, Optional[float]], peak_tflops: float
+) -> dict:
     """images/s, ms per batch, achieved TFLOP/s (counted and stated GMAC) and the fraction of peak."""
     ms = median_ms(samples)
     images_per_s = 1000.0 * batch / ms
     tflops = {key: (images_per_s * 2 * value / 1e3 if value else None) for key, value in gmac.items()}
     return {
-        "config": name, "status": "measured", "batch": batch, "runs": len(samples),
-        "median_ms_per_batch": round(ms, 3), "images_per_s": round(images_per_s, 2),
-        "tflops_counted": _round(tflops["counted"]), "tflops_stated": _round(tflops["stated"]),
+        "config": name,
+        "status": "measured",
+        "batch": batch,
+        "runs": len(samples),
+        "median_ms_per_batch": round(ms, 3),
+        "images_per_s": round(images_per_s, 2),
+        "tflops_counted": _round(tflops["counted"]),
+        "tflops_stated": _round(tflops["stated"]),
         "peak_fraction_counted": _round(tflops["counted"] and tflops["counted"] / peak_tflops, 4),
         "peak_fraction_stated": _round(tflops["stated"] and tflops["stated"] / peak_tflops, 4),
     }
@@ -171,12 +187,22 @@ def tensorrt_status() -> str:
 
 def device_row(device: torch.device, args) -> dict:
     """What the figures were taken on."""
-    row = {"config": "device", "device": str(device), "tensorrt": tensorrt_status(),
-           "fp32_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32, "peak_tflops_assumed": args.peak_tflops}
+    row = {
+        "config": "device",
+        "device": str(device),
+        "tensorrt": tensorrt_status(),
+        "fp32_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "peak_tflops_assumed": args.peak_tflops,
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        row.update(gpu=props.name, capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        row.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return row
 
 
@@ -184,12 +210,24 @@ def target_row(rows: List[dict], args, device: torch.device, image_size: int) ->
     """Whether the >= 250 images/s target is met: None where this run cannot say."""
     measured = [r for r in rows if r.get("status") == "measured"]
     best = max(measured, key=lambda r: r["images_per_s"]) if measured else None
-    row = {"config": "target", "target": f">= {TARGET_IMAGES_PER_S:g} images/s, {TARGET_MODEL} at 1024, batch {TARGET_BATCH}, H100",
-           "best_config": best and best["config"], "best_images_per_s": best and best["images_per_s"]}
+    row = {
+        "config": "target",
+        "target": f">= {TARGET_IMAGES_PER_S:g} images/s, {TARGET_MODEL} at 1024, batch {TARGET_BATCH}, H100",
+        "best_config": best and best["config"],
+        "best_images_per_s": best and best["images_per_s"],
+    }
     if device.type != "cuda":
-        return {**row, "met": None, "reason": "not measured: the target needs a CUDA GPU (H100); this was a CPU smoke run"}
+        return {
+            **row,
+            "met": None,
+            "reason": "not measured: the target needs a CUDA GPU (H100); this was a CPU smoke run",
+        }
     if (args.model, args.batch, image_size) != (TARGET_MODEL, TARGET_BATCH, 1024):
-        return {**row, "met": None, "reason": f"not the target setting (ran {args.model}, batch {args.batch}, {image_size} px)"}
+        return {
+            **row,
+            "met": None,
+            "reason": f"not the target setting (ran {args.model}, batch {args.batch}, {image_size} px)",
+        }
     gpu = torch.cuda.get_device_name(device)
     row["met"] = bool(best and best["images_per_s"] >= TARGET_IMAGES_PER_S)
     if "H100" not in gpu:
@@ -202,9 +240,12 @@ def print_rows(rows: List[dict]) -> None:
     for row in rows:
         if row.get("status") == "measured":
             frac = row["peak_fraction_counted"]
-            print(f"  {row['config']:<52} {row['median_ms_per_batch']:>10.2f} ms/batch {row['images_per_s']:>9.2f} img/s "
-                  f"{row['tflops_counted']:>8.2f} TFLOP/s ({100 * frac:.2f} % of peak)  "
-                  f"mem {row['max_memory_allocated_mib']} MiB  compile {row.get('compile_s')}")
+            print(
+                f"  {row['config']:<52} {row['median_ms_per_batch']:>10.2f} ms/batch "
+                f"{row['images_per_s']:>9.2f} img/s "
+                f"{row['tflops_counted']:>8.2f} TFLOP/s ({100 * frac:.2f} % of peak)  "
+                f"mem {row['max_memory_allocated_mib']} MiB  compile {row.get('compile_s')}"
+            )
         elif row.get("status") == "skipped":
             print(f"  {row['config']:<52} skipped: {row['reason']}")
         else:
@@ -215,29 +256,45 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     if device.type != "cuda":
-        print(f"NOTE: running on {device}: a smoke run only. The {TARGET_IMAGES_PER_S:g} images/s target needs a CUDA GPU (H100).")
+        print(
+            f"NOTE: running on {device}: a smoke run only. The {TARGET_IMAGES_PER_S:g} images/s target needs "
+            "a CUDA GPU (H100)."
+        )
     out = args.out or Path(__file__).parent / "results" / f"gpu_throughput_{args.model}_{device.type}.json"
     model, report = merged_model(args.model, device)
     image_size = model.image_size
     counted = count_gmac_per_image(model, image_size, device)
     gmac = {"counted": counted, "stated": STATED_GMAC_PER_IMAGE.get((args.model, image_size))}
-    images = torch.randn(args.batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    images = torch.randn(
+        args.batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)
+    ).to(device)
     contenders, skipped, compile_s = configurations(model, images, args)
     memory = {name: peak_memory_mib(fn, device) for name, fn in contenders.items()}
     times = alternate(contenders, args.runs, warmup=args.warmup)
 
-    rows = [device_row(device, args),
-            {"config": "model", "model": args.model, "image_size": image_size, "merge": "dense",
-             "merge_embedding_rel_error": report.embedding_rel_error,
-             "gmac_per_image_counted": round(counted, 2), "gmac_per_image_stated_encoder_only": gmac["stated"],
-             "flop_count": "FlopCounterMode, one eager fp32 forward at batch 1 (matmul/conv/attention only)"}]
+    rows = [
+        device_row(device, args),
+        {
+            "config": "model",
+            "model": args.model,
+            "image_size": image_size,
+            "merge": "dense",
+            "merge_embedding_rel_error": report.embedding_rel_error,
+            "gmac_per_image_counted": round(counted, 2),
+            "gmac_per_image_stated_encoder_only": gmac["stated"],
+            "flop_count": "FlopCounterMode, one eager fp32 forward at batch 1 (matmul/conv/attention only)",
+        },
+    ]
     for name, samples in times.items():
         row = throughput_row(name, samples, args.batch, gmac, args.peak_tflops)
         row.update(max_memory_allocated_mib=_round(memory[name], 1), compile_s=_round(compile_s.get(name), 1))
         rows.append(row)
     rows += [{"config": name, "status": "skipped", "reason": reason} for name, reason in skipped.items()]
     rows.append(target_row(rows, args, device, image_size))
-    print(f"{args.model} encoder + prompt-free decoder, dense-merged NAS-PC-LoRA, batch {args.batch}, {args.runs} runs (medians):")
+    print(
+        f"{args.model} encoder + prompt-free decoder, dense-merged NAS-PC-LoRA, batch {args.batch}, "
+        f"{args.runs} runs (medians):"
+    )
     print_rows(rows)
     write_record(out, rows)
     print(f"wrote {out}")

@@ -32,7 +32,6 @@ import torch
 from naslora_deploy.core.checkpoint import load_adapter
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.torch_backend import TorchBackend, open_segmenter
-from naslora_deploy.runtime import Segmenter
 from naslora_deploy.runtime.bench import summarise
 from naslora_deploy.runtime.manifest import read_manifest
 
@@ -61,8 +60,10 @@ def export_contenders(variant: str, root: Path) -> Dict[str, Path]:
 
 def open_backends(backend: str, sources: Dict[str, Path], device: str) -> Dict[str, object]:
     """Contender name -> an object with ``encode`` / ``decode``; plain first, unmerged on torch only."""
-    opened = {name: open_segmenter(sources[name], backend=backend, device=device).backend
-              for name in ("plain", "dense", "fused")}
+    opened = {
+        name: open_segmenter(sources[name], backend=backend, device=device).backend
+        for name in ("plain", "dense", "fused")
+    }
     if backend == "torch":
         opened["unmerged"] = TorchBackend(load_adapter(sources["adapter"], device=device), device, "unmerged")
     return opened
@@ -70,13 +71,16 @@ def open_backends(backend: str, sources: Dict[str, Path], device: str) -> Dict[s
 
 def step(backend) -> Callable[[], object]:
     """Encoder then prompt-free decoder on one batch, as ``runtime.bench._step``."""
+
     def run(batch: np.ndarray):
         return backend.decode(backend.encode(batch))
 
     return run
 
 
-def time_alternating(steps: Dict[str, Callable], batch: np.ndarray, runs: int, warmup: int) -> Dict[str, List[float]]:
+def time_alternating(
+    steps: Dict[str, Callable], batch: np.ndarray, runs: int, warmup: int
+) -> Dict[str, List[float]]:
     """Seconds per run of every contender, interleaved run by run after ``warmup`` rounds."""
     for _ in range(warmup):
         for fn in steps.values():
@@ -108,7 +112,9 @@ def backend_version(backend: str) -> str:
     return torch.__version__
 
 
-def rows_for(backend: str, names: Dict[str, str], times: Dict[str, List[float]], batch_size: int) -> List[dict]:
+def rows_for(
+    backend: str, names: Dict[str, str], times: Dict[str, List[float]], batch_size: int
+) -> List[dict]:
     """One row per contender: p50, images/s, ratio of medians and median round ratio against plain."""
     plain = times["plain"]
     plain_p50 = summarise(plain, batch_size)["p50_ms"]
@@ -117,17 +123,33 @@ def rows_for(backend: str, names: Dict[str, str], times: Dict[str, List[float]],
         summary = summarise(samples, batch_size)
         ratio = summary["p50_ms"] / plain_p50
         round_ratio = median_ratio(samples, plain)
-        rows.append({
-            "backend": backend, "backend_name": names[contender], "backend_version": backend_version(backend),
-            "batch": batch_size, "contender": contender, **summary, "ratio_vs_plain": ratio,
-            "median_round_ratio": round_ratio,
-            "target": TARGETS[contender], "met": target_met(contender, round_ratio),
-        })
+        rows.append(
+            {
+                "backend": backend,
+                "backend_name": names[contender],
+                "backend_version": backend_version(backend),
+                "batch": batch_size,
+                "contender": contender,
+                **summary,
+                "ratio_vs_plain": ratio,
+                "median_round_ratio": round_ratio,
+                "target": TARGETS[contender],
+                "met": target_met(contender, round_ratio),
+            }
+        )
     return rows
 
 
-def bench_backend(backend: str, sources: Dict[str, Path], device: str, batch_sizes: Sequence[int], runs: int,
-                  warmup: int, image_size: int, seed: int = 0) -> List[dict]:
+def bench_backend(
+    backend: str,
+    sources: Dict[str, Path],
+    device: str,
+    batch_sizes: Sequence[int],
+    runs: int,
+    warmup: int,
+    image_size: int,
+    seed: int = 0,
+) -> List[dict]:
     """Open every contender on ``backend`` and time them alternating at each batch size."""
     opened = open_backends(backend, sources, device)
     names = {name: b.name for name, b in opened.items()}
@@ -142,13 +164,17 @@ def bench_backend(backend: str, sources: Dict[str, Path], device: str, batch_siz
 
 def format_table(rows: List[dict]) -> str:
     """A printable table."""
-    lines = [f"{'backend':<28} {'batch':>5} {'contender':<9} {'p50 ms':>9} {'img/s':>8} {'ratio':>7} "
-             f"{'round':>7} {'target':<10} met"]
+    lines = [
+        f"{'backend':<28} {'batch':>5} {'contender':<9} {'p50 ms':>9} {'img/s':>8} {'ratio':>7} "
+        f"{'round':>7} {'target':<10} met"
+    ]
     for r in rows:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
-        lines.append(f"{r['backend_name']:<28} {r['batch']:>5} {r['contender']:<9} {r['p50_ms']:>9.2f} "
-                     f"{r['images_per_s']:>8.2f} {r['ratio_vs_plain']:>7.3f} {r['median_round_ratio']:>7.3f} "
-                     f"{r['target']:<10} {met}")
+        lines.append(
+            f"{r['backend_name']:<28} {r['batch']:>5} {r['contender']:<9} {r['p50_ms']:>9.2f} "
+            f"{r['images_per_s']:>8.2f} {r['ratio_vs_plain']:>7.3f} {r['median_round_ratio']:>7.3f} "
+            f"{r['target']:<10} {met}"
+        )
     return "\n".join(lines)
 
 
@@ -168,8 +194,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu); "
-                                                         "cpu also keeps onnxruntime on its CPU provider")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default: cuda if available, else cpu); "
+        "cpu also keeps onnxruntime on its CPU provider",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     backends = parse_backends(args.backends)
@@ -181,16 +211,25 @@ def main() -> None:
         sources = export_contenders(args.model, Path(tmp))
         image_size = int(read_manifest(sources["plain"])["image_size"])
         for backend in backends:
-            rows.extend(bench_backend(backend, sources, device, batch_sizes, args.runs, args.warmup, image_size))
-    print(f"{args.model}: encoder + prompt-free decoder, contenders alternating run by run, "
-          f"{args.runs} runs after {args.warmup} warm-up rounds")
-    print("plain = plain SAM artifact, dense / fused = merged NAS-PC-LoRA artifacts (ONNX fp32), "
-          "unmerged = adapted PyTorch model (torch backend only: there is no unmerged artifact)")
-    print("ratio = p50 / plain p50 of the same backend and batch; "
-          "round = median of per-round ratios (the target is judged on it)")
+            rows.extend(
+                bench_backend(backend, sources, device, batch_sizes, args.runs, args.warmup, image_size)
+            )
+    print(
+        f"{args.model}: encoder + prompt-free decoder, contenders alternating run by run, "
+        f"{args.runs} runs after {args.warmup} warm-up rounds"
+    )
+    print(
+        "plain = plain SAM artifact, dense / fused = merged NAS-PC-LoRA artifacts (ONNX fp32), "
+        "unmerged = adapted PyTorch model (torch backend only: there is no unmerged artifact)"
+    )
+    print(
+        "ratio = p50 / plain p50 of the same backend and batch; "
+        "round = median of per-round ratios (the target is judged on it)"
+    )
     print(format_table(rows))
-    write_record(out, rows, extra={"model": args.model, "runs": args.runs, "warmup": args.warmup,
-                                   "device": device})
+    write_record(
+        out, rows, extra={"model": args.model, "runs": args.runs, "warmup": args.warmup, "device": device}
+    )
     print(f"wrote {out}")
 
 

@@ -1,6 +1,6 @@
 """One adapted qkv layer, forward + backward: NAS-PC-LoRA against LoRA at a chosen width.
 
-    python benchmarks/bench_layer_overhead.py [--dim 128] [--grid 16] [--batch 4] [--repeats 100]
+python benchmarks/bench_layer_overhead.py [--dim 128] [--grid 16] [--batch 4] [--repeats 100]
 """
 
 from __future__ import annotations
@@ -36,11 +36,18 @@ def main() -> None:
     args = parser.parse_args()
     x = torch.randn(args.batch, args.grid, args.grid, args.dim, requires_grad=True)
     layers = {m: layer(m, args.dim) for m in ("lora", "nas_pc_lora")}
-    times = alternate({m: (lambda l=l: l(x).sum().backward()) for m, l in layers.items()}, args.repeats, warmup=5)
+    times = alternate(
+        {m: (lambda layer=layer: layer(x).sum().backward()) for m, layer in layers.items()},
+        args.repeats,
+        warmup=5,
+    )
     medians = {m: median_ms(t) for m, t in times.items()}
-    print(f"qkv layer dim {args.dim}, input ({args.batch},{args.grid},{args.grid},{args.dim}), fwd+bwd, "
-          f"median of {args.repeats}: lora {medians['lora']:.2f} ms, nas_pc_lora {medians['nas_pc_lora']:.2f} ms, "
-          f"ratio {medians['nas_pc_lora'] / medians['lora']:.2f}")
+    print(
+        f"qkv layer dim {args.dim}, input ({args.batch},{args.grid},{args.grid},{args.dim}), fwd+bwd, "
+        f"median of {args.repeats}: lora {medians['lora']:.2f} ms, nas_pc_lora {medians['nas_pc_lora']:.2f} "
+        "ms, "
+        f"ratio {medians['nas_pc_lora'] / medians['lora']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ import torch
 from safetensors.torch import save_file
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
-from naslora_deploy.core.checkpoint import RunSpec, save_checkpoint
-from naslora_deploy.exporters.export import ExportSpec, export_artifacts
-from naslora_deploy.core.heads import SegmentationModel
 from naslora_deploy.common.io import sha256_of
+from naslora_deploy.core.checkpoint import RunSpec, save_checkpoint
+from naslora_deploy.core.heads import SegmentationModel
+from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.torch_backend import open_segmenter
 from naslora_deploy.runtime.bench import bench, format_rows
-from naslora_deploy.core.testing import perturb_adapters
 
 try:
     from timing import machine
@@ -41,7 +41,13 @@ def make_sources(variant: str, root: Path):
     add_adapters(sam, config)
     perturb_adapters(sam, seed=1, b_std=0.02)
     model = SegmentationModel(sam)
-    spec = RunSpec(variant, config, image_size=sam.image_encoder.img_size, base_checkpoint=str(base), base_sha256=sha256_of(base))
+    spec = RunSpec(
+        variant,
+        config,
+        image_size=sam.image_encoder.img_size,
+        base_checkpoint=str(base),
+        base_sha256=sha256_of(base),
+    )
     return save_checkpoint(root / "adapter", model, spec), base
 
 

@@ -69,7 +69,9 @@ def saved_activation_bytes(trainer, step, model_tensors) -> int:
 
 def state_bytes(trainer) -> int:
     """Parameters and buffers, plus gradient and two Adam moments per trainable element."""
-    model_bytes = sum(t.numel() * t.element_size() for t in list(trainer.model.parameters()) + list(trainer.model.buffers()))
+    model_bytes = sum(
+        t.numel() * t.element_size() for t in list(trainer.model.parameters()) + list(trainer.model.buffers())
+    )
     trainable = trainer.weights + trainer.alphas
     return model_bytes + sum(3 * p.numel() * p.element_size() for p in trainable)
 
@@ -93,8 +95,14 @@ def measure_one(args, name: str) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        activations = saved_activation_bytes(trainer, step, list(trainer.model.parameters()) + list(trainer.model.buffers()))
-        figures = {"contender": name, "activations_mb": activations / 2**20, "state_mb": state_bytes(trainer) / 2**20}
+        activations = saved_activation_bytes(
+            trainer, step, list(trainer.model.parameters()) + list(trainer.model.buffers())
+        )
+        figures = {
+            "contender": name,
+            "activations_mb": activations / 2**20,
+            "state_mb": state_bytes(trainer) / 2**20,
+        }
         if trainer.device.type == "cuda":
             figures["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
             figures["peak_over_start_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
@@ -134,22 +142,34 @@ def report(rows, args) -> None:
     """Print the table with ratios to lora and write the JSON record."""
     lora = rows[0]
     print(f"{args.model}, batch {args.batch_size}, {args.device}: memory of one training step")
-    print(f"  {'contender':<48} {'activations MB':>14} {'vs lora':>8} {'state MB':>9} {'state+act':>9} "
-          f"{'peak MB':>8} {'vs lora':>8} {'step peak MB':>12} {'vs lora':>8}")
+    print(
+        f"  {'contender':<48} {'activations MB':>14} {'vs lora':>8} {'state MB':>9} {'state+act':>9} "
+        f"{'peak MB':>8} {'vs lora':>8} {'step peak MB':>12} {'vs lora':>8}"
+    )
     for row in rows:
         row["activations_over_lora"] = row["activations_mb"] / lora["activations_mb"]
         row["step_peak_over_lora"] = row["peak_over_start_mb"] / lora["peak_over_start_mb"]
-        row["total_over_lora"] = (row["activations_mb"] + row["state_mb"]) / (lora["activations_mb"] + lora["state_mb"])
+        row["total_over_lora"] = (row["activations_mb"] + row["state_mb"]) / (
+            lora["activations_mb"] + lora["state_mb"]
+        )
         row["peak_over_lora"] = row["peak_mb"] / lora["peak_mb"]
         # judged on the measured device peak on CUDA; on the CPU on state + activations (RSS is too coarse)
         judged = row["peak_over_lora"] if args.device.startswith("cuda") else row["total_over_lora"]
         row["target"] = TARGET if row is not lora else None
         row["met"] = None if row is lora else judged <= TARGET
-        print(f"  {row['contender']:<48} {row['activations_mb']:>14.1f} {row['activations_over_lora']:>7.3f}x "
-              f"{row['state_mb']:>9.1f} {row['total_over_lora']:>8.3f}x {row['peak_mb']:>8.0f} "
-              f"{row['peak_over_lora']:>7.3f}x {row['peak_over_start_mb']:>12.1f} {row['step_peak_over_lora']:>7.2f}x")
+        print(
+            f"  {row['contender']:<48} {row['activations_mb']:>14.1f} {row['activations_over_lora']:>7.3f}x "
+            f"{row['state_mb']:>9.1f} {row['total_over_lora']:>8.3f}x {row['peak_mb']:>8.0f} "
+            f"{row['peak_over_lora']:>7.3f}x {row['peak_over_start_mb']:>12.1f} "
+            f"{row['step_peak_over_lora']:>7.2f}x"
+        )
     device_tag = args.device.split(":")[0]
-    out = args.out or Path(__file__).parent / "results" / f"train_memory_{args.model.replace('@', '_')}_{device_tag}.json"
+    out = (
+        args.out
+        or Path(__file__).parent
+        / "results"
+        / f"train_memory_{args.model.replace('@', '_')}_{device_tag}.json"
+    )
     write_record(out, rows, extra={"model": args.model, "batch_size": args.batch_size, "device": args.device})
     print(f"wrote {out}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -15,7 +14,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 
-def alternate(contenders: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, List[float]]:
+def alternate(
+    contenders: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+) -> Dict[str, List[float]]:
     """Time each contender ``repeats`` times, interleaved (A B A B ...), in seconds."""
     for _ in range(warmup):
         for fn in contenders.values():

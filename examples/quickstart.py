@@ -1,6 +1,6 @@
 """Add NAS-PC-LoRA adapters to SAM, then merge them both ways and read the reports.
 
-    python examples/quickstart.py [vit_tiny|vit_b|vit_l|vit_h] [checkpoint.pth]
+python examples/quickstart.py [vit_tiny|vit_b|vit_l|vit_h] [checkpoint.pth]
 """
 
 import sys
@@ -29,7 +29,10 @@ def main() -> None:
     # The two optimisers of the paper's Alg. 1 (training itself comes with `naslora-deploy train`).
     weights = torch.optim.Adam(weight_parameters(sam), lr=1e-4, weight_decay=1e-4)
     alphas = torch.optim.Adam(architecture_parameters(sam), lr=1e-3, weight_decay=1e-3)
-    print(f"{len(weights.param_groups[0]['params'])} weight tensors, {len(alphas.param_groups[0]['params'])} alpha vectors")
+    print(
+        f"{len(weights.param_groups[0]['params'])} weight tensors, {len(alphas.param_groups[0]['params'])} "
+        "alpha vectors"
+    )
 
     fused, report = merge(sam, "fused")
     print(report.summary())

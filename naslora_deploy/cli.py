@@ -31,7 +31,7 @@ from naslora_deploy.training.config import DemoConfig, TrainConfig
 BACKENDS = RUNTIME_BACKENDS + ("torch",)  # torch: built by exporters.torch_backend and handed to the runtime
 
 
-# ----- options generated from dataclass fields -----------------------------------------------------------------
+# ----- options generated from dataclass fields ----------------------------------------------------
 def _option_for(field: dataclasses.Field, hint) -> Callable:
     meta = field.metadata["cli"]
     flag = meta["flag"] or "--" + field.name.replace("_", "-")
@@ -44,12 +44,28 @@ def _option_for(field: dataclasses.Field, hint) -> Callable:
         return click.option(flag, field.name, is_flag=True, default=field.default, help=meta["help"])
     if meta["parse"] is not None:  # a string on the command line, the field's own type after parsing
         parse = meta["parse"]
-        return click.option(flag, field.name, type=str, default=None, show_default=meta["shown"], metavar=meta["metavar"],
-                            callback=lambda ctx, param, value: None if value is None else parse(value), help=meta["help"])
+        return click.option(
+            flag,
+            field.name,
+            type=str,
+            default=None,
+            show_default=meta["shown"],
+            metavar=meta["metavar"],
+            callback=lambda ctx, param, value: None if value is None else parse(value),
+            help=meta["help"],
+        )
     default = None if required else field.default
     click_type = click.Choice(meta["choices"]) if meta["choices"] else kind
-    return click.option(flag, field.name, type=click_type, default=default, required=required,
-                        show_default=default is not None, metavar=meta["metavar"], help=meta["help"])
+    return click.option(
+        flag,
+        field.name,
+        type=click_type,
+        default=default,
+        required=required,
+        show_default=default is not None,
+        metavar=meta["metavar"],
+        help=meta["help"],
+    )
 
 
 def options_from(cls, only: Optional[Sequence[str]] = None) -> Callable:
@@ -71,7 +87,7 @@ def fields_of(cls, options: Dict[str, object]) -> Dict[str, object]:
     return {k: v for k, v in options.items() if k in names and v is not None}
 
 
-# ----- options shared by several commands, declared once ------------------------------------------------------
+# ----- options shared by several commands, declared once ------------------------------------------
 def _compose(*decorators: Callable) -> Callable:
     def decorate(func: Callable) -> Callable:
         for decorator in reversed(decorators):
@@ -82,18 +98,29 @@ def _compose(*decorators: Callable) -> Callable:
 
 
 progress_option = click.option(
-    "--progress/--no-progress", default=None, help="progress bars (default: on a terminal only; logs get one line per event)"
+    "--progress/--no-progress",
+    default=None,
+    help="progress bars (default: on a terminal only; logs get one line per event)",
 )
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-json_option = click.option("--json", "json_target", metavar="FILE", help="write the results as JSON to FILE ('-': stdout)")
+json_option = click.option(
+    "--json", "json_target", metavar="FILE", help="write the results as JSON to FILE ('-': stdout)"
+)
 adapter_argument = click.argument("adapter", type=click.Path(path_type=Path))
 base_options = _compose(
     click.option("--base", help="the base SAM checkpoint (default: the one recorded at training)"),
-    click.option("--allow-base-mismatch", is_flag=True, help="accept a base whose sha256 differs from the recorded one"),
+    click.option(
+        "--allow-base-mismatch", is_flag=True, help="accept a base whose sha256 differs from the recorded one"
+    ),
 )
 runtime_options = _compose(
-    click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-                 help="auto: TensorRT where engines were built, else onnxruntime"),
+    click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="auto",
+        show_default=True,
+        help="auto: TensorRT where engines were built, else onnxruntime",
+    ),
     device_option,
 )
 
@@ -149,7 +176,7 @@ def _segmenter(artifacts, backend: str, device: str):
     return Segmenter.open(artifacts, backend, device)
 
 
-# ----- commands ------------------------------------------------------------------------------------------------
+# ----- commands -----------------------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="naslora-deploy")
 def cli() -> None:
@@ -173,19 +200,26 @@ def train(**options) -> None:
 @adapter_argument
 @base_options
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="folder data set to evaluate on")
-@click.option("--split", type=click.Choice(("train", "val", "test")), help="default: test, else val, else train")
+@click.option(
+    "--split", type=click.Choice(("train", "val", "test")), help="default: test, else val, else train"
+)
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="skip unreadable or unpaired files with a warning")
 @device_option
 @json_option
-def evaluate(adapter, base, allow_base_mismatch, data, split, batch_size, skip_bad, device, json_target) -> None:
+def evaluate(
+    adapter, base, allow_base_mismatch, data, split, batch_size, skip_bad, device, json_target
+) -> None:
     """Metrics of a trained adapter on a data set (IoU, Dice, BER... or mIoU)."""
     from naslora_deploy.training.data.folder import discover
-    from naslora_deploy.training.evaluate import evaluate as run_evaluation, format_metrics
+    from naslora_deploy.training.evaluate import evaluate as run_evaluation
+    from naslora_deploy.training.evaluate import format_metrics
 
     model = _load(adapter, base, allow_base_mismatch, device)
     classes = model.spec.classes
-    splits = discover(data, None if classes.binary else classes.num_classes, val_fraction=0.0, skip_bad=skip_bad)
+    splits = discover(
+        data, None if classes.binary else classes.num_classes, val_fraction=0.0, skip_bad=skip_bad
+    )
     split = split or next(s for s in ("test", "val", "train") if splits.split(s))
     pairs = splits.split(split)
     if not pairs:
@@ -197,7 +231,9 @@ def evaluate(adapter, base, allow_base_mismatch, data, split, batch_size, skip_b
 
 @cli.command()
 @adapter_argument
-@click.option("--plot", type=click.Path(path_type=Path), help="also draw the operation shares to this PNG (extra: plot)")
+@click.option(
+    "--plot", type=click.Path(path_type=Path), help="also draw the operation shares to this PNG (extra: plot)"
+)
 @json_option
 def inspect(adapter, plot, json_target) -> None:
     """The searched architecture: softmax(alpha) per block and projection."""
@@ -212,12 +248,16 @@ def inspect(adapter, plot, json_target) -> None:
 @adapter_argument
 @base_options
 @click.option("--mode", required=True, type=click.Choice(MERGE_MODES), help="dense: plain SAM; fused: exact")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)"
+)
 @options_from(ExportSpec, only=("calibration", "calibration_images"))
 @device_option
 @progress_option
-def merge(adapter, base, allow_base_mismatch, mode, out, calibration, calibration_images, device, progress) -> None:
-    """Fold the adapters into SAM: dense (a plain SAM checkpoint) or fused (exact), with the measured fidelity."""
+def merge(
+    adapter, base, allow_base_mismatch, mode, out, calibration, calibration_images, device, progress
+) -> None:
+    """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity."""
     from naslora_deploy.core.calibration import calibration_images as read_calibration
     from naslora_deploy.core.checkpoint import write_merged
 
@@ -243,7 +283,9 @@ def export(source, out, model, base, allow_base_mismatch, progress, **options) -
     from naslora_deploy.exporters.export import export as run_export
 
     spec = export_spec_from(options)
-    artifacts, manifest, repository = run_export(source, out, spec, model, base, allow_base_mismatch, progress)
+    artifacts, manifest, repository = run_export(
+        source, out, spec, model, base, allow_base_mismatch, progress
+    )
     report = (manifest["merge"] or {}).get("report")
     if report:
         click.echo(MergeReport.from_dict(report).summary())
@@ -253,20 +295,31 @@ def export(source, out, model, base, allow_base_mismatch, progress, **options) -
         click.echo(f"trtexec equivalent for {name}: {command}")
     click.echo(f"manifest: {artifacts / 'manifest.json'}")
     if repository is not None:
-        click.echo(f"Triton model repository: {repository} (serve with: tritonserver --model-repository={repository})")
+        click.echo(
+            f"Triton model repository: {repository} (serve with: tritonserver "
+            f"--model-repository={repository})"
+        )
 
 
 @cli.command()
 @click.argument("artifacts", type=click.Path(path_type=Path))
-@click.option("--images", type=click.Path(path_type=Path), help="image folder (default: seeded generated images)")
+@click.option(
+    "--images", type=click.Path(path_type=Path), help="image folder (default: seeded generated images)"
+)
 @click.option("--count", type=int, default=2, show_default=True, help="images to compare on")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tolerance", type=float, help="max abs error allowed on the embeddings (fp32 default 1e-4)")
-@click.option("--against-plain-sam", is_flag=True, help="structure and latency against plain build_sam(variant)")
-@click.option("--repeats", type=int, default=30, show_default=True, help="alternating latency runs (medians are quoted)")
+@click.option(
+    "--against-plain-sam", is_flag=True, help="structure and latency against plain build_sam(variant)"
+)
+@click.option(
+    "--repeats", type=int, default=30, show_default=True, help="alternating latency runs (medians are quoted)"
+)
 @json_option
 @progress_option
-def verify(artifacts, images, count, seed, tolerance, against_plain_sam, repeats, json_target, progress) -> None:
+def verify(
+    artifacts, images, count, seed, tolerance, against_plain_sam, repeats, json_target, progress
+) -> None:
     """Prove the artifacts compute what the PyTorch model computes (and, dense, that they are plain SAM)."""
     from naslora_deploy.exporters.verify import plain_sam_proof, proof_summary, verify_parity
 
@@ -307,8 +360,12 @@ def _box(text: Optional[str]) -> Optional[List[float]]:
 @cli.command()
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="folder for masks, overlays, results.jsonl")
-@click.option("--points", help="point prompts in image pixels: 'x,y[,label];x,y[,label]' (needs an --prompts export)")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="folder for masks, overlays, results.jsonl"
+)
+@click.option(
+    "--points", help="point prompts in image pixels: 'x,y[,label];x,y[,label]' (needs an --prompts export)"
+)
 @click.option("--box", help="box prompt in image pixels: x0,y0,x1,y1")
 @runtime_options
 @progress_option
@@ -336,7 +393,8 @@ def predict(artifacts, inputs, out, points, box, backend, device, progress) -> N
 @json_option
 def bench(artifacts, batch_sizes, runs, warmup, backend, device, json_target) -> None:
     """Latency, throughput and memory; two artifact directories alternate run by run (A B)."""
-    from naslora_deploy.runtime.bench import bench as run_bench, format_rows
+    from naslora_deploy.runtime.bench import bench as run_bench
+    from naslora_deploy.runtime.bench import format_rows
 
     if len(artifacts) > 2:
         raise ValueError("bench compares at most two artifact directories (A B)")
@@ -367,7 +425,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
-        code = cli.main(args=argv, prog_name="naslora-deploy", standalone_mode=False)  # Exit(n) comes back as n
+        code = cli.main(
+            args=argv, prog_name="naslora-deploy", standalone_mode=False
+        )  # Exit(n) comes back as n
         return code if isinstance(code, int) else 0
     except click.ClickException as exc:  # usage errors: click's own message and exit code (2)
         exc.show()

@@ -44,7 +44,9 @@ def binary_data(tmp_path_factory):
 def multiclass_data(tmp_path_factory):
     from naslora_deploy.training.data.synthetic import write_synthetic_dataset
 
-    return write_synthetic_dataset(tmp_path_factory.mktemp("multi") / "data", count=8, multiclass=True, seed=2)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("multi") / "data", count=8, multiclass=True, seed=2
+    )
 
 
 def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0):
@@ -53,10 +55,10 @@ def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0):
 
     from safetensors.torch import save_file
 
+    from naslora_deploy.common.io import sha256_of
     from naslora_deploy.core.checkpoint import RunSpec, save_checkpoint
     from naslora_deploy.core.classes import ClassSpec
     from naslora_deploy.core.heads import SegmentationModel
-    from naslora_deploy.common.io import sha256_of
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -68,8 +70,15 @@ def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0):
     add_adapters(sam, config)
     perturb_adapters(sam, seed=seed + 1)
     model = SegmentationModel(sam, num_classes, 0)
-    spec = RunSpec("vit_tiny", config, ClassSpec(num_classes), model.class_head.queries.num_embeddings if model.class_head else 0,
-                   256, str(base.resolve()), sha256_of(base))
+    spec = RunSpec(
+        "vit_tiny",
+        config,
+        ClassSpec(num_classes),
+        model.class_head.queries.num_embeddings if model.class_head else 0,
+        256,
+        str(base.resolve()),
+        sha256_of(base),
+    )
     return save_checkpoint(root / "ckpt", model, spec)
 
 
@@ -87,7 +96,9 @@ def multiclass_adapter(tmp_path_factory):
 def binary_artifacts(binary_adapter, tmp_path_factory):
     from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 
-    return export_artifacts(binary_adapter, tmp_path_factory.mktemp("rt") / "art", ExportSpec(prompts=True))[0]
+    return export_artifacts(binary_adapter, tmp_path_factory.mktemp("rt") / "art", ExportSpec(prompts=True))[
+        0
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +136,9 @@ def run_without(body: str, blocked=("torch",)):
         sys.meta_path.insert(0, _Uninstalled())
         """
     )
-    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(body)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", blocker + textwrap.dedent(body)], capture_output=True, text=True
+    )
 
 
 def run_without_torch(body: str):

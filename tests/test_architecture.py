@@ -30,7 +30,7 @@ TORCH_LIBRARIES = ("torch", "torchvision", "segment_anything")
 
 
 def room_of_module(dotted: str) -> str:
-    """``naslora_deploy.core.merge`` -> ``core``; the CLI and ``__main__`` -> ``cli``; the package -> ``root``."""
+    """``naslora_deploy.core.merge`` -> ``core``; ``cli``, ``__main__`` -> ``cli``; the package: ``root``."""
     parts = dotted.split(".")
     if len(parts) == 1:
         return "root"
@@ -50,7 +50,9 @@ def imported_modules(tree: ast.AST, lazy_exports: Dict[str, str]) -> Iterator[Tu
                 yield node.lineno, alias.name
         elif isinstance(node, ast.ImportFrom) and node.module:
             if node.level:
-                raise AssertionError(f"line {node.lineno}: relative import; the package uses absolute imports only")
+                raise AssertionError(
+                    f"line {node.lineno}: relative import; the package uses absolute imports only"
+                )
             if node.module == "naslora_deploy":
                 for alias in node.names:
                     if alias.name in ROOMS:
@@ -92,8 +94,13 @@ def test_every_room_says_what_it_holds_and_may_import():
         doc = ast.get_docstring(ast.parse((PACKAGE / room / "__init__.py").read_text()))
         assert doc and "import" in doc, f"{room}/__init__.py needs a docstring saying what it may import"
     package_doc = naslora_deploy.__doc__
-    for arrow in ("core      -> common", "training  -> core, common", "runtime   -> common",
-                  "exporters -> core, runtime, common", "cli       -> everything"):
+    for arrow in (
+        "core      -> common",
+        "training  -> core, common",
+        "runtime   -> common",
+        "exporters -> core, runtime, common",
+        "cli       -> everything",
+    ):
         assert arrow in package_doc
 
 
@@ -109,16 +116,32 @@ def _fake_package(root: Path, files: Dict[str, str]) -> Path:
 
 
 BREAKS = [
-    ("runtime/backends.py", "def torch_backend():\n    from naslora_deploy.exporters.verify import rebuild_source\n",
-     "runtime/backends.py:2: runtime -> exporters (naslora_deploy.exporters.verify)"),
-    ("core/checkpoint.py", "from naslora_deploy.training.data.classes import ClassSpec\n",
-     "core/checkpoint.py:1: core -> training (naslora_deploy.training.data.classes)"),
-    ("runtime/segmenter.py", "from naslora_deploy import merge\n",
-     "runtime/segmenter.py:1: runtime -> core (naslora_deploy.core.merge)"),
+    (
+        "runtime/backends.py",
+        "def torch_backend():\n    from naslora_deploy.exporters.verify import rebuild_source\n",
+        "runtime/backends.py:2: runtime -> exporters (naslora_deploy.exporters.verify)",
+    ),
+    (
+        "core/checkpoint.py",
+        "from naslora_deploy.training.data.classes import ClassSpec\n",
+        "core/checkpoint.py:1: core -> training (naslora_deploy.training.data.classes)",
+    ),
+    (
+        "runtime/segmenter.py",
+        "from naslora_deploy import merge\n",
+        "runtime/segmenter.py:1: runtime -> core (naslora_deploy.core.merge)",
+    ),
     ("runtime/predict.py", "def f():\n    import torch\n", "runtime/predict.py:2: runtime -> torch"),
-    ("common/io.py", "import naslora_deploy.core.variants\n", "common/io.py:1: common -> core (naslora_deploy.core.variants)"),
-    ("exporters/export.py", "from naslora_deploy.training import trainer\n",
-     "exporters/export.py:1: exporters -> training (naslora_deploy.training)"),
+    (
+        "common/io.py",
+        "import naslora_deploy.core.variants\n",
+        "common/io.py:1: common -> core (naslora_deploy.core.variants)",
+    ),
+    (
+        "exporters/export.py",
+        "from naslora_deploy.training import trainer\n",
+        "exporters/export.py:1: exporters -> training (naslora_deploy.training)",
+    ),
 ]
 
 
@@ -131,11 +154,15 @@ def test_the_guard_catches_a_wrong_arrow(tmp_path, path, source, expected):
 
 
 def test_the_guard_passes_allowed_arrows(tmp_path):
-    package = _fake_package(tmp_path, {
-        "exporters/verify.py": "from naslora_deploy.runtime.backends import ort_session\nimport torch\n",
-        "training/trainer.py": "from naslora_deploy.core.merge import merge\nfrom naslora_deploy import __version__\n",
-        "runtime/backends.py": "import numpy\nfrom naslora_deploy.common.errors import NasloraError\n",
-    })
+    package = _fake_package(
+        tmp_path,
+        {
+            "exporters/verify.py": "from naslora_deploy.runtime.backends import ort_session\nimport torch\n",
+            "training/trainer.py": "from naslora_deploy.core.merge import merge\nfrom naslora_deploy import "
+            "__version__\n",
+            "runtime/backends.py": "import numpy\nfrom naslora_deploy.common.errors import NasloraError\n",
+        },
+    )
     assert import_violations(package) == []
 
 

@@ -13,8 +13,24 @@ from naslora_deploy.cli import main
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, multiclass_data):
     run = tmp_path_factory.mktemp("cli") / "run"
-    code = main(["train", "--data", str(multiclass_data), "--model", "vit_tiny", "--out", str(run), "--epochs", "2",
-                 "--search-start", "1", "--lr", "1e-3", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(multiclass_data),
+            "--model",
+            "vit_tiny",
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--search-start",
+            "1",
+            "--lr",
+            "1e-3",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return run
 
@@ -71,10 +87,16 @@ def _cli(*args):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--data", "/nonexistent", "--model", "vit_tiny", "--out", "x"], "data folder /nonexistent not found"),
+        (
+            ["train", "--data", "/nonexistent", "--model", "vit_tiny", "--out", "x"],
+            "data folder /nonexistent not found",
+        ),
         (["eval", "/nonexistent", "--data", "."], "adapter directory /nonexistent not found"),
         (["inspect", "/nonexistent"], "adapter directory /nonexistent not found"),
-        (["merge", "/nonexistent", "--mode", "dense", "--out", "x.pth"], "adapter directory /nonexistent not found"),
+        (
+            ["merge", "/nonexistent", "--mode", "dense", "--out", "x.pth"],
+            "adapter directory /nonexistent not found",
+        ),
         (["train", "--data", ".", "--model", "vit_s", "--out", "x"], "unknown model 'vit_s'"),
     ],
 )
@@ -92,15 +114,32 @@ def test_corrupt_training_image_is_named_before_training(binary_data, tmp_path):
     shutil.copytree(binary_data, data)
     victim = sorted((data / "train" / "images").iterdir())[3]
     victim.write_bytes(victim.read_bytes()[:100])
-    result = _cli("train", "--data", str(data), "--model", "vit_tiny", "--out", str(tmp_path / "run"), "--no-progress")
+    result = _cli(
+        "train", "--data", str(data), "--model", "vit_tiny", "--out", str(tmp_path / "run"), "--no-progress"
+    )
     assert result.returncode == 2
     assert victim.name in result.stderr and "--skip-bad" in result.stderr
     assert not (tmp_path / "run" / "last").exists()
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--images", "8", "--epochs", "2", "--search-start", "1",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(tmp_path),
+                "--images",
+                "8",
+                "--epochs",
+                "2",
+                "--search-start",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test set" in out and "merge dense" in out and "merge fused" in out
     assert (tmp_path / "merged" / "sam_vit_tiny_dense.pth").is_file()
@@ -118,9 +157,13 @@ def test_export_and_verify_commands(binary_adapter, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "wrote" in printed and "trtexec equivalent for image_encoder" in printed
     result_file = tmp_path / "verify.json"
-    assert main(["verify", str(out), "--against-plain-sam", "--repeats", "3", "--json", str(result_file)]) == 0
+    assert (
+        main(["verify", str(out), "--against-plain-sam", "--repeats", "3", "--json", str(result_file)]) == 0
+    )
     printed = capsys.readouterr().out
-    assert "against plain SAM (dense merge): identical operators True, initializers True, MACs True" in printed
+    assert (
+        "against plain SAM (dense merge): identical operators True, initializers True, MACs True" in printed
+    )
     result = json.loads(result_file.read_text())
     assert result["passed"] and result["against_plain_sam"]["plain_sam"]
     # a tolerance no float32 graph can meet: verify must fail, not pass quietly
@@ -129,7 +172,11 @@ def test_export_and_verify_commands(binary_adapter, tmp_path, capsys):
 
 def test_verify_bad_artifact_directory(tmp_path):
     result = _cli("verify", str(tmp_path))
-    assert result.returncode == 2 and "manifest.json not found" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2
+        and "manifest.json not found" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -138,8 +185,10 @@ def test_top_level_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     listed = capsys.readouterr().out.split("Commands:")[1]
     names = [line.split()[0] for line in listed.strip().splitlines()]
-    assert sorted(names) == sorted(cli.commands) == sorted(
-        ["train", "eval", "inspect", "merge", "export", "verify", "predict", "bench", "demo"]
+    assert (
+        sorted(names)
+        == sorted(cli.commands)
+        == sorted(["train", "eval", "inspect", "merge", "export", "verify", "predict", "bench", "demo"])
     )
 
 
@@ -158,7 +207,10 @@ def test_no_option_is_declared_twice_and_defaults_live_in_the_dataclasses():
     built = TrainConfig(**{**fields_of(TrainConfig, defaults), "data": "d", "out": "o"})
     assert built == TrainConfig(data="d", out="o")
     ctx = click.Context(cli.commands["demo"])
-    assert DemoConfig(**fields_of(DemoConfig, {p.name: p.get_default(ctx) for p in cli.commands["demo"].params})) == DemoConfig()
+    assert (
+        DemoConfig(**fields_of(DemoConfig, {p.name: p.get_default(ctx) for p in cli.commands["demo"].params}))
+        == DemoConfig()
+    )
     ctx = click.Context(cli.commands["export"])
     defaults = {p.name: p.get_default(ctx) for p in cli.commands["export"].params}
     assert export_spec_from(defaults) == ExportSpec()
@@ -180,11 +232,25 @@ def test_json_means_one_thing_everywhere(trained_run, multiclass_data, tmp_path,
 
 
 def test_a_redirected_log_gets_one_line_per_epoch(binary_data, tmp_path):
-    result = _cli("train", "--data", str(binary_data), "--model", "vit_tiny", "--out", str(tmp_path / "run"),
-                  "--epochs", "2", "--search-start", "1")
+    result = _cli(
+        "train",
+        "--data",
+        str(binary_data),
+        "--model",
+        "vit_tiny",
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "2",
+        "--search-start",
+        "1",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "\r" not in result.stderr and "\r" not in result.stdout
-    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == [
+        "1/2",
+        "2/2",
+    ]
 
 
 def test_an_option_that_needs_an_extra_names_it(trained_run, tmp_path):
@@ -197,5 +263,6 @@ sys.exit(main(["inspect", {str(trained_run)!r}, "--plot", {str(tmp_path / "p.png
     result = run_without(body, blocked=("matplotlib",))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "naslora-deploy inspect: error: --plot needs the matplotlib package: pip install 'naslora-deploy[plot]'"
+        "naslora-deploy inspect: error: --plot needs the matplotlib package: pip install "
+        "'naslora-deploy[plot]'"
     )

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from naslora_deploy import merge
-from naslora_deploy.exporters.fast_attention import use_sdpa
 from naslora_deploy.core.heads import SegmentationModel
 from naslora_deploy.core.testing import perturb_adapters
-from naslora_deploy.training.trainer import Trainer, TrainConfig
+from naslora_deploy.exporters.fast_attention import use_sdpa
+from naslora_deploy.training.trainer import TrainConfig, Trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,8 +22,17 @@ pytestmark = [
 
 
 def _trainer(data, out, **changes):
-    fields = dict(data=str(data), out=str(out), model="vit_tiny", epochs=1, search_start=0, batch_size=4,
-                  lr=1e-3, progress=False, device="cuda")
+    fields = dict(
+        data=str(data),
+        out=str(out),
+        model="vit_tiny",
+        epochs=1,
+        search_start=0,
+        batch_size=4,
+        lr=1e-3,
+        progress=False,
+        device="cuda",
+    )
     fields.update(changes)
     return Trainer(TrainConfig(**fields))
 
@@ -66,7 +75,9 @@ def test_merges_on_cuda_match_the_unmerged_model(adapted_factory, tiny_images):
         dense_model, report = merge(sam, "dense")
         dense = dense_model.image_encoder(images)
     torch.testing.assert_close(fused, unmerged, rtol=1e-4, atol=1e-4)
-    assert math.isfinite(report.embedding_rel_error) and report.embedding_rel_error > 0  # measured on the GPU too
+    assert (
+        math.isfinite(report.embedding_rel_error) and report.embedding_rel_error > 0
+    )  # measured on the GPU too
     assert dense.is_cuda and torch.isfinite(dense).all()
 
 

@@ -19,7 +19,8 @@ IMAGE_EMBEDDINGS = "image_embeddings"
 ENCODER_INPUTS = (IMAGE,)
 ENCODER_OUTPUTS = (IMAGE_EMBEDDINGS,)
 
-# mask_decoder (prompt-free): embeddings -> (B, Q, S/4, S/4) low-res and (B, Q, S, S) logits [+ (B, Q, K+1) classes]
+# mask_decoder (prompt-free): embeddings -> (B, Q, S/4, S/4) low-res and (B, Q, S, S) logits
+# [+ (B, Q, K+1) class logits]
 LOW_RES_LOGITS = "low_res_logits"
 MASK_LOGITS = "mask_logits"
 CLASS_LOGITS = "class_logits"

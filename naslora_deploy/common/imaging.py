@@ -32,7 +32,9 @@ def _open(path: Union[str, Path]) -> Image.Image:
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: cannot read image ({first_line(exc, 120)}); re-export it as PNG or JPEG") from None
+        raise ImageReadError(
+            f"{path}: cannot read image ({first_line(exc, 120)}); re-export it as PNG or JPEG"
+        ) from None
 
 
 def to_rgb_uint8(image: Union[Image.Image, np.ndarray]) -> np.ndarray:
@@ -68,7 +70,9 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     return to_rgb_uint8(_open(path))
 
 
-def read_mask(path: Union[str, Path], palette: Optional[Dict[Tuple[int, int, int], int]] = None) -> np.ndarray:
+def read_mask(
+    path: Union[str, Path], palette: Optional[Dict[Tuple[int, int, int], int]] = None
+) -> np.ndarray:
     """Read a mask file as an (H, W) integer array of raw label values.
 
     Palette PNGs give their indices; colour-coded masks are mapped through
@@ -135,6 +139,11 @@ def postprocess_probabilities(prob: np.ndarray, original: Sequence[int], size: i
     cropped = prob[..., :new_h, :new_w]
     flat = cropped.reshape(-1, new_h, new_w)
     out = np.stack(
-        [np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)) for m in flat]
+        [
+            np.asarray(
+                Image.fromarray(m.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+            )
+            for m in flat
+        ]
     )
     return out.reshape(*prob.shape[:-2], height, width)

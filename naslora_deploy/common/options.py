@@ -11,8 +11,15 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 
-def option(help: str, *, choices: Optional[Sequence[str]] = None, parse: Optional[Callable[[str], object]] = None,
-           shown: Optional[str] = None, metavar: Optional[str] = None, flag: Optional[str] = None) -> dict:
+def option(
+    help: str,
+    *,
+    choices: Optional[Sequence[str]] = None,
+    parse: Optional[Callable[[str], object]] = None,
+    shown: Optional[str] = None,
+    metavar: Optional[str] = None,
+    flag: Optional[str] = None,
+) -> dict:
     """Field metadata for one command-line option.
 
     help: the option's help text. choices: the allowed values. parse: turns the
@@ -20,5 +27,13 @@ def option(help: str, *, choices: Optional[Sequence[str]] = None, parse: Optiona
     ``shown``: how the default reads in ``--help`` when it is not a plain value.
     ``flag``: the option's name where it is not ``--`` + the field name with dashes.
     """
-    return {"cli": {"help": help, "choices": tuple(choices) if choices else None, "parse": parse, "shown": shown,
-                    "metavar": metavar, "flag": flag}}
+    return {
+        "cli": {
+            "help": help,
+            "choices": tuple(choices) if choices else None,
+            "parse": parse,
+            "shown": shown,
+            "metavar": metavar,
+            "flag": flag,
+        }
+    }

@@ -7,7 +7,9 @@ from typing import Iterable, Optional, TypeVar
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], desc: str, enabled: Optional[bool] = None, total: Optional[int] = None) -> Iterable[T]:
+def progress(
+    iterable: Iterable[T], desc: str, enabled: Optional[bool] = None, total: Optional[int] = None
+) -> Iterable[T]:
     """``iterable`` wrapped in a tqdm bar.
 
     ``enabled``: True always draws, False never, None (the default) draws only
@@ -15,4 +17,6 @@ def progress(iterable: Iterable[T], desc: str, enabled: Optional[bool] = None, t
     """
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, disable=None if enabled is None else not enabled, leave=False)
+    return tqdm(
+        iterable, desc=desc, total=total, disable=None if enabled is None else not enabled, leave=False
+    )

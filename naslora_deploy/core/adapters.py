@@ -96,7 +96,8 @@ class TrainableSummary:
 
     def __str__(self) -> str:
         return (
-            f"trainable {self.trainable / 1e6:.4f} M of {self.total / 1e6:.2f} M ({self.ratio_percent:.2f} %): "
+            f"trainable {self.trainable / 1e6:.4f} M of {self.total / 1e6:.2f} M ({self.ratio_percent:.2f} "
+            "%): "
             f"adapters {self.adapters.trainable / 1e6:.4f} M, decoder {self.decoder.trainable / 1e6:.4f} M, "
             f"other {self.other.trainable / 1e6:.4f} M"
         )
@@ -108,7 +109,13 @@ def trainable_summary(model) -> TrainableSummary:
     decoder_params = {id(p) for p in model.mask_decoder.parameters()}
     counts: Dict[str, List[int]] = {"adapters": [0, 0], "decoder": [0, 0], "other": [0, 0]}
     for param in model.parameters():
-        part = "adapters" if id(param) in adapter_params else "decoder" if id(param) in decoder_params else "other"
+        part = (
+            "adapters"
+            if id(param) in adapter_params
+            else "decoder"
+            if id(param) in decoder_params
+            else "other"
+        )
         counts[part][1] += param.numel()
         if param.requires_grad:
             counts[part][0] += param.numel()

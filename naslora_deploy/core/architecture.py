@@ -8,9 +8,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from naslora_deploy.core.checkpoint import WEIGHTS_NAME, read_spec, resolve_checkpoint_dir
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.core.checkpoint import WEIGHTS_NAME, read_spec, resolve_checkpoint_dir
 
 ALPHA_KEY = re.compile(r"blocks\.(\d+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
 SHORT_NAMES = {
@@ -32,7 +32,9 @@ def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.nda
     directory = resolve_checkpoint_dir(directory)
     spec = read_spec(directory)
     if not spec.adapter.has_cell:
-        raise NasloraError(f"{directory} holds plain LoRA adapters: there is no searched architecture to inspect")
+        raise NasloraError(
+            f"{directory} holds plain LoRA adapters: there is no searched architecture to inspect"
+        )
     state = load_file(str(directory / WEIGHTS_NAME))
     weights = {}
     for key, value in state.items():
@@ -41,7 +43,9 @@ def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.nda
             alpha = value.astype(np.float64)
             exp = np.exp(alpha - alpha.max())
             weights[(int(match.group(1)), match.group(2))] = exp / exp.sum()
-    return list(spec.adapter.ops), dict(sorted(weights.items(), key=lambda kv: (kv[0][0], "qkv".index(kv[0][1]))))
+    return list(spec.adapter.ops), dict(
+        sorted(weights.items(), key=lambda kv: (kv[0][0], "qkv".index(kv[0][1])))
+    )
 
 
 def operation_shares(weights: Dict[Tuple[int, str], np.ndarray]) -> np.ndarray:
@@ -54,7 +58,9 @@ def format_table(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray]) -> 
     short = [SHORT_NAMES.get(op, op[:9]) for op in ops]
     lines = [f"{'block':>5} {'proj':>4} " + " ".join(f"{s:>9}" for s in short) + "  top"]
     for (block, target), w in weights.items():
-        lines.append(f"{block:>5} {target:>4} " + " ".join(f"{v:>9.3f}" for v in w) + f"  {ops[int(np.argmax(w))]}")
+        lines.append(
+            f"{block:>5} {target:>4} " + " ".join(f"{v:>9.3f}" for v in w) + f"  {ops[int(np.argmax(w))]}"
+        )
     shares = operation_shares(weights)
     lines.append(f"{'share':>10} " + " ".join(f"{v:>9.3f}" for v in shares))
     return "\n".join(lines)

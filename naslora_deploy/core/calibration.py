@@ -39,20 +39,30 @@ def calibration_images(folder, count: int, image_size: int) -> torch.Tensor:
 def calibration_batches(calibration: Calibration, image_size: int) -> Callable[[], Iterator[torch.Tensor]]:
     """Normalise the accepted calibration forms into a re-callable batch iterator that checks shapes."""
     if isinstance(calibration, torch.Tensor):
-        source: Callable[[], Iterable[torch.Tensor]] = lambda: calibration.split(4)
+        tensor = calibration
+
+        def source() -> Iterable[torch.Tensor]:
+            return tensor.split(4)
     elif callable(calibration):
         source = calibration
     else:
         materialised = list(calibration)
-        source = lambda: materialised
+
+        def source() -> Iterable[torch.Tensor]:
+            return materialised
 
     def batches() -> Iterator[torch.Tensor]:
         count = 0
         for batch in source():
-            if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or tuple(batch.shape[1:]) != (3, image_size, image_size):
+            if (
+                not isinstance(batch, torch.Tensor)
+                or batch.ndim != 4
+                or tuple(batch.shape[1:]) != (3, image_size, image_size)
+            ):
                 shape = list(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
                 raise ValueError(
-                    f"calibration batches must be (N, 3, {image_size}, {image_size}) preprocessed images, got {shape}"
+                    f"calibration batches must be (N, 3, {image_size}, {image_size}) preprocessed images, "
+                    f"got {shape}"
                 )
             count += 1
             yield batch

@@ -20,10 +20,10 @@ from typing import Dict, Optional, Union
 import torch
 
 from naslora_deploy import __version__
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.common.errors import CheckpointError, first_line
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
+from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.config import AdapterConfig
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -69,7 +69,9 @@ class RunSpec:
     def from_dict(cls, data: dict, source: str = "adapter config") -> "RunSpec":
         """Parse ``to_dict`` output; a foreign or damaged file gets a clear error."""
         if data.get("format") != FORMAT:
-            raise CheckpointError(f"{source} is not a naslora-deploy adapter config (format {data.get('format')!r})")
+            raise CheckpointError(
+                f"{source} is not a naslora-deploy adapter config (format {data.get('format')!r})"
+            )
         try:
             return cls(
                 variant=data["variant"],
@@ -123,7 +125,9 @@ def resolve_checkpoint_dir(path: Union[str, Path]) -> Path:
     for name in ("best", "last", ".best.old", ".last.old"):
         if (path / name / CONFIG_NAME).is_file():
             return path / name
-    raise CheckpointError(f"{path} holds no {CONFIG_NAME} (nor best/ or last/); pass a run or checkpoint directory")
+    raise CheckpointError(
+        f"{path} holds no {CONFIG_NAME} (nor best/ or last/); pass a run or checkpoint directory"
+    )
 
 
 def read_spec(directory: Union[str, Path]) -> RunSpec:
@@ -163,14 +167,16 @@ def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = Fa
     if spec.base_sha256 is not None:
         if base is None or not base.is_file():
             raise CheckpointError(
-                f"{directory} was trained on base checkpoint {spec.base_checkpoint} (sha256 {spec.base_sha256[:12]}...), "
+                f"{directory} was trained on base checkpoint {spec.base_checkpoint} (sha256 "
+                f"{spec.base_sha256[:12]}...), "
                 f"which is not at {base}; pass it with --base"
             )
         found = sha256_of(base)
         if found != spec.base_sha256 and not allow_base_mismatch:
             raise CheckpointError(
                 f"base checkpoint {base} has sha256 {found[:12]}..., but {directory} was trained on "
-                f"{spec.base_sha256[:12]}...; pass the original SAM checkpoint, or --allow-base-mismatch to use it anyway"
+                f"{spec.base_sha256[:12]}...; pass the original SAM checkpoint, or --allow-base-mismatch to "
+                "use it anyway"
             )
     sam = build_sam(spec.variant, base)
     add_adapters(sam, spec.adapter)

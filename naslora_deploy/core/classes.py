@@ -57,7 +57,11 @@ class ClassSpec:
     def from_dict(cls, data: dict) -> "ClassSpec":
         """Rebuild from ``to_dict`` output."""
         palette = data.get("palette")
-        return cls(int(data["num_classes"]), list(data.get("names") or []), [tuple(c) for c in palette] if palette else None)
+        return cls(
+            int(data["num_classes"]),
+            list(data.get("names") or []),
+            [tuple(c) for c in palette] if palette else None,
+        )
 
     @classmethod
     def from_classes_json(cls, path: Path) -> "ClassSpec":
@@ -68,5 +72,6 @@ class ClassSpec:
             return cls(len(names), list(names), data.get("palette"))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise NasloraError(
-                f"{path}: not a valid classes.json ({exc}); expected {{\"names\": [...], \"palette\": [[r, g, b], ...]}}"
+                f'{path}: not a valid classes.json ({exc}); expected {{"names": [...], "palette": [[r, g, '
+                f"b], ...]}}"
             ) from None

@@ -117,7 +117,9 @@ class AdapterConfig:
             return list(range(depth))
         bad = [b for b in self.blocks if b >= depth]
         if bad:
-            raise ValueError(f"block {bad[0]} is out of range: the image encoder has {depth} blocks (0..{depth - 1})")
+            raise ValueError(
+                f"block {bad[0]} is out of range: the image encoder has {depth} blocks (0..{depth - 1})"
+            )
         return sorted(self.blocks)
 
     def to_dict(self) -> dict:
@@ -139,7 +141,9 @@ class AdapterConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown adapter config field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown adapter config field {unknown[0]!r}; known fields: {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
     @classmethod
@@ -169,4 +173,3 @@ class AdapterConfig:
             return cls.from_json(text)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
-

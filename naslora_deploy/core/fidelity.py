@@ -104,9 +104,7 @@ def measure_fidelity(
     finally:
         for handle in handles:
             handle.remove()
-    branch_errors = {
-        key: (_ratio(e, r), math.sqrt(r / max(n, 1))) for key, (e, r, n) in sums.items()
-    }
+    branch_errors = {key: (_ratio(e, r), math.sqrt(r / max(n, 1))) for key, (e, r, n) in sums.items()}
     return Fidelity(
         images=images,
         embedding_rel_error=_ratio(err_sq, ref_sq),

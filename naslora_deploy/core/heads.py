@@ -86,8 +86,13 @@ class SegmentationModel(nn.Module):
         return decode_queries(self.sam.mask_decoder, self.class_head, embeddings, dense, image_pe)
 
 
-def two_way_pass(decoder, embeddings: torch.Tensor, dense: torch.Tensor, image_pe: torch.Tensor,
-                 extra_tokens: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+def two_way_pass(
+    decoder,
+    embeddings: torch.Tensor,
+    dense: torch.Tensor,
+    image_pe: torch.Tensor,
+    extra_tokens: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """SAM's ``MaskDecoder`` token pass for B images at once.
 
     The tokens [IoU token, M mask tokens, ``extra_tokens`` (B, E, C): prompts or
@@ -114,7 +119,11 @@ def _project(mask_embed: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
 
 
 def batched_predict_masks(
-    decoder, embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor, sparse: Optional[torch.Tensor]
+    decoder,
+    embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    dense: torch.Tensor,
+    sparse: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """SAM's ``MaskDecoder.predict_masks`` for B images with B prompt sets (``sparse`` (B, N, C) or None).
 
@@ -122,16 +131,23 @@ def batched_predict_masks(
     """
     hidden, upscaled = two_way_pass(decoder, embeddings, dense, image_pe, sparse)
     mask_out = hidden[:, 1 : 1 + decoder.num_mask_tokens, :]
-    hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    hyper = torch.stack(
+        [mlp(mask_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
     return _project(hyper, upscaled), decoder.iou_prediction_head(hidden[:, 0, :])
 
 
-def decode_queries(decoder, head: MultiClassHead, embeddings: torch.Tensor, dense: torch.Tensor, image_pe: torch.Tensor) -> Dict[str, torch.Tensor]:
+def decode_queries(
+    decoder, head: MultiClassHead, embeddings: torch.Tensor, dense: torch.Tensor, image_pe: torch.Tensor
+) -> Dict[str, torch.Tensor]:
     """Batched multi-class decoding: the queries join SAM's output tokens in its two-way transformer."""
     queries = head.queries.weight[None].expand(embeddings.shape[0], -1, -1)
     hidden, upscaled = two_way_pass(decoder, embeddings, dense, image_pe, queries)
     query_out = hidden[:, 1 + decoder.num_mask_tokens :, :]
-    return {"mask_logits": _project(head.mask_mlp(query_out), upscaled), "class_logits": head.class_mlp(query_out)}
+    return {
+        "mask_logits": _project(head.mask_mlp(query_out), upscaled),
+        "class_logits": head.class_mlp(query_out),
+    }
 
 
 def upsample_logits(mask_logits: torch.Tensor, size: int) -> torch.Tensor:

@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from naslora_deploy.core.config import TARGETS, AdapterConfig
-from naslora_deploy.core.ops import OP_SPECS, DepthwisePointwise, build_op, common_span, dilate, embed_centered, linear_op_kernel
+from naslora_deploy.core.ops import (
+    OP_SPECS,
+    DepthwisePointwise,
+    build_op,
+    common_span,
+    dilate,
+    embed_centered,
+    linear_op_kernel,
+)
 
 CELL_FORWARDS = ("kernel", "naive")
 
@@ -74,9 +82,16 @@ class LowRankAdapter(nn.Module):
         self.constant_names = [n for n in self.op_names if n in ("avg_pool_3x3", "skip_connect")]
         like = torch.zeros(())
         # basis entries are 0/1; avg pool's 1/9 is applied at use, in the weights' own precision
-        basis = [(linear_op_kernel(n, self.ops[n], channels, span, like).flatten(2) != 0).float() for n in self.constant_names]
+        basis = [
+            (linear_op_kernel(n, self.ops[n], channels, span, like).flatten(2) != 0).float()
+            for n in self.constant_names
+        ]
         self.constant_scales = [1.0 / 9.0 if n == "avg_pool_3x3" else 1.0 for n in self.constant_names]
-        self.register_buffer("_constant_basis", torch.stack(basis) if basis else torch.zeros(0, channels, channels, span * span), persistent=False)
+        self.register_buffer(
+            "_constant_basis",
+            torch.stack(basis) if basis else torch.zeros(0, channels, channels, span * span),
+            persistent=False,
+        )
         self.constant_index = [self.op_names.index(n) for n in self.constant_names]
         self.conv_index = [self.op_names.index(n) for n in self.conv_names]
         self.max_pool_index = self.op_names.index("max_pool_3x3") if "max_pool_3x3" in self.op_names else None
@@ -86,11 +101,15 @@ class LowRankAdapter(nn.Module):
         inside, passing = self.cell_channel_index()
         rank, span = self.pc_mask.numel(), self.span
         eye = torch.eye(rank, dtype=self.pc_mask.dtype, device=self.pc_mask.device)
-        passthrough = torch.zeros(rank, rank, span * span, dtype=self.pc_mask.dtype, device=self.pc_mask.device)
+        passthrough = torch.zeros(
+            rank, rank, span * span, dtype=self.pc_mask.dtype, device=self.pc_mask.device
+        )
         passthrough[passing, passing, (span // 2) * span + span // 2] = 1.0
         self.register_buffer("_select", eye[:, inside].contiguous(), persistent=False)
         self.register_buffer("_passthrough", passthrough, persistent=False)
-        self.mask_key = tuple(bool(v) for v in (self.pc_mask > 0.5).tolist())  # host copy: no device sync later
+        self.mask_key = tuple(
+            bool(v) for v in (self.pc_mask > 0.5).tolist()
+        )  # host copy: no device sync later
         self.full_cell = all(self.mask_key)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
@@ -130,7 +149,7 @@ class LowRankAdapter(nn.Module):
         return stacked_cell_kernels([self])[1]
 
     def spatial_weight(self) -> float:
-        """Softmax weight on the spatial candidates (convs, pools): the share a dense fold can only approximate."""
+        """Softmax weight on the spatial candidates (convs, pools): what a dense fold only approximates."""
         if not self.has_cell:
             return 0.0
         weights = self.op_weights().detach()
@@ -174,10 +193,14 @@ def stacked_cell_kernels(adapters: Sequence[LowRankAdapter]) -> Tuple[torch.Tens
         convs = [a.ops[name] for a in adapters for name in a.conv_names]
         channels = convs[0].pointwise.weight.shape[0]
         taps = torch.cat([op.depthwise.weight.reshape(channels, -1) for op in convs], dim=1)  # (c, G*T)
-        pointwise = torch.stack([op.pointwise.weight.reshape(channels, channels) for op in convs])  # (G*J, c, c)
+        pointwise = torch.stack(
+            [op.pointwise.weight.reshape(channels, channels) for op in convs]
+        )  # (G*J, c, c)
         placed = torch.einsum("cgt,jts->gjcs", taps.unflatten(1, (groups, -1)), first._tap_place)
         conv_weights = weights[:, first.conv_index]  # (G, J)
-        mixed = mixed + torch.einsum("gj,gjdc,gjcs->gdcs", conv_weights, pointwise.unflatten(0, (groups, -1)), placed)
+        mixed = mixed + torch.einsum(
+            "gj,gjdc,gjcs->gdcs", conv_weights, pointwise.unflatten(0, (groups, -1)), placed
+        )
     if not first.full_cell:
         mixed = torch.einsum("oc,gcds,id->gois", first._select, mixed, first._select) + first._passthrough
     kernel = mixed.reshape(groups * rank, rank, span, span)
@@ -272,15 +295,19 @@ class AdaptedQKV(nn.Module):
         delta = torch.zeros(weight.shape, dtype=torch.float64, device=weight.device)
         for target, adapter in self.adapters.items():
             row = TARGETS.index(target) * dim
-            delta[row : row + dim] = adapter.lora_B.double() @ folds[target].double() @ adapter.lora_A.double()
+            delta[row : row + dim] = (
+                adapter.lora_B.double() @ folds[target].double() @ adapter.lora_A.double()
+            )
         return delta
 
     def fused(self) -> "FusedQKV":
-        """The exact ``FusedQKV`` equivalent of this layer: the cell collapsed into one fixed kernel (no data needed)."""
+        """The exact ``FusedQKV`` form of this layer: the cell collapsed into one fixed kernel."""
         adapters = list(self.adapters.values())
         with torch.no_grad():
             empty = self.base_layer.weight.new_zeros(0)
-            kernel, max_pool_weight = stacked_cell_kernels(adapters) if adapters[0].has_cell else (empty, empty)
+            kernel, max_pool_weight = (
+                stacked_cell_kernels(adapters) if adapters[0].has_cell else (empty, empty)
+            )
             tensors = {
                 "lora_A": torch.cat([a.lora_A for a in adapters]).detach().clone(),
                 "cell_kernel": kernel.detach().clone(),

@@ -24,16 +24,21 @@ from naslora_deploy.common.errors import MergeError
 from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.core.adapters import adapted_layers
 from naslora_deploy.core.calibration import Calibration, calibration_batches
-from naslora_deploy.core.fidelity import measure_fidelity, probe_images
 from naslora_deploy.core.config import MERGE_MODES, TARGETS
+from naslora_deploy.core.fidelity import measure_fidelity, probe_images
 from naslora_deploy.core.layers import AdaptedQKV
 from naslora_deploy.core.report import MergeReport, ProjectionFidelity
 
 Folds = Dict[int, Dict[str, torch.Tensor]]  # block -> projection -> (r, r) float64 fold
 
 
-def merge(model, mode: str, calibration: Optional[Calibration] = None, probe_count: int = 2,
-          progress: Optional[bool] = False):
+def merge(
+    model,
+    mode: str,
+    calibration: Optional[Calibration] = None,
+    probe_count: int = 2,
+    progress: Optional[bool] = False,
+):
     """Merge the adapters of ``model``; returns ``(merged_model, report)``.
 
     ``model``: an adapted SAM, or a ``SegmentationModel`` (what ``load_adapter``
@@ -77,10 +82,13 @@ def merge(model, mode: str, calibration: Optional[Calibration] = None, probe_cou
         if batches is not None:
             images, measured_on = batches(), "calibration images"
         else:
-            images, measured_on = [probe_images(image_size, probe_count, device=_device(model))], (
-                f"generated probe images (probe_images(size={image_size}, count={probe_count}, seed=0))"
+            images, measured_on = (
+                [probe_images(image_size, probe_count, device=_device(model))],
+                (f"generated probe images (probe_images(size={image_size}, count={probe_count}, seed=0))"),
             )
-        fidelity = measure_fidelity(model, merged, layers, candidates, progress_bar(images, "merge: measure", progress))
+        fidelity = measure_fidelity(
+            model, merged, layers, candidates, progress_bar(images, "merge: measure", progress)
+        )
     report = MergeReport(
         mode=mode,
         method=config.method,
@@ -105,12 +113,17 @@ def _device(model) -> torch.device:
 
 def constant_response_folds(layers: Dict[int, AdaptedQKV]) -> Folds:
     """``constant_response_fold`` of every adapter, by block and projection."""
-    return {i: {t: a.constant_response_fold() for t, a in layer.adapters.items()} for i, layer in layers.items()}
+    return {
+        i: {t: a.constant_response_fold() for t, a in layer.adapters.items()} for i, layer in layers.items()
+    }
 
 
 def _identity_folds(layers: Dict[int, AdaptedQKV]) -> Folds:
     return {
-        i: {t: torch.eye(a.lora_A.shape[0], dtype=torch.float64, device=a.lora_A.device) for t, a in layer.adapters.items()}
+        i: {
+            t: torch.eye(a.lora_A.shape[0], dtype=torch.float64, device=a.lora_A.device)
+            for t, a in layer.adapters.items()
+        }
         for i, layer in layers.items()
     }
 
@@ -159,7 +172,9 @@ def dense_copy(model, layers: Dict[int, AdaptedQKV], folds: Folds):
         base = layer.base_layer.weight
         merged = (base.double() + layer.delta_weight(folds[index])).to(base.dtype)
         if not bool(torch.isfinite(merged).all()):
-            raise MergeError(f"dense merge of block {index} qkv gives non-finite weights; the model was left unchanged")
+            raise MergeError(
+                f"dense merge of block {index} qkv gives non-finite weights; the model was left unchanged"
+            )
         merged_weights[index] = merged
     plain = copy.deepcopy(model)
     if hasattr(plain, "adapter_config"):
@@ -196,7 +211,9 @@ def _fused_copy(model, layers: Dict[int, AdaptedQKV]):
         module = attn.qkv.fused()
         for name, tensor in module.named_buffers():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise MergeError(f"fused merge of block {index} qkv gives non-finite {name}; the model was left unchanged")
+                raise MergeError(
+                    f"fused merge of block {index} qkv gives non-finite {name}; the model was left unchanged"
+                )
         attn.qkv = module
         candidates[index] = module.delta
     if hasattr(fused, "adapter_config"):

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class OpSpec:
     """Shape of one candidate: kernel size, dilation and whether it is linear."""
@@ -116,7 +115,9 @@ def embed_centered(taps: torch.Tensor, span: int) -> torch.Tensor:
     return F.pad(taps, (pad, pad, pad, pad))
 
 
-def linear_op_kernel(name: str, module: nn.Module, channels: int, span: int, like: torch.Tensor) -> torch.Tensor:
+def linear_op_kernel(
+    name: str, module: nn.Module, channels: int, span: int, like: torch.Tensor
+) -> torch.Tensor:
     """The (c, c, span, span) kernel of linear candidate ``name``."""
     if isinstance(module, DepthwisePointwise):
         return module.equivalent_kernel(span)

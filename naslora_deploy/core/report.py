@@ -76,12 +76,18 @@ class MergeReport:
             else f"{self.embedding_rel_error_of_adaptation:.3e}"
         )
         lines = [
-            f"merge {self.mode} ({self.method}, fold: {self.fold}), measured on {self.measured_on}, {self.images} image(s)",
+            f"merge {self.mode} ({self.method}, fold: {self.fold}), measured on {self.measured_on}, "
+            f"{self.images} image(s)",
             f"  image embeddings: rel. error {self.embedding_rel_error:.3e}; "
             f"error / adapters' effect on embeddings {adaptation}",
-            f"  adapter branches: max rel. error {self.max_branch_rel_error:.3e} over {len(self.projections)} projections",
+            f"  adapter branches: max rel. error {self.max_branch_rel_error:.3e} over "
+            f"{len(self.projections)} projections",
         ]
-        worst = sorted(self.projections, key=lambda p: -p.branch_rel_error)[:5] if self.max_branch_rel_error else []
+        worst = (
+            sorted(self.projections, key=lambda p: -p.branch_rel_error)[:5]
+            if self.max_branch_rel_error
+            else []
+        )
         for p in worst:
             lines.append(
                 f"    block {p.block:>2} {p.target}: branch rel. error {p.branch_rel_error:.3e}, "

@@ -54,8 +54,16 @@ VARIANTS: Dict[str, VariantSpec] = {
     "vit_h": VariantSpec(1280, 32, 16, (7, 15, 23, 31), registry="vit_h"),
     # 16x16 tokens; windows of 6 pad the grid to 18x18, as 14 pads 64 to 70 in vit_b.
     "vit_tiny": VariantSpec(
-        128, 4, 4, (1, 3), image_size=256, window_size=6, prompt_embed_dim=64,
-        decoder_mlp_dim=256, decoder_heads=4, iou_hidden=64,
+        128,
+        4,
+        4,
+        (1, 3),
+        image_size=256,
+        window_size=6,
+        prompt_embed_dim=64,
+        decoder_mlp_dim=256,
+        decoder_heads=4,
+        iou_hidden=64,
     ),
 }
 
@@ -93,7 +101,10 @@ def assemble_sam(spec: VariantSpec):
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=2, embedding_dim=spec.prompt_embed_dim, mlp_dim=spec.decoder_mlp_dim, num_heads=spec.decoder_heads
+                depth=2,
+                embedding_dim=spec.prompt_embed_dim,
+                mlp_dim=spec.decoder_mlp_dim,
+                num_heads=spec.decoder_heads,
             ),
             transformer_dim=spec.prompt_embed_dim,
             iou_head_depth=3,
@@ -124,7 +135,9 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Read a tensor dict from ``.safetensors`` or a ``torch.save`` file, safely."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; pass the path of a SAM .pth or .safetensors file")
+        raise CheckpointError(
+            f"checkpoint {path} not found; pass the path of a SAM .pth or .safetensors file"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -134,7 +147,8 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise many types for bad files
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({first_line(exc)}); it must be a state dict saved by torch.save or safetensors"
+            f"cannot read checkpoint {path} ({first_line(exc)}); it must be a state dict saved by torch.save "
+            "or safetensors"
         ) from None
     if isinstance(state, dict) and len(state) == 1 and next(iter(state)) in ("model", "state_dict"):
         state = next(iter(state.values()))

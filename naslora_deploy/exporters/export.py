@@ -10,7 +10,7 @@ directory and swapped in whole: a failed export leaves nothing half-written.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -19,12 +19,13 @@ import torch
 from naslora_deploy import __version__
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import atomic_write_text, sha256_of, write_directory
 from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
 from naslora_deploy.exporters.specs import ExportSpec
 from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, require_tensorrt, trtexec_command
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph, MaskDecoderGraph, PromptDecoderGraph
-from naslora_deploy.common.io import atomic_write_text, sha256_of, write_directory
+
 
 @dataclass
 class ExportSource:
@@ -36,8 +37,14 @@ class ExportSource:
     merge_report: Optional[dict]
 
 
-def load_source(source, spec: ExportSpec, variant: Optional[str] = None, base=None, allow_base_mismatch=False,
-                progress: Optional[bool] = False) -> ExportSource:
+def load_source(
+    source,
+    spec: ExportSpec,
+    variant: Optional[str] = None,
+    base=None,
+    allow_base_mismatch=False,
+    progress: Optional[bool] = False,
+) -> ExportSource:
     """An adapter run/checkpoint directory (merged here) or a plain SAM checkpoint file."""
     from naslora_deploy.core.heads import SegmentationModel
     from naslora_deploy.core.merge import merge
@@ -51,15 +58,25 @@ def load_source(source, spec: ExportSpec, variant: Optional[str] = None, base=No
         if spec.calibration:
             from naslora_deploy.core.calibration import calibration_images
 
-            calibration = calibration_images(spec.calibration, spec.calibration_images, trained.spec.image_size)
+            calibration = calibration_images(
+                spec.calibration, spec.calibration_images, trained.spec.image_size
+            )
         model, report = merge(trained, spec.merge, calibration=calibration, progress=progress)
-        description = {"kind": "adapter", "path": str(source.resolve()), "base": str(base) if base else None,
-                       "spec": trained.spec.to_dict()}
+        description = {
+            "kind": "adapter",
+            "path": str(source.resolve()),
+            "base": str(base) if base else None,
+            "spec": trained.spec.to_dict(),
+        }
         return ExportSource(model.eval(), trained.spec.variant, description, report.to_dict())
     if not source.is_file():
-        raise NasloraError(f"export source {source} not found; pass an adapter directory or a SAM checkpoint file")
+        raise NasloraError(
+            f"export source {source} not found; pass an adapter directory or a SAM checkpoint file"
+        )
     if variant is None:
-        raise NasloraError(f"{source} is a checkpoint file: name its variant with --model (vit_b, vit_l, vit_h, vit_tiny)")
+        raise NasloraError(
+            f"{source} is a checkpoint file: name its variant with --model (vit_b, vit_l, vit_h, vit_tiny)"
+        )
     from naslora_deploy.core.variants import build_sam
 
     model = SegmentationModel(build_sam(variant, source)).eval()
@@ -67,7 +84,9 @@ def load_source(source, spec: ExportSpec, variant: Optional[str] = None, base=No
     return ExportSource(model, variant, description, None)
 
 
-def export_graphs(model, spec: ExportSpec, directory: Path, progress: Optional[bool] = False) -> Dict[str, Path]:
+def export_graphs(
+    model, spec: ExportSpec, directory: Path, progress: Optional[bool] = False
+) -> Dict[str, Path]:
     """Write the ONNX files of ``model`` into ``directory``; returns name -> path."""
     size = model.image_size
     image = torch.zeros(1, 3, size, size)
@@ -76,15 +95,28 @@ def export_graphs(model, spec: ExportSpec, directory: Path, progress: Optional[b
     files = {}
     common = dict(opset=spec.opset, external_threshold=spec.external_threshold)
     graphs = {
-        names.IMAGE_ENCODER: (ImageEncoderGraph(model.sam.image_encoder), (image,), names.ENCODER_INPUTS,
-                              names.ENCODER_OUTPUTS),
-        names.MASK_DECODER: (MaskDecoderGraph(model), (embeddings,), names.DECODER_INPUTS,
-                             names.decoder_outputs(model.class_head is not None)),
+        names.IMAGE_ENCODER: (
+            ImageEncoderGraph(model.sam.image_encoder),
+            (image,),
+            names.ENCODER_INPUTS,
+            names.ENCODER_OUTPUTS,
+        ),
+        names.MASK_DECODER: (
+            MaskDecoderGraph(model),
+            (embeddings,),
+            names.DECODER_INPUTS,
+            names.decoder_outputs(model.class_head is not None),
+        ),
     }
     if spec.prompts:
         slots = spec.point_slots + 2  # the last two slots take a box (labels 2, 3) or padding (-1)
         prompts = (embeddings, torch.zeros(1, slots, 2), torch.full((1, slots), -1.0))
-        graphs[names.PROMPT_DECODER] = (PromptDecoderGraph(model.sam), prompts, names.PROMPT_INPUTS, names.PROMPT_OUTPUTS)
+        graphs[names.PROMPT_DECODER] = (
+            PromptDecoderGraph(model.sam),
+            prompts,
+            names.PROMPT_INPUTS,
+            names.PROMPT_OUTPUTS,
+        )
     for name, (module, example, inputs, outputs) in progress_bar(graphs.items(), "export: ONNX", progress):
         path = module_to_onnx(module, example, directory / names.onnx_file(name), inputs, outputs, **common)
         if spec.format != "trt" and spec.precision == "fp16":
@@ -99,12 +131,23 @@ def _describe(path: Path) -> dict:
     if path.suffix == ".onnx":
         entry.update(io_signature(path))
         if data.is_file():
-            entry["external_data"] = {"file": data.name, "sha256": sha256_of(data), "bytes": data.stat().st_size}
+            entry["external_data"] = {
+                "file": data.name,
+                "sha256": sha256_of(data),
+                "bytes": data.stat().st_size,
+            }
     return entry
 
 
-def export_artifacts(source, out, spec: ExportSpec, variant=None, base=None, allow_base_mismatch=False,
-                     progress: Optional[bool] = False) -> Tuple[Path, dict]:
+def export_artifacts(
+    source,
+    out,
+    spec: ExportSpec,
+    variant=None,
+    base=None,
+    allow_base_mismatch=False,
+    progress: Optional[bool] = False,
+) -> Tuple[Path, dict]:
     """Export ``source`` into the artifact directory ``out``; returns (out, manifest).
 
     ``format="triton"`` writes the ONNX artifacts here; ``export`` adds the repository.
@@ -129,8 +172,15 @@ def export_artifacts(source, out, spec: ExportSpec, variant=None, base=None, all
     return Path(out), manifest
 
 
-def export(source, out, spec: ExportSpec, variant=None, base=None, allow_base_mismatch=False,
-           progress: Optional[bool] = False) -> Tuple[Path, dict, Optional[Path]]:
+def export(
+    source,
+    out,
+    spec: ExportSpec,
+    variant=None,
+    base=None,
+    allow_base_mismatch=False,
+    progress: Optional[bool] = False,
+) -> Tuple[Path, dict, Optional[Path]]:
     """``naslora-deploy export``: artifacts in ``out``, or for ``triton`` artifacts in
     ``out/artifacts`` and a model repository in ``out/model_repository``.
 
@@ -140,9 +190,12 @@ def export(source, out, spec: ExportSpec, variant=None, base=None, allow_base_mi
         return (*export_artifacts(source, out, spec, variant, base, allow_base_mismatch, progress), None)
     from naslora_deploy.exporters.triton import artifacts_to_triton
 
-    artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", spec, variant, base, allow_base_mismatch,
-                                           progress)
-    repository = artifacts_to_triton(artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch)
+    artifacts, manifest = export_artifacts(
+        source, Path(out) / "artifacts", spec, variant, base, allow_base_mismatch, progress
+    )
+    repository = artifacts_to_triton(
+        artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch
+    )
     return artifacts, manifest, repository
 
 
@@ -153,11 +206,17 @@ def rebuild_source(manifest: dict, base=None) -> ExportSource:
     spec.format, spec.precision = "onnx", "fp32"  # the PyTorch reference: no engine, full precision
     path = Path(described["path"])
     if not path.exists():
-        raise NasloraError(f"the export source {path} is gone; the PyTorch model cannot be rebuilt without it")
-    return load_source(path, spec, described.get("variant") or manifest["variant"], base or described.get("base"))
+        raise NasloraError(
+            f"the export source {path} is gone; the PyTorch model cannot be rebuilt without it"
+        )
+    return load_source(
+        path, spec, described.get("variant") or manifest["variant"], base or described.get("base")
+    )
 
 
-def _manifest(loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], engines: Dict[str, Path]) -> dict:
+def _manifest(
+    loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], engines: Dict[str, Path]
+) -> dict:
     import onnx
 
     model = loaded.model
@@ -179,8 +238,10 @@ def _manifest(loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], en
         "head": "multiclass" if model.class_head is not None else "binary",
         "classes": classes,
         "num_queries": model.class_head.queries.num_embeddings if model.class_head is not None else 0,
-        "merge": {"mode": spec.merge if loaded.merge_report else "none (plain SAM checkpoint)",
-                  "report": loaded.merge_report},
+        "merge": {
+            "mode": spec.merge if loaded.merge_report else "none (plain SAM checkpoint)",
+            "report": loaded.merge_report,
+        },
         "precision": spec.precision,
         "onnx_precision": spec.precision if spec.format == "onnx" else "fp32",
         "opset": spec.opset,
@@ -189,7 +250,9 @@ def _manifest(loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], en
         "source": loaded.description,
         "files": described,
         "trtexec": {  # how to build each engine on the target (a Jetson) from the ONNX files
-            name: trtexec_command(path, path.with_suffix(".engine"), io_signature(path)["inputs"], spec.engine)
+            name: trtexec_command(
+                path, path.with_suffix(".engine"), io_signature(path)["inputs"], spec.engine
+            )
             for name, path in files.items()
         },
     }

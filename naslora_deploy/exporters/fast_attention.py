@@ -69,7 +69,9 @@ class SdpaAttention(Attention):
         q, k, v = qkv.unbind(0)
         bias = None
         if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
+            bias = decomposed_rel_pos_bias(
+                q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width)
+            )
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         out = out.permute(0, 2, 1, 3).reshape(batch, height, width, -1)
         return self.proj(out)
@@ -132,4 +134,11 @@ def sdpa_enabled_count(image_encoder) -> int:
     return sum(type(attn) is SdpaAttention for attn in _attention_modules(image_encoder))
 
 
-__all__ = ["use_sdpa", "undo_sdpa", "sdpa_disabled", "sdpa_enabled_count", "SdpaAttention", "decomposed_rel_pos_bias"]
+__all__ = [
+    "use_sdpa",
+    "undo_sdpa",
+    "sdpa_disabled",
+    "sdpa_enabled_count",
+    "SdpaAttention",
+    "decomposed_rel_pos_bias",
+]

@@ -90,9 +90,17 @@ def save_onnx(model, path: Path, external_threshold: int = TWO_GB) -> Path:
     if external:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-            onnx.save_model(model, str(Path(tmp) / path.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=0)
-            os.replace(Path(tmp) / data_name, path.parent / data_name)  # data first, then the graph that names it
+            onnx.save_model(
+                model,
+                str(Path(tmp) / path.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=0,
+            )
+            os.replace(
+                Path(tmp) / data_name, path.parent / data_name
+            )  # data first, then the graph that names it
             os.replace(Path(tmp) / path.name, path)
     else:
         atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp)))
@@ -111,7 +119,9 @@ def check_onnx(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", strict_mode=True)
     except Exception as exc:  # onnx raises several types (ValidationError, DecodeError, ...)
-        raise NasloraError(f"{path}: not a valid ONNX model ({first_line(exc, 200)}); export it again") from None
+        raise NasloraError(
+            f"{path}: not a valid ONNX model ({first_line(exc, 200)}); export it again"
+        ) from None
     finally:
         Path(str(path) + ".inferred").unlink(missing_ok=True)
 
@@ -141,8 +151,13 @@ def io_signature(path: Path) -> Dict[str, List[dict]]:
         for value in values:
             tensor = value.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-            out.append({"name": value.name, "dtype": helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims})
+            out.append(
+                {
+                    "name": value.name,
+                    "dtype": helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                    "shape": dims,
+                }
+            )
         return out
 
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
-

@@ -28,9 +28,12 @@ class EngineSpec:
     opt_batch: int = field(default=1, metadata=option("TensorRT profile: batch to tune for"))
     max_batch: int = field(default=8, metadata=option("TensorRT profile (and Triton): largest batch"))
     workspace_gb: Optional[float] = field(
-        default=None, metadata=option("TensorRT workspace limit in GB (Jetson: keep it small)", flag="--workspace")
+        default=None,
+        metadata=option("TensorRT workspace limit in GB (Jetson: keep it small)", flag="--workspace"),
     )
-    timing_cache: Optional[str] = field(default=None, metadata=option("TensorRT timing cache file, reused across builds"))
+    timing_cache: Optional[str] = field(
+        default=None, metadata=option("TensorRT timing cache file, reused across builds")
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -43,8 +46,12 @@ class EngineSpec:
 class ExportSpec:
     """What to export and how; saved in the manifest."""
 
-    format: str = field(default="onnx", metadata=option("onnx, TensorRT engines, or a Triton repository", choices=FORMATS))
-    merge: str = field(default="dense", metadata=option("dense: plain SAM; fused: exact, tiny branch", choices=MERGE_MODES))
+    format: str = field(
+        default="onnx", metadata=option("onnx, TensorRT engines, or a Triton repository", choices=FORMATS)
+    )
+    merge: str = field(
+        default="dense", metadata=option("dense: plain SAM; fused: exact, tiny branch", choices=MERGE_MODES)
+    )
     precision: str = field(
         default="fp32", metadata=option("ONNX: fp32 or fp16; engines: fp32, fp16 or bf16", choices=PRECISIONS)
     )
@@ -52,7 +59,8 @@ class ExportSpec:
     prompts: bool = field(default=False, metadata=option("also export the promptable decoder"))
     point_slots: int = field(default=4, metadata=option("point prompt slots (plus two for a box)"))
     calibration: Optional[str] = field(
-        default=None, metadata=option("image folder for the dense merge's least-squares fold (and its measurement)")
+        default=None,
+        metadata=option("image folder for the dense merge's least-squares fold (and its measurement)"),
     )
     calibration_images: int = field(default=16, metadata=option("how many calibration images to use"))
     external_threshold: int = TWO_GB
@@ -64,7 +72,9 @@ class ExportSpec:
         if self.merge not in MERGE_MODES:
             raise ValueError(f"unknown merge mode {self.merge!r}; choose dense or fused")
         if self.precision not in PRECISIONS or (self.format != "trt" and self.precision == "bf16"):
-            raise ValueError(f"precision {self.precision!r}: ONNX files are fp32 or fp16; engines fp32, fp16 or bf16")
+            raise ValueError(
+                f"precision {self.precision!r}: ONNX files are fp32 or fp16; engines fp32, fp16 or bf16"
+            )
         if self.point_slots < 1:
             raise ValueError("--point-slots must be >= 1")
         if isinstance(self.engine, dict):  # read back from a manifest

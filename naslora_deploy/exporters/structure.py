@@ -65,7 +65,9 @@ def _shapes(model, nodes) -> Dict[str, List[int]]:
     options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "shapes.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location="shapes.data", size_threshold=1024)
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, location="shapes.data", size_threshold=1024
+        )
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         for name, value in zip(names, session.run(None, feeds)):
@@ -78,7 +80,7 @@ def _node_macs(node, shapes: Dict[str, List[int]]):
 
     try:
         if node.op_type == "MatMul":
-            a, b = shapes[node.input[0]], shapes[node.input[1]]
+            a = shapes[node.input[0]]
             out = shapes[node.output[0]]
             return int(np.prod(out, dtype=np.int64)) * a[-1]
         if node.op_type == "Gemm":
@@ -94,7 +96,9 @@ def _node_macs(node, shapes: Dict[str, List[int]]):
             inp = shapes[node.input[0]]
             return int(np.prod(inp, dtype=np.int64)) * weight[1] * spatial
         if node.op_type == "Einsum":
-            equation = next(helper.get_attribute_value(x) for x in node.attribute if x.name == "equation").decode()
+            equation = next(
+                helper.get_attribute_value(x) for x in node.attribute if x.name == "equation"
+            ).decode()
             sizes = {}
             for term, name in zip(equation.split("->")[0].split(","), node.input):
                 for letter, size in zip(term.strip(), shapes[name]):
@@ -139,7 +143,9 @@ def compare_signatures(candidate: GraphSignature, reference: GraphSignature) -> 
         "extra_nodes": {op: n for op, n in sorted(extra_ops.items()) if n},
         "extra_parameters": candidate.parameters - reference.parameters,
         "extra_gmacs": (candidate.macs - reference.macs) / 1e9,
-        "extra_macs_percent": 100.0 * (candidate.macs - reference.macs) / reference.macs if reference.macs else 0.0,
+        "extra_macs_percent": 100.0 * (candidate.macs - reference.macs) / reference.macs
+        if reference.macs
+        else 0.0,
         "differing_initializers": [name for name, _ in differing_inits[:10]],
         "candidate": candidate.to_dict(),
         "reference": reference.to_dict(),

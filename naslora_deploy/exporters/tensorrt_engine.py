@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.exporters.specs import EngineSpec
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
+from naslora_deploy.exporters.specs import EngineSpec
 from naslora_deploy.runtime.engines import INSTALL_HELP, current_gpu, sidecar_path
 
 # ONNX node names TensorRT keeps as layer names: LayerNorm (and LayerNorm2d's pieces) and softmax.
@@ -53,7 +53,11 @@ def trtexec_command(onnx_path: Path, engine_path: Path, inputs: List[dict], spec
     for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
         parts.append(flag + "=" + ",".join(f"{name}:{_shape_text(s[index])}" for name, s in shapes.items()))
     if spec.precision in ("fp16", "bf16"):
-        parts += [f"--{spec.precision}", "--layerPrecisions=" + ",".join(f"*{op}*:fp32" for op in FP32_LAYER_NAMES), "--precisionConstraints=obey"]
+        parts += [
+            f"--{spec.precision}",
+            "--layerPrecisions=" + ",".join(f"*{op}*:fp32" for op in FP32_LAYER_NAMES),
+            "--precisionConstraints=obey",
+        ]
     if spec.workspace_gb:
         parts.append(f"--memPoolSize=workspace:{int(spec.workspace_gb * 1024)}M")
     if spec.timing_cache:
@@ -80,7 +84,11 @@ def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs:
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    explicit = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    explicit = (
+        0
+        if int(trt.__version__.split(".")[0]) >= 10
+        else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    )
     network = builder.create_network(explicit)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -98,11 +106,15 @@ def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs:
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     cache_path = Path(spec.timing_cache) if spec.timing_cache else None
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+    cache = config.create_timing_cache(
+        cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    )
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise NasloraError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
+        raise NasloraError(
+            f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)"
+        )
     engine_bytes = bytes(serialized)
     atomic_write(engine_path, lambda tmp: tmp.write_bytes(engine_bytes))
     if cache_path:
@@ -112,8 +124,14 @@ def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs:
     return engine_path
 
 
-def engine_sidecar(trt_version: str, gpu: Dict[str, Optional[str]], spec: EngineSpec, inputs: List[dict],
-                   onnx_path: Path, engine_path: Path) -> dict:
+def engine_sidecar(
+    trt_version: str,
+    gpu: Dict[str, Optional[str]],
+    spec: EngineSpec,
+    inputs: List[dict],
+    onnx_path: Path,
+    engine_path: Path,
+) -> dict:
     """What an engine was built with and from: written beside it, never into it."""
     return {
         "tensorrt_version": trt_version,

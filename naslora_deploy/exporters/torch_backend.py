@@ -30,7 +30,9 @@ class TorchBackend:
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
         model = model.to(self.device).eval()
         self.encoder = model.sam.image_encoder
-        use_sdpa(self.encoder)  # equal to SAM's attention to ~2e-6 (tests/exporters/test_fast_attention.py), and faster
+        use_sdpa(
+            self.encoder
+        )  # equal to SAM's attention to ~2e-6 (tests/exporters/test_fast_attention.py), and faster
         self.decoder = MaskDecoderGraph(model).to(self.device)
         self.prompter = PromptDecoderGraph(model.sam).to(self.device)
         self.outputs = names.decoder_outputs(model.class_head is not None)
@@ -54,7 +56,9 @@ class TorchBackend:
 
     def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
         with torch.no_grad():
-            outs = self.prompter(embeddings, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
+            outs = self.prompter(
+                embeddings, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device)
+            )
         return {n: o.float().cpu().numpy() for n, o in zip(names.PROMPT_OUTPUTS, outs)}
 
 

@@ -23,7 +23,10 @@ def _tensors(kind: str, values: List[dict]) -> str:
     blocks = []
     for value in values:
         dims = ", ".join(str(d) for d in value["shape"][1:])  # the batch axis is Triton's max_batch_size
-        blocks.append(f'  {{\n    name: "{value["name"]}"\n    data_type: {TRITON_TYPES[value["dtype"]]}\n    dims: [ {dims} ]\n  }}')
+        blocks.append(
+            f'  {{\n    name: "{value["name"]}"\n    data_type: {TRITON_TYPES[value["dtype"]]}\n    dims: [ '
+            f"{dims} ]\n  }}"
+        )
     return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
 
 
@@ -46,10 +49,12 @@ def ensemble_config(encoder: dict, decoder: dict, max_batch: int) -> str:
     dec_in = [v["name"] for v in decoder["inputs"]]
     dec_out = [v["name"] for v in decoder["outputs"]]
     steps = (
-        f'    {{\n      model_name: "{ENCODER}"\n      model_version: -1\n      input_map [\n{maps(enc_in)}\n      ]\n'
-        f'      output_map [\n{maps(enc_out)}\n      ]\n    }},\n'
-        f'    {{\n      model_name: "{DECODER}"\n      model_version: -1\n      input_map [\n{maps(dec_in)}\n      ]\n'
-        f'      output_map [\n{maps(dec_out)}\n      ]\n    }}'
+        f'    {{\n      model_name: "{ENCODER}"\n      model_version: -1\n      input_map '
+        f"[\n{maps(enc_in)}\n      ]\n"
+        f"      output_map [\n{maps(enc_out)}\n      ]\n    }},\n"
+        f'    {{\n      model_name: "{DECODER}"\n      model_version: -1\n      input_map '
+        f"[\n{maps(dec_in)}\n      ]\n"
+        f"      output_map [\n{maps(dec_out)}\n      ]\n    }}"
     )
     return (
         f'name: "{ENSEMBLE}"\nplatform: "ensemble"\nmax_batch_size: {max_batch}\n'
@@ -75,7 +80,9 @@ def artifacts_to_triton(artifact_dir, repository, backend: str = "onnxruntime", 
             if backend == "tensorrt":
                 engine = artifact_dir / f"{stem}.engine"
                 if not engine.is_file():
-                    raise NasloraError(f"{engine} not found; export with --format trt for Triton's tensorrt backend")
+                    raise NasloraError(
+                        f"{engine} not found; export with --format trt for Triton's tensorrt backend"
+                    )
                 shutil.copy2(engine, version / "model.plan")
             else:
                 shutil.copy2(artifact_dir / f"{stem}.onnx", version / "model.onnx")

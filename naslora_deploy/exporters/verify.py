@@ -61,13 +61,16 @@ class ParityReport:
 
     def table(self) -> str:
         """A printable table."""
-        lines = [f"{'backend':<28} {'output':<34} {'max abs':>10} {'mean abs':>10} {'rel':>10} {'mask IoU':>9} {'tol':>8}  ok"]
+        lines = [
+            f"{'backend':<28} {'output':<34} {'max abs':>10} {'mean abs':>10} {'rel':>10} {'mask IoU':>9} "
+            f"{'tol':>8}  ok"
+        ]
         for r in self.rows:
             iou = f"{r.mask_iou:.4f}" if r.mask_iou is not None else "-"
             tol = f"{r.tolerance:.0e}" if r.tolerance is not None else "report"
             lines.append(
-                f"{r.backend:<28} {r.output:<34} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} {r.rel:>10.3e} {iou:>9} {tol:>8}  "
-                + ("yes" if r.passed else "NO")
+                f"{r.backend:<28} {r.output:<34} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} {r.rel:>10.3e} "
+                f"{iou:>9} {tol:>8}  " + ("yes" if r.passed else "NO")
             )
         return "\n".join(lines)
 
@@ -103,12 +106,20 @@ def torch_outputs(model, images: np.ndarray) -> Dict[str, np.ndarray]:
         embeddings = model.sam.image_encoder(torch.from_numpy(images))
         decoded = MaskDecoderGraph(model)(embeddings)
     out = {names.IMAGE_EMBEDDINGS: embeddings.numpy()}
-    out.update({name: t.numpy() for name, t in zip(names.decoder_outputs(model.class_head is not None), decoded)})
+    out.update(
+        {name: t.numpy() for name, t in zip(names.decoder_outputs(model.class_head is not None), decoded)}
+    )
     return out
 
 
-def verify_parity(directory, images_dir=None, count: int = 2, seed: int = 0, tolerance: Optional[float] = None,
-                  progress: Optional[bool] = False) -> ParityReport:
+def verify_parity(
+    directory,
+    images_dir=None,
+    count: int = 2,
+    seed: int = 0,
+    tolerance: Optional[float] = None,
+    progress: Optional[bool] = False,
+) -> ParityReport:
     """Compare every ONNX backend available here (and TensorRT engines) with PyTorch."""
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -124,17 +135,29 @@ def verify_parity(directory, images_dir=None, count: int = 2, seed: int = 0, tol
         decoder = ort_session(directory / names.onnx_file(names.MASK_DECODER), provider)
         embeddings = encoder.run(None, {names.IMAGE: images})[0]
         tag = f"onnxruntime {provider.replace('ExecutionProvider', '')}"
-        report.rows.append(_row(tag, names.IMAGE_EMBEDDINGS, embeddings, expected[names.IMAGE_EMBEDDINGS], embed_tol))
+        report.rows.append(
+            _row(tag, names.IMAGE_EMBEDDINGS, embeddings, expected[names.IMAGE_EMBEDDINGS], embed_tol)
+        )
         outputs = [o.name for o in decoder.get_outputs()]
-        for name, got in zip(outputs, decoder.run(None, {names.IMAGE_EMBEDDINGS: expected[names.IMAGE_EMBEDDINGS]})):
-            report.rows.append(_row(tag, f"{name} (torch embeddings)", got, expected[name], decoder_tol, "mask" in name))
+        for name, got in zip(
+            outputs, decoder.run(None, {names.IMAGE_EMBEDDINGS: expected[names.IMAGE_EMBEDDINGS]})
+        ):
+            report.rows.append(
+                _row(tag, f"{name} (torch embeddings)", got, expected[name], decoder_tol, "mask" in name)
+            )
         end_to_end = decoder.run([names.MASK_LOGITS], {names.IMAGE_EMBEDDINGS: embeddings})[0]
-        report.rows.append(_row(tag, f"{names.MASK_LOGITS} (end to end)", end_to_end, expected[names.MASK_LOGITS], None, True))
+        report.rows.append(
+            _row(
+                tag, f"{names.MASK_LOGITS} (end to end)", end_to_end, expected[names.MASK_LOGITS], None, True
+            )
+        )
     report.rows.extend(verify_engines(directory, manifest, images, expected))
     return report
 
 
-def verify_engines(directory: Path, manifest: dict, images: np.ndarray, expected: Dict[str, np.ndarray]) -> List[ParityRow]:
+def verify_engines(
+    directory: Path, manifest: dict, images: np.ndarray, expected: Dict[str, np.ndarray]
+) -> List[ParityRow]:
     """TensorRT engines run through polygraphy's ``TrtRunner`` and ``Comparator``, where present."""
     if not (directory / names.engine_file(names.IMAGE_ENCODER)).is_file():
         return []
@@ -171,18 +194,30 @@ def plain_sam_proof(directory, repeats: int = 10) -> dict:
     plain = SegmentationModel(build_sam(manifest["variant"])).eval()
     with tempfile.TemporaryDirectory() as tmp:
         files = export_graphs(plain, spec, Path(tmp))
-        artifact_encoder, plain_encoder = directory / names.onnx_file(names.IMAGE_ENCODER), files[names.IMAGE_ENCODER]
+        artifact_encoder, plain_encoder = (
+            directory / names.onnx_file(names.IMAGE_ENCODER),
+            files[names.IMAGE_ENCODER],
+        )
         structure = compare_signatures(graph_signature(artifact_encoder), graph_signature(plain_encoder))
         if repeats > 0:
-            structure["image_encoder_latency"] = latency_ratio(artifact_encoder, plain_encoder, manifest["image_size"], repeats)
-    structure["plain_sam"] = structure["identical_operators"] and structure["identical_initializers"] and structure["identical_macs"]
+            structure["image_encoder_latency"] = latency_ratio(
+                artifact_encoder, plain_encoder, manifest["image_size"], repeats
+            )
+    structure["plain_sam"] = (
+        structure["identical_operators"]
+        and structure["identical_initializers"]
+        and structure["identical_macs"]
+    )
     structure["merge_mode"] = manifest["merge"]["mode"]
     return structure
 
 
 def latency_ratio(candidate: Path, reference: Path, size: int, repeats: int = 10) -> dict:
     """Median ORT CPU latency of two encoders, alternating runs in one process."""
-    sessions = {"artifact": ort_session(candidate, "CPUExecutionProvider"), "plain": ort_session(reference, "CPUExecutionProvider")}
+    sessions = {
+        "artifact": ort_session(candidate, "CPUExecutionProvider"),
+        "plain": ort_session(reference, "CPUExecutionProvider"),
+    }
     image = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     for session in sessions.values():
         session.run(None, {names.IMAGE: image})
@@ -193,14 +228,19 @@ def latency_ratio(candidate: Path, reference: Path, size: int, repeats: int = 10
             session.run(None, {names.IMAGE: image})
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
-    return {"artifact_ms": medians["artifact"], "plain_ms": medians["plain"],
-            "ratio": medians["artifact"] / medians["plain"], "repeats": repeats}
+    return {
+        "artifact_ms": medians["artifact"],
+        "plain_ms": medians["plain"],
+        "ratio": medians["artifact"] / medians["plain"],
+        "repeats": repeats,
+    }
 
 
 def proof_summary(proof: dict) -> str:
     """The plain-SAM proof in a few printable lines."""
     lines = [
-        f"against plain SAM ({proof['merge_mode']} merge): identical operators {proof['identical_operators']}, "
+        f"against plain SAM ({proof['merge_mode']} merge): identical operators "
+        f"{proof['identical_operators']}, "
         f"initializers {proof['identical_initializers']}, MACs {proof['identical_macs']} "
         f"({proof['candidate']['gmacs']:.3f} vs {proof['reference']['gmacs']:.3f} GMAC)"
     ]
@@ -212,7 +252,8 @@ def proof_summary(proof: dict) -> str:
     latency = proof.get("image_encoder_latency")
     if latency:
         lines.append(
-            f"  onnxruntime CPU encoder latency: {latency['artifact_ms']:.1f} ms vs plain {latency['plain_ms']:.1f} ms, "
+            f"  onnxruntime CPU encoder latency: {latency['artifact_ms']:.1f} ms vs plain "
+            f"{latency['plain_ms']:.1f} ms, "
             f"ratio {latency['ratio']:.3f} (medians of {latency['repeats']} alternating runs)"
         )
     return "\n".join(lines)

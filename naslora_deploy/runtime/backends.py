@@ -42,6 +42,7 @@ class Backend(Protocol):
 
     def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]: ...
 
+
 ORT_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -58,7 +59,9 @@ def ort_session(path: Path, providers):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=[providers] if isinstance(providers, str) else list(providers))
+    return ort.InferenceSession(
+        str(path), options, providers=[providers] if isinstance(providers, str) else list(providers)
+    )
 
 
 def available_providers() -> List[str]:
@@ -79,7 +82,9 @@ class OnnxRuntimeBackend:
         chosen = providers or available_providers()
         missing = [p for p in chosen if p not in available]
         if missing:
-            raise NasloraError(f"onnxruntime provider {missing[0]} is not available here (have: {', '.join(available)})")
+            raise NasloraError(
+                f"onnxruntime provider {missing[0]} is not available here (have: {', '.join(available)})"
+            )
         self.sessions = {
             graph: ort_session(directory / names.onnx_file(graph), chosen)
             for graph in names.GRAPHS
@@ -151,7 +156,9 @@ class TensorRTBackend:
             self.contexts[name] = engine.create_execution_context()
             self._allocate(name, engine, self._max_batch(engine))
         if names.IMAGE_ENCODER not in self.engines:
-            raise NasloraError(f"{directory} has no {names.engine_file(names.IMAGE_ENCODER)}; export with --format trt")
+            raise NasloraError(
+                f"{directory} has no {names.engine_file(names.IMAGE_ENCODER)}; export with --format trt"
+            )
         self.max_batch = self._max_batch(self.engines[names.IMAGE_ENCODER])
         self.name = "tensorrt"
         self.on_gpu = True
@@ -185,14 +192,20 @@ class TensorRTBackend:
         for i in range(engine.num_io_tensors):
             tensor = engine.get_tensor_name(i)
             shared = tensor == names.IMAGE_EMBEDDINGS and name != names.IMAGE_ENCODER
-            pointer = self.buffers[(names.IMAGE_ENCODER, names.IMAGE_EMBEDDINGS) if shared else (name, tensor)][0]
+            pointer = self.buffers[
+                (names.IMAGE_ENCODER, names.IMAGE_EMBEDDINGS) if shared else (name, tensor)
+            ][0]
             context.set_tensor_address(tensor, int(pointer))
             if engine.get_tensor_mode(tensor) == self.trt.TensorIOMode.INPUT:
                 shape = [batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
                 context.set_input_shape(tensor, shape)
                 if tensor in host_inputs:
                     array = np.ascontiguousarray(host_inputs[tensor])
-                    self._check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
+                    self._check(
+                        cudart.cudaMemcpyAsync(
+                            pointer, array.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self.stream
+                        )
+                    )
         if not context.execute_async_v3(self.stream):
             raise NasloraError(f"TensorRT failed to run {name}")
         outputs = {}
@@ -202,14 +215,20 @@ class TensorRTBackend:
                 continue
             pointer, dtype, _ = self.buffers[(name, tensor)]
             array = np.empty(tuple(context.get_tensor_shape(tensor)), dtype=dtype)
-            self._check(cudart.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
+            self._check(
+                cudart.cudaMemcpyAsync(
+                    array.ctypes.data, pointer, array.nbytes, kind.cudaMemcpyDeviceToHost, self.stream
+                )
+            )
             outputs[tensor] = array
         self._check(cudart.cudaStreamSynchronize(self.stream))
         return outputs
 
     def encode(self, images: np.ndarray):
         if images.shape[0] > self.max_batch:
-            raise NasloraError(f"batch {images.shape[0]} exceeds the engine profile's maximum {self.max_batch}")
+            raise NasloraError(
+                f"batch {images.shape[0]} exceeds the engine profile's maximum {self.max_batch}"
+            )
         self._execute(names.IMAGE_ENCODER, images.shape[0], {names.IMAGE: images.astype(np.float32)})
         return images.shape[0]  # the embeddings stay in the encoder's device buffer
 
@@ -217,10 +236,14 @@ class TensorRTBackend:
         return self._execute(names.MASK_DECODER, batch, {})
 
     def prompt_decode(self, batch: int, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
-        return self._execute(names.PROMPT_DECODER, batch, {names.POINT_COORDS: coords, names.POINT_LABELS: labels})
+        return self._execute(
+            names.PROMPT_DECODER, batch, {names.POINT_COORDS: coords, names.POINT_LABELS: labels}
+        )
 
 
-def open_backend(directory: Path, manifest: dict, backend: str = "auto", device: Optional[str] = None) -> Backend:
+def open_backend(
+    directory: Path, manifest: dict, backend: str = "auto", device: Optional[str] = None
+) -> Backend:
     """Open one of the runtime's own backends; ``auto`` takes TensorRT (where engines were
     built and the device is not the CPU), else onnxruntime."""
     if backend == "tensorrt":

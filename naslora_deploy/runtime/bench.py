@@ -42,11 +42,18 @@ def summarise(samples: List[float], batch: int) -> Dict[str, float]:
     """p50/p90/p99 in ms and images per second (from the median)."""
     ms = np.array(samples) * 1000.0
     p50 = float(np.percentile(ms, 50))
-    return {"p50_ms": p50, "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-            "images_per_s": batch * 1000.0 / p50, "runs": len(samples)}
+    return {
+        "p50_ms": p50,
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "images_per_s": batch * 1000.0 / p50,
+        "runs": len(samples),
+    }
 
 
-def bench(segmenters: Sequence, batch_sizes: Sequence[int], runs: int = 20, warmup: int = 3, seed: int = 0) -> List[dict]:
+def bench(
+    segmenters: Sequence, batch_sizes: Sequence[int], runs: int = 20, warmup: int = 3, seed: int = 0
+) -> List[dict]:
     """Time encoder + decoder per batch size; alternate when given two segmenters."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -65,7 +72,11 @@ def bench(segmenters: Sequence, batch_sizes: Sequence[int], runs: int = 20, warm
                 samples[i].append(time.perf_counter() - start)
         row = {"batch": batch_size}
         for label, segmenter, times in zip("ab", segmenters, samples):
-            row[label] = {"artifact": str(segmenter.directory), "backend": segmenter.backend_name, **summarise(times, batch_size)}
+            row[label] = {
+                "artifact": str(segmenter.directory),
+                "backend": segmenter.backend_name,
+                **summarise(times, batch_size),
+            }
         if len(segmenters) == 2:
             row["ratio_a_over_b"] = row["a"]["p50_ms"] / row["b"]["p50_ms"]
         row["peak_host_mb"] = peak_host_mb()
@@ -76,13 +87,18 @@ def bench(segmenters: Sequence, batch_sizes: Sequence[int], runs: int = 20, warm
 
 def format_rows(rows: List[dict]) -> str:
     """A printable table."""
-    lines = [f"{'batch':>5} {'run':>3} {'backend':<22} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8}"]
+    lines = [
+        f"{'batch':>5} {'run':>3} {'backend':<22} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8}"
+    ]
     for row in rows:
         for label in ("a", "b"):
             if label in row:
                 r = row[label]
-                lines.append(f"{row['batch']:>5} {label:>3} {r['backend']:<22} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} "
-                             f"{r['p99_ms']:>9.2f} {r['images_per_s']:>8.2f}")
+                lines.append(
+                    f"{row['batch']:>5} {label:>3} {r['backend']:<22} {r['p50_ms']:>9.2f} "
+                    f"{r['p90_ms']:>9.2f} "
+                    f"{r['p99_ms']:>9.2f} {r['images_per_s']:>8.2f}"
+                )
         extra = f"      peak host {row['peak_host_mb']:.0f} MB"
         if row["device_mb"] is not None:
             extra += f", device {row['device_mb']:.0f} MB"

@@ -16,9 +16,11 @@ from typing import Dict, Optional
 from naslora_deploy.common.errors import NasloraError
 
 INSTALL_HELP = (
-    "TensorRT is not installed: on an x86 server `pip install tensorrt` (NVIDIA's wheel, matching your CUDA), "
-    "on a Jetson it comes with JetPack; or export with --format onnx and build the engines on the target with "
-    "trtexec (the command for each file is under \"trtexec\" in the artifact's manifest.json)"
+    "TensorRT is not installed: on an x86 server `pip install tensorrt` (NVIDIA's wheel, matching your "
+    "CUDA), "
+    "on a Jetson it comes with JetPack; or export with --format onnx and build the engines on the target "
+    "with "
+    'trtexec (the command for each file is under "trtexec" in the artifact\'s manifest.json)'
 )
 
 
@@ -34,22 +36,35 @@ def current_gpu() -> Dict[str, Optional[str]]:
 
         err, props = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
-            name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+            name = (
+                props.name.decode(errors="replace").rstrip("\x00")
+                if isinstance(props.name, bytes)
+                else str(props.name)
+            )
             return {"name": name, "compute_capability": f"{props.major}.{props.minor}"}
     except Exception:  # cuda-python absent or no driver: try the next way
         pass
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip().splitlines()[0]
+        out = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
         name, capability = (part.strip() for part in out.split(","))
         return {"name": name, "compute_capability": capability}
     except Exception:
         return {"name": None, "compute_capability": None}
 
 
-def check_engine_compatibility(sidecar: dict, trt_version: str, gpu: Dict[str, Optional[str]], engine: str = "engine") -> None:
+def check_engine_compatibility(
+    sidecar: dict, trt_version: str, gpu: Dict[str, Optional[str]], engine: str = "engine"
+) -> None:
     """Raise a clear ``NasloraError`` if the engine was built for another TensorRT or GPU."""
     built_trt = sidecar.get("tensorrt_version")
     if built_trt and built_trt != trt_version:
@@ -61,8 +76,10 @@ def check_engine_compatibility(sidecar: dict, trt_version: str, gpu: Dict[str, O
     here_cc = gpu.get("compute_capability")
     if built_cc and here_cc and built_cc != here_cc:
         raise NasloraError(
-            f"{engine} was built on {sidecar.get('gpu_name')} (compute capability {built_cc}) but this GPU is "
-            f"{gpu.get('name')} ({here_cc}); TensorRT engines do not move between GPU generations: rebuild it here"
+            f"{engine} was built on {sidecar.get('gpu_name')} (compute capability {built_cc}) but this GPU "
+            "is "
+            f"{gpu.get('name')} ({here_cc}); TensorRT engines do not move between GPU generations: rebuild "
+            "it here"
         )
 
 
@@ -72,7 +89,9 @@ def read_sidecar(engine: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise NasloraError(f"{path} not found: every engine needs the sidecar written beside it by the export") from None
+        raise NasloraError(
+            f"{path} not found: every engine needs the sidecar written beside it by the export"
+        ) from None
     except json.JSONDecodeError as exc:
         raise NasloraError(f"{path} is damaged ({exc})") from None
 

@@ -10,7 +10,6 @@ from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import sha256_of
 
 
-
 def read_manifest(directory, check_files: bool = True) -> dict:
     """Read an artifact manifest; a missing, foreign or changed file is a one-line error."""
     directory = Path(directory)
@@ -20,7 +19,9 @@ def read_manifest(directory, check_files: bool = True) -> dict:
     except FileNotFoundError:
         raise NasloraError(f"{path} not found; pass a directory written by naslora-deploy export") from None
     except NotADirectoryError:
-        raise NasloraError(f"{directory} is not an artifact directory; pass a directory written by naslora-deploy export") from None
+        raise NasloraError(
+            f"{directory} is not an artifact directory; pass a directory written by naslora-deploy export"
+        ) from None
     except json.JSONDecodeError as exc:
         raise NasloraError(f"{path} is damaged ({exc})") from None
     if manifest.get("format") != MANIFEST_FORMAT:
@@ -38,4 +39,6 @@ def _check(file: Path, sha256: str) -> None:
     if not file.is_file():
         raise NasloraError(f"{file} is missing; export again")
     if sha256_of(file) != sha256:
-        raise NasloraError(f"{file} does not match its sha256 in {MANIFEST_NAME} (changed or truncated); export again")
+        raise NasloraError(
+            f"{file} does not match its sha256 in {MANIFEST_NAME} (changed or truncated); export again"
+        )

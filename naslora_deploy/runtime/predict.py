@@ -53,7 +53,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, class_map=None, alpha: float = 
     out[mask] = (1 - alpha) * out[mask] + alpha * colours[mask]
     labels = class_map if class_map is not None else mask.astype(np.uint8)
     label_image = Image.fromarray(labels.astype(np.uint8))
-    edges = np.asarray(label_image.filter(ImageFilter.MaxFilter(3))) != np.asarray(label_image.filter(ImageFilter.MinFilter(3)))
+    edges = np.asarray(label_image.filter(ImageFilter.MaxFilter(3))) != np.asarray(
+        label_image.filter(ImageFilter.MinFilter(3))
+    )
     out[edges] = colours[edges] if class_map is not None else OVERLAY_COLOUR
     return out.clip(0, 255).astype(np.uint8)
 
@@ -63,8 +65,9 @@ def save_png(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def predict_files(segmenter, files: List[Path], out: Path, points=None, box=None,
-                  progress: Optional[bool] = None) -> Tuple[int, List[str]]:
+def predict_files(
+    segmenter, files: List[Path], out: Path, points=None, box=None, progress: Optional[bool] = None
+) -> Tuple[int, List[str]]:
     """Segment every file; a bad file is reported and skipped. Returns (done, errors).
 
     ``progress``: a bar over the files (None: on a terminal only, and only for two or more).
@@ -83,12 +86,18 @@ def predict_files(segmenter, files: List[Path], out: Path, points=None, box=None
         mask_png = result.class_map if result.class_map is not None else (result.mask * 255).astype(np.uint8)
         save_png(out / f"{path.stem}_mask.png", mask_png)
         save_png(out / f"{path.stem}_overlay.png", overlay(image, result.mask, result.class_map))
-        records.append({
-            "file": str(path), "width": result.size[1], "height": result.size[0], "area": result.area,
-            "area_fraction": result.area / float(result.size[0] * result.size[1]),
-            "class_areas": result.class_areas, "score": result.score,
-            "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
-        })
+        records.append(
+            {
+                "file": str(path),
+                "width": result.size[1],
+                "height": result.size[0],
+                "area": result.area,
+                "area_fraction": result.area / float(result.size[0] * result.size[1]),
+                "class_areas": result.class_areas,
+                "score": result.score,
+                "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
+            }
+        )
     text = "".join(json.dumps(r) + "\n" for r in records)
     atomic_write(out / "results.jsonl", lambda tmp: tmp.write_text(text))
     return len(records), errors

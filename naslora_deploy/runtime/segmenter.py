@@ -20,7 +20,13 @@ import numpy as np
 
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.imaging import postprocess_probabilities, preprocess_image, read_image, resized_shape, to_rgb_uint8
+from naslora_deploy.common.imaging import (
+    postprocess_probabilities,
+    preprocess_image,
+    read_image,
+    resized_shape,
+    to_rgb_uint8,
+)
 from naslora_deploy.runtime.backends import Backend, open_backend
 from naslora_deploy.runtime.manifest import read_manifest
 
@@ -51,7 +57,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def semantic_probabilities(mask_logits: np.ndarray, class_logits: np.ndarray) -> np.ndarray:
-    """(B, K, H, W): softmax class probabilities (no-object dropped) times mask probabilities, over queries."""
+    """(B, K, H, W): class probabilities (no-object dropped) times mask probabilities, summed over queries."""
     shifted = class_logits - class_logits.max(-1, keepdims=True)
     class_prob = np.exp(shifted)
     class_prob = (class_prob / class_prob.sum(-1, keepdims=True))[..., :-1]
@@ -98,8 +104,10 @@ class Segmenter:
             self._input[i] = preprocess_image(image, self.image_size)
         return self._input
 
-    def segment(self, image: ImageInput, points: Optional[Sequence] = None, box: Optional[Sequence[float]] = None) -> Segmentation:
-        """Segment one image; with ``points`` ((x, y, label) or (x, y) = positive) or ``box`` the prompt decoder runs."""
+    def segment(
+        self, image: ImageInput, points: Optional[Sequence] = None, box: Optional[Sequence[float]] = None
+    ) -> Segmentation:
+        """Segment one image; with ``points`` ((x, y, label), or (x, y) = positive) or ``box``, prompted."""
         if points is not None or box is not None:
             return self._segment_prompted(load_image(image), points, box)
         return self.segment_batch([image])[0]
@@ -116,7 +124,12 @@ class Segmenter:
         t_dec = time.perf_counter()
         results = [self._postprocess(outputs, i, array.shape[:2]) for i, array in enumerate(arrays)]
         t_post = time.perf_counter()
-        timings = {"pre": t_pre - start, "encoder": t_enc - t_pre, "decoder": t_dec - t_enc, "post": t_post - t_dec}
+        timings = {
+            "pre": t_pre - start,
+            "encoder": t_enc - t_pre,
+            "decoder": t_dec - t_enc,
+            "post": t_post - t_dec,
+        }
         for result in results:  # batch timings, shared by its images
             result.timings = {k: 1000.0 * v for k, v in timings.items()}
         return results
@@ -133,8 +146,10 @@ class Segmenter:
         areas = {name: int((class_map == k).sum()) for k, name in enumerate(class_names)}
         return Segmentation(size, class_map != 0, prob.max(0).astype(np.float32), class_map, areas)
 
-    def prompt_arrays(self, size: Tuple[int, int], points: Optional[Sequence], box: Optional[Sequence[float]]):
-        """Fill the fixed prompt slots: points, then a box (labels 2, 3) or padding (-1), in the model frame."""
+    def prompt_arrays(
+        self, size: Tuple[int, int], points: Optional[Sequence], box: Optional[Sequence[float]]
+    ):
+        """Fill the fixed prompt slots: points, then a box (labels 2, 3) or padding (-1), model frame."""
         if self.point_slots is None:
             raise NasloraError(f"{self.directory} has no prompt decoder; export it with --prompts")
         height, width = size
@@ -144,11 +159,16 @@ class Segmenter:
         labels = np.full((1, self.point_slots), -1.0, np.float32)
         points = [] if points is None else list(points)
         if len(points) > self.point_slots - 2:
-            raise ValueError(f"{len(points)} points, but the prompt decoder has {self.point_slots - 2} point slots; "
-                             "export with a larger --point-slots")
+            raise ValueError(
+                f"{len(points)} points, but the prompt decoder has {self.point_slots - 2} point slots; "
+                "export with a larger --point-slots"
+            )
         for i, point in enumerate(points):
             if len(point) not in (2, 3):
-                raise ValueError(f"point {i} is {point!r}; give (x, y) or (x, y, label) with label 1 (object) or 0 (background)")
+                raise ValueError(
+                    f"point {i} is {point!r}; give (x, y) or (x, y, label) with label 1 (object) or 0 "
+                    "(background)"
+                )
             label = float(point[2]) if len(point) == 3 else 1.0
             if label not in (0.0, 1.0):
                 raise ValueError(f"point {i} has label {point[2]!r}; labels are 1 (object) or 0 (background)")
@@ -171,11 +191,22 @@ class Segmenter:
         t_enc = time.perf_counter()
         outputs = self.backend.prompt_decode(embeddings, coords, labels)
         t_dec = time.perf_counter()
-        prob = postprocess_probabilities(sigmoid(outputs[names.MASK_LOGITS][0, 0]), image.shape[:2], self.image_size)
-        result = Segmentation(image.shape[:2], prob > 0.5, prob.astype(np.float32), score=float(outputs[names.IOU_PREDICTIONS][0, 0]))
+        prob = postprocess_probabilities(
+            sigmoid(outputs[names.MASK_LOGITS][0, 0]), image.shape[:2], self.image_size
+        )
+        result = Segmentation(
+            image.shape[:2],
+            prob > 0.5,
+            prob.astype(np.float32),
+            score=float(outputs[names.IOU_PREDICTIONS][0, 0]),
+        )
         t_post = time.perf_counter()
-        result.timings = {"pre": 1000 * (t_pre - start), "encoder": 1000 * (t_enc - t_pre),
-                          "decoder": 1000 * (t_dec - t_enc), "post": 1000 * (t_post - t_dec)}
+        result.timings = {
+            "pre": 1000 * (t_pre - start),
+            "encoder": 1000 * (t_enc - t_pre),
+            "decoder": 1000 * (t_dec - t_enc),
+            "post": 1000 * (t_post - t_dec),
+        }
         return result
 
 

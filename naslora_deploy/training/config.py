@@ -37,7 +37,9 @@ class TrainConfig:
         default=None, metadata=option("base SAM checkpoint (.pth or .safetensors); random weights without it")
     )
     epochs: int = field(default=40, metadata=option("training epochs (T)"))
-    search_start: int = field(default=10, metadata=option("T_B: epochs of weights-only training before alpha"))
+    search_start: int = field(
+        default=10, metadata=option("T_B: epochs of weights-only training before alpha")
+    )
     batch_size: int = field(default=4, metadata=option("images per step"))
     lr: float = field(default=1e-4, metadata=option("weights' learning rate"))
     weight_decay: float = 1e-4
@@ -49,15 +51,18 @@ class TrainConfig:
         metadata=option("projections to adapt, e.g. qkv or qv", parse=_targets, shown="qkv", metavar="QKV"),
     )
     ops: Optional[List[str]] = field(
-        default=None, metadata=option("comma-separated candidate ops", parse=_ops, shown="all eight", metavar="OPS")
+        default=None,
+        metadata=option("comma-separated candidate ops", parse=_ops, shown="all eight", metavar="OPS"),
     )
     channel_ratio: float = 2.0 / 3.0
     joint: bool = field(default=False, metadata=option("update weights and alpha together (Table 9, row 1)"))
     alpha_pass: str = field(
         default="second",
         metadata=option(
-            "stage 2's alpha gradient: 'second' = a second forward/backward at the updated weights (Alg. 1 as "
-            "written, ~2x a step); 'same' = taken from stage 1's backward, at the weights before their update "
+            "stage 2's alpha gradient: 'second' = a second forward/backward at the updated weights (Alg. 1 "
+            "as "
+            "written, ~2x a step); 'same' = taken from stage 1's backward, at the weights before their "
+            "update "
             "(first-order, no extra pass)",
             choices=ALPHA_PASSES,
         ),
@@ -67,7 +72,9 @@ class TrainConfig:
     classes: Optional[int] = field(
         default=None, metadata=option("number of classes for index masks (default: binary or classes.json)")
     )
-    queries: int = field(default=0, metadata=option("mask queries of the multi-class head (0: one per class)"))
+    queries: int = field(
+        default=0, metadata=option("mask queries of the multi-class head (0: one per class)")
+    )
     val_fraction: float = field(default=0.1, metadata=option("share held out for validation without val/"))
     skip_bad: bool = field(default=False, metadata=option("skip unreadable or unpaired files with a warning"))
     device: str = "auto"  # the CLI's shared --device
@@ -77,12 +84,14 @@ class TrainConfig:
     workers: int = field(default=0, metadata=option("data loader worker processes"))
     bf16: Optional[bool] = None
     grad_checkpoint: Optional[bool] = None
-    compile: bool = field(default=False, metadata=option("torch.compile each image-encoder block (worth it on CUDA)"))
+    compile: bool = field(
+        default=False, metadata=option("torch.compile each image-encoder block (worth it on CUDA)")
+    )
     tensorboard: bool = field(default=False, metadata=option("write TensorBoard logs to OUT/tensorboard"))
     progress: Optional[bool] = None  # the CLI's shared --progress/--no-progress
 
     def adapter_config(self) -> AdapterConfig:
-        """The ``AdapterConfig`` these options describe (validated: unknown ops, targets... raise ``ValueError``)."""
+        """The ``AdapterConfig`` these options describe (validated: a bad op raises ``ValueError``)."""
         return AdapterConfig(
             method=self.method,
             rank=self.rank,
@@ -107,7 +116,10 @@ class TrainConfig:
         if self.alpha_pass not in ALPHA_PASSES:
             raise ValueError(f"--alpha-pass must be one of {', '.join(ALPHA_PASSES)}")
         if self.alpha_pass == "same" and self.arch_data == "val":
-            raise ValueError("--alpha-pass same takes alpha's gradient from the training batch; it cannot use --arch-data val")
+            raise ValueError(
+                "--alpha-pass same takes alpha's gradient from the training batch; it cannot use --arch-data "
+                "val"
+            )
         native = VARIANTS[self.model].image_size
         if self.image_size not in (None, native):
             raise ValueError(

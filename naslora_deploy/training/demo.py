@@ -22,25 +22,42 @@ def run_demo(config: DemoConfig) -> Path:
     print(f"synthetic data set: {data} ({config.images} training images)")
     run = train(
         TrainConfig(
-            data=str(data), out=str(out / "run"), model="vit_tiny", method="nas_pc_lora", epochs=config.epochs,
-            search_start=config.search_start, lr=config.lr, seed=config.seed, progress=config.progress,
+            data=str(data),
+            out=str(out / "run"),
+            model="vit_tiny",
+            method="nas_pc_lora",
+            epochs=config.epochs,
+            search_start=config.search_start,
+            lr=config.lr,
+            seed=config.seed,
+            progress=config.progress,
         )
     )
     model = load_adapter(run)
     test = discover(data, check=False).split("test")
     metrics = evaluate(model, test, model.spec.classes)
-    print(f"test set ({len(test)} images): IoU {metrics['iou']:.4f}, Dice {metrics['dice']:.4f}, BER {metrics['ber']:.2f} %")
+    print(
+        f"test set ({len(test)} images): IoU {metrics['iou']:.4f}, Dice {metrics['dice']:.4f}, BER "
+        f"{metrics['ber']:.2f} %"
+    )
     calibration = calibration_images(data, 8, model.spec.image_size)
     written = []
     for mode in ("fused", "dense"):
         merged, report, paths = write_merged(
-            model, mode, out / "merged" / f"sam_vit_tiny_{mode}.pth", calibration, source=str(run), progress=config.progress
+            model,
+            mode,
+            out / "merged" / f"sam_vit_tiny_{mode}.pth",
+            calibration,
+            source=str(run),
+            progress=config.progress,
         )
         written += paths
         merged_metrics = evaluate(merged, test, model.spec.classes)
         print()
         print(report.summary())
-        print(f"  test IoU after the {mode} merge: {merged_metrics['iou']:.4f} (unmerged {metrics['iou']:.4f})")
+        print(
+            f"  test IoU after the {mode} merge: {merged_metrics['iou']:.4f} (unmerged {metrics['iou']:.4f})"
+        )
     print(f"\nrun directory (best/, last/, metrics.jsonl): {run}")
     for path in written:
         print(f"wrote {path}")

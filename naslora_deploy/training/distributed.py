@@ -72,7 +72,9 @@ def ranks_agree(tensors: Iterable[torch.Tensor], info: DistInfo) -> bool:
     """True if every rank holds bit-identical ``tensors``."""
     if not info.enabled:
         return True
-    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])  # on the model's device (nccl needs CUDA)
+    flat = torch.cat(
+        [t.detach().reshape(-1).double() for t in tensors]
+    )  # on the model's device (nccl needs CUDA)
     gathered = [torch.empty_like(flat) for _ in range(info.world_size)]
     dist.all_gather(gathered, flat)
     return all(torch.equal(gathered[0], other) for other in gathered[1:])

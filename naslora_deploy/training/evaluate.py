@@ -7,10 +7,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.training.data.dataset import load_labels
-from naslora_deploy.core.heads import semantic_probabilities, upsample_logits
 from naslora_deploy.common.imaging import postprocess_probabilities, preprocess_image, read_image
+from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.heads import semantic_probabilities, upsample_logits
+from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics
 
 
@@ -29,7 +29,9 @@ def predict_probabilities(model, images: List[np.ndarray], device) -> List[np.nd
     return [postprocess_probabilities(p, image.shape[:2], size) for p, image in zip(prob, images)]
 
 
-def evaluate(model, pairs: List[Tuple], classes: ClassSpec, batch_size: int = 4, device="cpu") -> Dict[str, object]:
+def evaluate(
+    model, pairs: List[Tuple], classes: ClassSpec, batch_size: int = 4, device="cpu"
+) -> Dict[str, object]:
     """Binary or multi-class metrics of ``model`` over ``pairs`` (see ``metrics``)."""
     was_training = model.training
     model.eval()

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from naslora_deploy.core.heads import upsample_logits
 from naslora_deploy.common.imaging import IGNORE_INDEX
+from naslora_deploy.core.heads import upsample_logits
 
 LAMBDA_SEG = 1.0
 LAMBDA_CLS = 2.0
@@ -39,7 +39,9 @@ def binary_loss(outputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> torch
     return bce_dice(logits, (labels == 1).float(), valid)
 
 
-def _pairwise_cost(prob: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _pairwise_cost(
+    prob: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """(Q, C) BCE + Dice cost of every query mask against every class mask."""
     v = valid.flatten().float()
     lg = logits.flatten(1)
@@ -53,7 +55,9 @@ def _pairwise_cost(prob: torch.Tensor, logits: torch.Tensor, targets: torch.Tens
     return bce + dice
 
 
-def match_queries(outputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> List[Tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+def match_queries(
+    outputs: Dict[str, torch.Tensor], labels: torch.Tensor
+) -> List[Tuple[np.ndarray, np.ndarray, torch.Tensor]]:
     """Hungarian matching per image: (query indices, class ids, class masks) of the matches.
 
     Cost = lambda_cls * (-p(class)) + lambda_seg * (BCE + Dice), over the classes

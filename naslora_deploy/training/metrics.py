@@ -22,7 +22,12 @@ class BinaryMetrics:
         import py_sod_metrics as sod
 
         self.threshold = threshold
-        self._sod = {"mae": sod.MAE(), "sm": sod.Smeasure(), "em": sod.Emeasure(), "wfm": sod.WeightedFmeasure()}
+        self._sod = {
+            "mae": sod.MAE(),
+            "sm": sod.Smeasure(),
+            "em": sod.Emeasure(),
+            "wfm": sod.WeightedFmeasure(),
+        }
         self.iou: List[float] = []
         self.dice: List[float] = []
         self.accuracy: List[float] = []

@@ -18,12 +18,16 @@ import contextlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import torch
 
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
+from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.core.adapters import add_adapters, architecture_parameters, weight_parameters
 from naslora_deploy.core.checkpoint import (
     TRAINING_STATE_NAME,
@@ -33,18 +37,22 @@ from naslora_deploy.core.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from naslora_deploy.training.data.dataset import SegmentationDataset
-from naslora_deploy.training.data.folder import DataSplits, discover
-from naslora_deploy.training.distributed import DistInfo, average_gradients, barrier, init_distributed, ranks_agree, shard, shutdown
-from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.lazy import lazy_import
-from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.training.evaluate import evaluate, headline
 from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
-from naslora_deploy.training.losses import binary_loss, multiclass_loss
 from naslora_deploy.core.variants import build_sam
 from naslora_deploy.training.config import TrainConfig
+from naslora_deploy.training.data.dataset import SegmentationDataset
+from naslora_deploy.training.data.folder import DataSplits, discover
+from naslora_deploy.training.distributed import (
+    DistInfo,
+    average_gradients,
+    barrier,
+    init_distributed,
+    ranks_agree,
+    shard,
+    shutdown,
+)
+from naslora_deploy.training.evaluate import evaluate, headline
+from naslora_deploy.training.losses import binary_loss, multiclass_loss
 
 
 def pick_device(name: str) -> torch.device:
@@ -128,9 +136,13 @@ class Trainer:
             list(self.model.class_head.parameters()) if self.model.class_head is not None else []
         )
         self.alphas = architecture_parameters(self.model.sam)
-        self.weight_opt = torch.optim.Adam(self.weights, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+        self.weight_opt = torch.optim.Adam(
+            self.weights, lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
         self.arch_opt = (
-            torch.optim.Adam(self.alphas, lr=config.arch_lr, weight_decay=config.arch_weight_decay, foreach=True)
+            torch.optim.Adam(
+                self.alphas, lr=config.arch_lr, weight_decay=config.arch_weight_decay, foreach=True
+            )
             if self.alphas
             else None
         )
@@ -154,7 +166,9 @@ class Trainer:
             compile_encoder_blocks(sam)
         base_path, base_sha = self._record_base(sam)
         num_queries = self.model.class_head.queries.num_embeddings if self.model.class_head is not None else 0
-        return RunSpec(c.model, adapter, classes, num_queries, sam.image_encoder.img_size, base_path, base_sha)
+        return RunSpec(
+            c.model, adapter, classes, num_queries, sam.image_encoder.img_size, base_path, base_sha
+        )
 
     def _record_base(self, sam):
         """The base checkpoint's path and sha256; a random base is saved in the run dir."""
@@ -184,7 +198,9 @@ class Trainer:
                 raise NasloraError(f"--resume: {self.out} has no complete last/ checkpoint to resume from")
         spec = read_spec(last)
         if spec.adapter != self.spec.adapter or spec.variant != self.spec.variant:
-            raise NasloraError(f"--resume: {last} was trained with other model/adapter options; use a new --out")
+            raise NasloraError(
+                f"--resume: {last} was trained with other model/adapter options; use a new --out"
+            )
         self.model.load_state_dict(load_file(str(last / WEIGHTS_NAME)), strict=False)
         state = torch.load(last / TRAINING_STATE_NAME, map_location=self.device, weights_only=True)
         self.weight_opt.load_state_dict(state["weight_opt"])
@@ -269,7 +285,9 @@ class Trainer:
 
     def _loader(self, pairs, order: List[int]):
         dataset = SegmentationDataset(pairs, self.spec.classes, self.spec.image_size)
-        batches = [order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
+        batches = [
+            order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)
+        ]
         return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=self.config.workers)
 
     def _arch_batches(self, epoch: int) -> Iterator[Optional[dict]]:
@@ -304,19 +322,25 @@ class Trainer:
             for batch in bar:
                 t0 = time.perf_counter()
                 batch = flip_batch(batch, c.seed, epoch)
-                result = self.train_step(batch, next(arch_batches) if stage == "weights+alpha" else None, stage)
+                result = self.train_step(
+                    batch, next(arch_batches) if stage == "weights+alpha" else None, stage
+                )
                 step_times.append(time.perf_counter() - t0)
                 self.step += 1
                 losses.append(result["loss"])
                 if "arch_loss" in result:
                     arch_losses.append(result["arch_loss"])
-                bar.set_postfix(loss=f"{result['loss']:.4f}", lr=c.lr, arch_lr=c.arch_lr if stage != "weights" else 0)
+                bar.set_postfix(
+                    loss=f"{result['loss']:.4f}", lr=c.lr, arch_lr=c.arch_lr if stage != "weights" else 0
+                )
                 if writer is not None:
                     writer.add_scalar("train/loss", result["loss"], self.step)
                 if self._out_of_steps():
                     break
             self.epoch += 1
-            self._end_epoch(epoch, stage, losses, arch_losses, step_times, time.perf_counter() - started, writer)
+            self._end_epoch(
+                epoch, stage, losses, arch_losses, step_times, time.perf_counter() - started, writer
+            )
         self._finish()
         return self.out
 
@@ -346,7 +370,9 @@ class Trainer:
         }
         if self.dist.is_main:
             if val_pairs:
-                record["val"] = evaluate(self.model, val_pairs, self.spec.classes, self.config.batch_size, self.device)
+                record["val"] = evaluate(
+                    self.model, val_pairs, self.spec.classes, self.config.batch_size, self.device
+                )
             self.history.append(record)
             self._write_epoch(record, writer)
         barrier(self.dist)
@@ -364,7 +390,8 @@ class Trainer:
                 save_checkpoint(self.out / "best", self.model, self.spec)
         save_checkpoint(self.out / "last", self.model, self.spec, self.training_state())
         val = record.get("val")
-        summary = f"epoch {record['epoch'] + 1}/{self.config.epochs} [{record['stage']}] loss {record['train_loss']:.4f}"
+        epoch = f"{record['epoch'] + 1}/{self.config.epochs}"
+        summary = f"epoch {epoch} [{record['stage']}] loss {record['train_loss']:.4f}"
         if val:
             name, score = headline(val)
             summary += f"  val {name} {score:.4f}" + ("  (best)" if score == self.best else "")
@@ -373,15 +400,24 @@ class Trainer:
             writer.add_scalar(f"val/{headline(val)[0]}", headline(val)[1], self.step)
 
     def _finish(self) -> None:
-        agree = ranks_agree(list(trainable_state(self.model).values()), self.dist) if self.dist.enabled else True
+        agree = (
+            ranks_agree(list(trainable_state(self.model).values()), self.dist) if self.dist.enabled else True
+        )
         if self.dist.is_main:
-            summary = {"finished": True, "epoch": self.epoch, "step": self.step, "world_size": self.dist.world_size}
+            summary = {
+                "finished": True,
+                "epoch": self.epoch,
+                "step": self.step,
+                "world_size": self.dist.world_size,
+            }
             if self.dist.enabled:
                 summary["ranks_identical"] = agree
             atomic_write_text(self.out / "run_summary.json", json.dumps(summary, indent=2) + "\n")
         shutdown(self.dist)
         if not agree:
-            raise NasloraError("data-parallel ranks ended with different weights; please report this as a bug")
+            raise NasloraError(
+                "data-parallel ranks ended with different weights; please report this as a bug"
+            )
 
 
 def _tuple_state(state):

@@ -75,9 +75,7 @@ def test_trainable_summary_counts(adapted_factory):
     sam = adapted_factory("nas_pc_lora")
     summary = trainable_summary(sam)
     total = sum(p.numel() for p in sam.parameters())
-    adapter_params = sum(
-        p.numel() for _, layer in adapted_layers(sam) for p in layer.adapters.parameters()
-    )
+    adapter_params = sum(p.numel() for _, layer in adapted_layers(sam) for p in layer.adapters.parameters())
     decoder_params = sum(p.numel() for p in sam.mask_decoder.parameters())
     assert summary.total == total
     assert summary.adapters.trainable == adapter_params

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from naslora_deploy.core.checkpoint import CONFIG_NAME, RunSpec, read_spec, resolve_checkpoint_dir
-from naslora_deploy.common.io import write_directory
-from naslora_deploy.core.config import AdapterConfig
 from naslora_deploy.common.errors import CheckpointError
+from naslora_deploy.common.io import write_directory
+from naslora_deploy.core.checkpoint import CONFIG_NAME, RunSpec, read_spec, resolve_checkpoint_dir
+from naslora_deploy.core.config import AdapterConfig
 
 
 def _spec_writer(tag):

@@ -19,7 +19,14 @@ def test_defaults_follow_the_paper():
 @pytest.mark.parametrize(
     "fields",
     [
-        dict(method="nas_lora", rank=6, targets=("q", "v"), blocks=[0, 2], ops=("sep_conv_3x3", "skip_connect"), seed=4),
+        dict(
+            method="nas_lora",
+            rank=6,
+            targets=("q", "v"),
+            blocks=[0, 2],
+            ops=("sep_conv_3x3", "skip_connect"),
+            seed=4,
+        ),
         dict(method="lora", blocks="all"),
         dict(method="nas_pc_lora", channel_ratio=1 / 3, alpha_init_std=0.0),
     ],

@@ -5,15 +5,20 @@ import torch
 
 from naslora_deploy import AdapterConfig, adapted_layers, adapters_disabled, set_cell_forward
 from naslora_deploy.core.layers import AdaptedQKV
-from naslora_deploy.core.testing import perturb_adapters
 
 CELL_CASES = [
     dict(method="nas_lora"),
     dict(method="nas_pc_lora"),
     dict(method="nas_pc_lora", rank=6, channel_ratio=0.5, targets=("q", "v")),
     dict(method="nas_lora", ops=("avg_pool_3x3", "max_pool_3x3", "skip_connect", "none")),  # w/o convolution
-    dict(method="nas_lora", ops=("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "skip_connect", "none")),
-    dict(method="nas_pc_lora", ops=("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "avg_pool_3x3", "max_pool_3x3")),
+    dict(
+        method="nas_lora",
+        ops=("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "skip_connect", "none"),
+    ),
+    dict(
+        method="nas_pc_lora",
+        ops=("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "avg_pool_3x3", "max_pool_3x3"),
+    ),
     dict(method="nas_lora", ops=("skip_connect",)),
 ]
 
@@ -27,7 +32,9 @@ def _layer(fields, dim=32, seed=0):
         for adapter in layer.adapters.values():
             adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=generator, dtype=torch.float64))
             if adapter.has_cell:
-                adapter.alpha.copy_(torch.randn(adapter.alpha.shape, generator=generator, dtype=torch.float64))
+                adapter.alpha.copy_(
+                    torch.randn(adapter.alpha.shape, generator=generator, dtype=torch.float64)
+                )
     return layer
 
 

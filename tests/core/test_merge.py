@@ -114,8 +114,8 @@ def test_least_squares_beats_constant_response_in_sample(adapted_factory):
     _, constant = merge(sam, "dense", calibration=None, probe_count=2)
     _, fitted = merge(sam, "dense", calibration=calibration)
     # measure the constant-response fold on the calibration images too
-    from naslora_deploy.core.merge import constant_response_folds, dense_copy
     from naslora_deploy.core.fidelity import measure_fidelity
+    from naslora_deploy.core.merge import constant_response_folds, dense_copy
 
     layers = dict(adapted_layers(sam))
     with torch.no_grad():
@@ -188,6 +188,7 @@ def test_constant_response_fold_is_the_cells_response_to_a_constant_code(adapted
 @pytest.mark.parametrize("num_classes", [1, 3], ids=["binary", "multiclass"])
 def test_merge_takes_what_load_adapter_returns_and_gives_the_same_kind_back(tmp_path, num_classes):
     from conftest import make_adapter_dir
+
     from naslora_deploy import load_adapter
 
     model = load_adapter(make_adapter_dir(tmp_path, num_classes=num_classes))
@@ -197,10 +198,14 @@ def test_merge_takes_what_load_adapter_returns_and_gives_the_same_kind_back(tmp_
     for mode in ("fused", "dense"):
         merged, report = merge(model, mode)
         assert type(merged) is type(model) and report.mode == mode
-        assert not list(adapted_layers(merged.sam)) and len(list(adapted_layers(model.sam))) == 4  # input untouched
+        assert (
+            not list(adapted_layers(merged.sam)) and len(list(adapted_layers(model.sam))) == 4
+        )  # input untouched
         if num_classes > 1:
             assert merged.class_head is not model.class_head
-            for (name, a), b in zip(model.class_head.state_dict().items(), merged.class_head.state_dict().values()):
+            for (name, a), b in zip(
+                model.class_head.state_dict().items(), merged.class_head.state_dict().values()
+            ):
                 assert torch.equal(a, b), name
         with torch.no_grad():
             got = merged(images)
@@ -209,4 +214,6 @@ def test_merge_takes_what_load_adapter_returns_and_gives_the_same_kind_back(tmp_
             for key in expected:
                 torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
         else:
-            build_sam("vit_tiny").load_state_dict(merged.sam.state_dict())  # strict: plain SAM keys and shapes
+            build_sam("vit_tiny").load_state_dict(
+                merged.sam.state_dict()
+            )  # strict: plain SAM keys and shapes

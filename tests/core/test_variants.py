@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from naslora_deploy import CheckpointError, VARIANTS, build_sam, variant_of
+from naslora_deploy import VARIANTS, CheckpointError, build_sam, variant_of
 
 
 def test_vit_tiny_is_real_segment_anything():
@@ -24,7 +24,9 @@ def test_vit_tiny_is_real_segment_anything():
 
 
 def test_unknown_variant():
-    with pytest.raises(ValueError, match="unknown SAM variant 'vit_s'; choose one of vit_b, vit_l, vit_h, vit_tiny"):
+    with pytest.raises(
+        ValueError, match="unknown SAM variant 'vit_s'; choose one of vit_b, vit_l, vit_h, vit_tiny"
+    ):
         build_sam("vit_s")
 
 

@@ -18,7 +18,10 @@ def test_vit_b_injection_and_dense_merge_is_plain_sam(tmp_path):
     add_adapters(sam, AdapterConfig(method="nas_pc_lora"))
     layers = dict(adapted_layers(sam))
     assert sorted(layers) == list(range(12))
-    assert all(layer.base_layer.in_features == 768 and layer.base_layer.out_features == 2304 for layer in layers.values())
+    assert all(
+        layer.base_layer.in_features == 768 and layer.base_layer.out_features == 2304
+        for layer in layers.values()
+    )
     summary = trainable_summary(sam)
     # 12 blocks x 3 projections x (W_e + W_d at rank 3 on dim 768 + a 160-parameter PC cell)
     assert summary.adapters.trainable == 12 * 3 * (2 * 3 * 768 + 160)

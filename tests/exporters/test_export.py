@@ -6,8 +6,8 @@ import pytest
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
-from naslora_deploy.runtime.manifest import read_manifest
 from naslora_deploy.exporters.verify import verify_parity
+from naslora_deploy.runtime.manifest import read_manifest
 
 CASES = [
     ("binary", "dense", "fp32"),
@@ -34,7 +34,9 @@ def test_onnx_parity(head, merge, precision, binary_adapter, multiclass_adapter,
         assert embeddings.tolerance is None
         assert embeddings.rel < 5e-3 and end_to_end.mask_iou > 0.98
     if head == "multiclass":
-        assert rows[("onnxruntime CPU", "class_logits (torch embeddings)")].max_abs < (1e-3 if precision == "fp32" else 5e-2)
+        assert rows[("onnxruntime CPU", "class_logits (torch embeddings)")].max_abs < (
+            1e-3 if precision == "fp32" else 5e-2
+        )
     report_entry = manifest["merge"]["report"]
     assert report_entry["mode"] == merge
     if merge == "fused":
@@ -42,15 +44,24 @@ def test_onnx_parity(head, merge, precision, binary_adapter, multiclass_adapter,
 
 
 def test_manifest_describes_every_file(binary_adapter, tmp_path):
-    out, manifest = export_artifacts(binary_adapter, tmp_path / "art", ExportSpec(prompts=True, point_slots=3))
+    out, manifest = export_artifacts(
+        binary_adapter, tmp_path / "art", ExportSpec(prompts=True, point_slots=3)
+    )
     assert set(manifest["files"]) == {"image_encoder.onnx", "mask_decoder.onnx", "prompt_decoder.onnx"}
     encoder = manifest["files"]["image_encoder.onnx"]
     assert encoder["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 256, 256]}]
-    assert encoder["outputs"] == [{"name": "image_embeddings", "dtype": "float32", "shape": ["batch", 64, 16, 16]}]
+    assert encoder["outputs"] == [
+        {"name": "image_embeddings", "dtype": "float32", "shape": ["batch", 64, 16, 16]}
+    ]
     decoder = manifest["files"]["mask_decoder.onnx"]
     assert [o["name"] for o in decoder["outputs"]] == ["low_res_logits", "mask_logits"]
     assert decoder["outputs"][1]["shape"] == ["batch", 1, 256, 256]  # upscaled to S x S inside the graph
-    assert all(not isinstance(d, str) or d == "batch" for f in manifest["files"].values() for v in f["inputs"] for d in v["shape"])
+    assert all(
+        not isinstance(d, str) or d == "batch"
+        for f in manifest["files"].values()
+        for v in f["inputs"]
+        for d in v["shape"]
+    )
     prompt = manifest["files"]["prompt_decoder.onnx"]
     assert prompt["inputs"][1]["shape"] == ["batch", 5, 2]  # 3 point slots + 2 box slots
     for key in ("variant", "image_size", "classes", "precision", "opset", "naslora_deploy_version", "merge"):

@@ -8,8 +8,14 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, Block
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam, merge
-from naslora_deploy.exporters.fast_attention import SdpaAttention, sdpa_disabled, sdpa_enabled_count, undo_sdpa, use_sdpa
 from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.exporters.fast_attention import (
+    SdpaAttention,
+    sdpa_disabled,
+    sdpa_enabled_count,
+    undo_sdpa,
+    use_sdpa,
+)
 
 
 def tiny_sam(adapters: bool):
@@ -116,8 +122,13 @@ def test_one_vit_b_global_block():
     grid = spec.image_size // 16
     torch.manual_seed(0)
     block = Block(
-        dim=spec.embed_dim, num_heads=spec.num_heads, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True, window_size=0, input_size=(grid, grid),
+        dim=spec.embed_dim,
+        num_heads=spec.num_heads,
+        qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=0,
+        input_size=(grid, grid),
     ).eval()
     with torch.no_grad():
         block.attn.rel_pos_h.normal_(std=0.5)

@@ -4,19 +4,22 @@ import pytest
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
+from naslora_deploy.core.testing import perturb_adapters
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.onnx_export import module_to_onnx
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 from naslora_deploy.exporters.verify import plain_sam_proof
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph
-from naslora_deploy.core.testing import perturb_adapters
 
 
 def test_dense_artifact_is_plain_sam_and_fused_reports_its_extras(binary_adapter, tmp_path):
     dense, _ = export_artifacts(binary_adapter, tmp_path / "dense", ExportSpec(merge="dense"))
     proof = plain_sam_proof(dense, repeats=5)
     assert proof["plain_sam"] and proof["extra_nodes"] == {} and proof["extra_parameters"] == 0
-    assert proof["candidate"]["gmacs"] == pytest.approx(proof["reference"]["gmacs"]) and proof["candidate"]["gmacs"] > 0.2
+    assert (
+        proof["candidate"]["gmacs"] == pytest.approx(proof["reference"]["gmacs"])
+        and proof["candidate"]["gmacs"] > 0.2
+    )
     assert proof["candidate"]["uncounted"] == []
     assert proof["image_encoder_latency"]["ratio"] > 0
 
@@ -56,7 +59,13 @@ def test_vit_b_dense_merge_exports_as_plain_sam(tmp_path):
         merged, _ = dense_copy(adapted, layers, constant_response_folds(layers))
     image = torch.zeros(1, 3, 1024, 1024)
     paths = {
-        name: module_to_onnx(ImageEncoderGraph(model.image_encoder), (image,), tmp_path / f"{name}.onnx", ["image"], ["image_embeddings"])
+        name: module_to_onnx(
+            ImageEncoderGraph(model.image_encoder),
+            (image,),
+            tmp_path / f"{name}.onnx",
+            ["image"],
+            ["image_embeddings"],
+        )
         for name, model in (("merged", merged), ("plain", plain))
     }
     result = compare_signatures(graph_signature(paths["merged"]), graph_signature(paths["plain"]))

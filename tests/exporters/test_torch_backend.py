@@ -13,7 +13,9 @@ def _iou(a, b):
     return (a & b).sum() / max((a | b).sum(), 1)
 
 
-def test_onnxruntime_and_torch_backends_agree_with_training_inference(binary_artifacts, binary_adapter, photo):
+def test_onnxruntime_and_torch_backends_agree_with_training_inference(
+    binary_artifacts, binary_adapter, photo
+):
     from naslora_deploy.core.checkpoint import load_adapter
     from naslora_deploy.training.evaluate import predict_probabilities
 
@@ -21,7 +23,9 @@ def test_onnxruntime_and_torch_backends_agree_with_training_inference(binary_art
     torch_seg = open_segmenter(binary_artifacts, backend="torch")
     assert ort_seg.backend_name == "onnxruntime (CPU)" and torch_seg.backend_name == "torch (cpu)"
     for session in ort_seg.backend.sessions.values():  # idle threads must not busy-wait between sessions
-        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert (
+            session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        )
     assert sdpa_enabled_count(torch_seg.backend.encoder) == len(torch_seg.backend.encoder.blocks)
     a, b = ort_seg.segment(photo), torch_seg.segment(photo)
     assert a.size == photo.shape[:2] and a.mask.shape == photo.shape[:2]
@@ -40,7 +44,7 @@ def test_prompted_torch_equals_onnxruntime(binary_artifacts, photo):
 
 
 def test_any_model_can_be_handed_to_the_segmenter(binary_artifacts, binary_adapter, photo):
-    """The unmerged trained model, run through the runtime's pre/post-processing, agrees with the dense artifact."""
+    """The unmerged trained model, through the runtime's processing, agrees with the dense artifact."""
     from naslora_deploy.core.checkpoint import load_adapter
     from naslora_deploy.runtime.manifest import read_manifest
 

@@ -15,12 +15,18 @@ def test_same_version_and_gpu_pass():
 
 
 def test_other_tensorrt_version():
-    with pytest.raises(NasloraError, match="built with TensorRT 10.3.0 but this machine has TensorRT 10.8.0; rebuild"):
-        check_engine_compatibility(SIDECAR, "10.8.0", {"name": "Orin", "compute_capability": "8.7"}, "enc.engine")
+    with pytest.raises(
+        NasloraError, match="built with TensorRT 10.3.0 but this machine has TensorRT 10.8.0; rebuild"
+    ):
+        check_engine_compatibility(
+            SIDECAR, "10.8.0", {"name": "Orin", "compute_capability": "8.7"}, "enc.engine"
+        )
 
 
 def test_other_gpu():
-    with pytest.raises(NasloraError, match=r"built on Orin \(compute capability 8.7\) but this GPU is NVIDIA H100 \(9.0\)"):
+    with pytest.raises(
+        NasloraError, match=r"built on Orin \(compute capability 8.7\) but this GPU is NVIDIA H100 \(9.0\)"
+    ):
         check_engine_compatibility(SIDECAR, "10.3.0", {"name": "NVIDIA H100", "compute_capability": "9.0"})
 
 

@@ -14,7 +14,9 @@ from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 
 @pytest.fixture(scope="module")
 def artifacts(binary_adapter, tmp_path_factory):
-    return export_artifacts(binary_adapter, tmp_path_factory.mktemp("pb") / "art", ExportSpec(prompts=True))[0]
+    return export_artifacts(binary_adapter, tmp_path_factory.mktemp("pb") / "art", ExportSpec(prompts=True))[
+        0
+    ]
 
 
 def test_predict_folder_with_one_corrupt_file(artifacts, binary_data, tmp_path):
@@ -24,8 +26,18 @@ def test_predict_folder_with_one_corrupt_file(artifacts, binary_data, tmp_path):
     shutil.copytree(binary_data / "test" / "images", folder)
     (folder / "broken.png").write_bytes(b"\x89PNG broken")
     result = subprocess.run(
-        [sys.executable, "-m", "naslora_deploy", "predict", str(artifacts), str(folder), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "naslora_deploy",
+            "predict",
+            str(artifacts),
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1  # some files failed
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
@@ -41,8 +53,20 @@ def test_predict_folder_with_one_corrupt_file(artifacts, binary_data, tmp_path):
 
 def test_predict_with_prompts_and_a_glob(artifacts, binary_data, tmp_path):
     pattern = str(binary_data / "test" / "images" / "*.png")
-    code = main(["predict", str(artifacts), pattern, "--out", str(tmp_path), "--points", "40,40,1;5,5,0", "--box", "10,10,120,120",
-                 "--no-progress"])
+    code = main(
+        [
+            "predict",
+            str(artifacts),
+            pattern,
+            "--out",
+            str(tmp_path),
+            "--points",
+            "40,40,1;5,5,0",
+            "--box",
+            "10,10,120,120",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert records and all(r["score"] is not None for r in records)
@@ -51,8 +75,24 @@ def test_predict_with_prompts_and_a_glob(artifacts, binary_data, tmp_path):
 
 def test_bench_alternates_two_artifacts(artifacts, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", str(artifacts), str(artifacts), "--runs", "4", "--warmup", "1", "--batch-sizes", "1,2",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(artifacts),
+                str(artifacts),
+                "--runs",
+                "4",
+                "--warmup",
+                "1",
+                "--batch-sizes",
+                "1,2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert [r["batch"] for r in rows] == [1, 2]
     for row in rows:
@@ -72,8 +112,13 @@ def test_triton_repository_configs_match_the_onnx_files(binary_adapter, tmp_path
     assert main(["export", str(binary_adapter), "--format", "triton", "--out", str(tmp_path / "t")]) == 0
     repository = tmp_path / "t" / "model_repository"
     types = {"float32": model_config_pb2.TYPE_FP32}
-    for model, onnx_name in (("naslora_image_encoder", "image_encoder"), ("naslora_mask_decoder", "mask_decoder")):
-        config = text_format.Parse((repository / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    for model, onnx_name in (
+        ("naslora_image_encoder", "image_encoder"),
+        ("naslora_mask_decoder", "mask_decoder"),
+    ):
+        config = text_format.Parse(
+            (repository / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
         onnx_file = repository / model / "1" / "model.onnx"
         signature = io_signature(onnx_file)
         assert config.name == model and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
@@ -82,7 +127,9 @@ def test_triton_repository_configs_match_the_onnx_files(binary_adapter, tmp_path
             assert [t.name for t in tensors] == [v["name"] for v in signature[kind]]
             assert [list(t.dims) for t in tensors] == [v["shape"][1:] for v in signature[kind]]
             assert [t.data_type for t in tensors] == [types[v["dtype"]] for v in signature[kind]]
-    ensemble = text_format.Parse((repository / "naslora_segment" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    ensemble = text_format.Parse(
+        (repository / "naslora_segment" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     steps = ensemble.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["naslora_image_encoder", "naslora_mask_decoder"]
     assert dict(steps[0].output_map) == {"image_embeddings": "image_embeddings"}

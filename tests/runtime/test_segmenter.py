@@ -18,6 +18,7 @@ def test_auto_picks_the_fastest_that_loads(binary_artifacts):
 
 def test_postprocessing_matches_sams_within_one_pixel(binary_artifacts, photo):
     from scipy import ndimage
+
     from naslora_deploy import build_sam
     from naslora_deploy.common.imaging import preprocess_image, resized_shape
 
@@ -27,11 +28,15 @@ def test_postprocessing_matches_sams_within_one_pixel(binary_artifacts, photo):
     ours = seg._postprocess(outputs, 0, photo.shape[:2]).mask
     low_res = torch.from_numpy(outputs["low_res_logits"])
     sam = build_sam("vit_tiny")  # SAM's own post-processing: upscale, crop the padding, resize back
-    theirs = (sam.postprocess_masks(low_res, resized_shape(*photo.shape[:2], 256), photo.shape[:2])[0, 0] > 0).numpy()
+    theirs = (
+        sam.postprocess_masks(low_res, resized_shape(*photo.shape[:2], 256), photo.shape[:2])[0, 0] > 0
+    ).numpy()
     differ = ours != theirs
     boundary = ndimage.binary_dilation(theirs) ^ ndimage.binary_erosion(theirs)
     assert differ.sum() < 0.01 * differ.size
-    assert not (differ & ~ndimage.binary_dilation(boundary)).any(), "masks may differ only within one pixel of the boundary"
+    assert not (differ & ~ndimage.binary_dilation(boundary)).any(), (
+        "masks may differ only within one pixel of the boundary"
+    )
 
 
 def test_preprocessing_is_the_training_pipelines(binary_artifacts, tmp_path, photo):
@@ -42,7 +47,9 @@ def test_preprocessing_is_the_training_pipelines(binary_artifacts, tmp_path, pho
 
     Image.fromarray(photo).save(tmp_path / "p.png")
     Image.fromarray(np.zeros(photo.shape[:2], np.uint8)).save(tmp_path / "m.png")
-    training = SegmentationDataset([(tmp_path / "p.png", tmp_path / "m.png")], ClassSpec(), 256)[0]["image"].numpy()
+    training = SegmentationDataset([(tmp_path / "p.png", tmp_path / "m.png")], ClassSpec(), 256)[0][
+        "image"
+    ].numpy()
     seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
     np.testing.assert_array_equal(seg._batch([photo])[0], training)
 

@@ -1,10 +1,9 @@
-"""The runtime and the CLI's runtime commands where torch cannot be imported, through every path ``auto`` takes."""
+"""The runtime and the CLI's runtime commands where torch cannot be imported, on every path ``auto`` takes."""
 
 import json
 import shutil
 
 import pytest
-
 from conftest import run_without, run_without_torch
 
 
@@ -37,7 +36,9 @@ def with_engine(binary_artifacts, tmp_path_factory):
     copy = tmp_path_factory.mktemp("engine") / "art"
     shutil.copytree(binary_artifacts, copy)
     (copy / "image_encoder.engine").write_bytes(b"not an engine")
-    (copy / "image_encoder.engine.json").write_text(json.dumps({"tensorrt_version": "0.0", "compute_capability": None}))
+    (copy / "image_encoder.engine.json").write_text(
+        json.dumps({"tensorrt_version": "0.0", "compute_capability": None})
+    )
     return copy
 
 
@@ -53,15 +54,19 @@ print(seg.backend_name, result.area, prompted.score is not None)
 
 @pytest.mark.parametrize("device", ["auto", "cpu", None])
 def test_auto_without_engines_takes_onnxruntime(binary_artifacts, photo_file, device):
-    result = run_without_torch(SEGMENT.format(artifacts=str(binary_artifacts), device=device, photo=str(photo_file)))
+    result = run_without_torch(
+        SEGMENT.format(artifacts=str(binary_artifacts), device=device, photo=str(photo_file))
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("onnxruntime (CPU)") and result.stdout.strip().endswith("True")
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu"])
 def test_auto_with_engines_falls_back_to_onnxruntime(with_engine, photo_file, device):
-    """TensorRT is tried (device auto) and fails here (no TensorRT, or a bad engine): onnxruntime takes over."""
-    result = run_without_torch(SEGMENT.format(artifacts=str(with_engine), device=device, photo=str(photo_file)))
+    """TensorRT is tried (device auto) and fails (no TensorRT, or a bad engine): onnxruntime takes over."""
+    result = run_without_torch(
+        SEGMENT.format(artifacts=str(with_engine), device=device, photo=str(photo_file))
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("onnxruntime (CPU)")
 
@@ -81,7 +86,10 @@ def test_auto_with_nothing_that_loads_says_why_in_one_error(with_engine):
     assert result.returncode == 0, result.stderr[-2000:]
     message = result.stdout.strip()
     assert message.startswith("no backend could load these artifacts (tensorrt: ")
-    assert "; onnxruntime: the onnxruntime backend needs the onnxruntime package: pip install onnxruntime" in message
+    assert (
+        "; onnxruntime: the onnxruntime backend needs the onnxruntime package: pip install onnxruntime"
+        in message
+    )
     assert "torch" not in message.replace("blocked", "")
 
 
@@ -95,11 +103,15 @@ sys.exit(code)
 
 def test_cli_predict_and_bench_without_torch(binary_artifacts, photo_file, tmp_path):
     out = tmp_path / "pred"
-    result = run_without_torch(CLI.format(argv=["predict", str(binary_artifacts), str(photo_file), "--out", str(out)]))
+    result = run_without_torch(
+        CLI.format(argv=["predict", str(binary_artifacts), str(photo_file), "--out", str(out)])
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "backend: onnxruntime (CPU); 1 image(s)" in result.stdout
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["file"] == str(photo_file)
-    result = run_without_torch(CLI.format(argv=["bench", str(binary_artifacts), "--runs", "2", "--warmup", "1"]))
+    result = run_without_torch(
+        CLI.format(argv=["bench", str(binary_artifacts), "--runs", "2", "--warmup", "1"])
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "onnxruntime (CPU)" in result.stdout
 
@@ -107,8 +119,19 @@ def test_cli_predict_and_bench_without_torch(binary_artifacts, photo_file, tmp_p
 def test_cli_help_and_torch_backend_without_torch(binary_artifacts, photo_file, tmp_path):
     result = run_without_torch(CLI.format(argv=["--help"]))
     assert result.returncode == 0, result.stderr[-2000:]
-    result = run_without_torch(CLI.format(argv=["predict", str(binary_artifacts), str(photo_file), "--out",
-                                                str(tmp_path), "--backend", "torch"]))
+    result = run_without_torch(
+        CLI.format(
+            argv=[
+                "predict",
+                str(binary_artifacts),
+                str(photo_file),
+                "--out",
+                str(tmp_path),
+                "--backend",
+                "torch",
+            ]
+        )
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "naslora-deploy predict: error: --backend torch needs the torch package: pip install torch"

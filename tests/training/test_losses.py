@@ -58,7 +58,9 @@ def test_multiclass_loss_equals_an_independent_computation():
     logits = outputs["mask_logits"][0, [0, 2]]
     prob = logits.sigmoid()
     bce = F.binary_cross_entropy_with_logits(logits, target_masks, reduction="none").mean((1, 2))
-    dice = 1 - 2 * (prob * target_masks).sum((1, 2)) / (target_masks.pow(2).sum((1, 2)) + prob.pow(2).sum((1, 2)))
+    dice = 1 - 2 * (prob * target_masks).sum((1, 2)) / (
+        target_masks.pow(2).sum((1, 2)) + prob.pow(2).sum((1, 2))
+    )
     ce = F.cross_entropy(outputs["class_logits"][0], torch.tensor([1, 2, 0]))
     expected = 1.0 * (bce + dice).mean() + 2.0 * ce
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)

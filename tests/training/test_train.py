@@ -11,15 +11,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from naslora_deploy.core.checkpoint import load_adapter, read_spec, trainable_state
 from naslora_deploy.common.errors import CheckpointError
+from naslora_deploy.core.checkpoint import load_adapter, read_spec, trainable_state
 from naslora_deploy.core.testing import perturb_adapters
-from naslora_deploy.training.trainer import Trainer, TrainConfig
+from naslora_deploy.training.trainer import TrainConfig, Trainer
 
 
 def _config(data, out, **changes):
-    fields = dict(data=str(data), out=str(out), model="vit_tiny", epochs=2, search_start=1, batch_size=4,
-                  lr=1e-3, progress=False)
+    fields = dict(
+        data=str(data),
+        out=str(out),
+        model="vit_tiny",
+        epochs=2,
+        search_start=1,
+        batch_size=4,
+        lr=1e-3,
+        progress=False,
+    )
     fields.update(changes)
     return TrainConfig(**fields)
 
@@ -35,7 +43,9 @@ def _same(a, b):
 def _first_batch(trainer):
     from naslora_deploy.training.trainer import epoch_order
 
-    loader = trainer._loader(trainer.splits.split("train"), epoch_order(len(trainer.splits.split("train")), 0, 0))
+    loader = trainer._loader(
+        trainer.splits.split("train"), epoch_order(len(trainer.splits.split("train")), 0, 0)
+    )
     return next(iter(loader))
 
 
@@ -110,7 +120,9 @@ def test_same_pass_alpha_step_takes_both_gradients_from_one_backward(binary_data
         assert (got is None) == (want is None)  # parts the loss does not reach (e.g. the IoU head)
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
-    assert all(g is not None and g.abs().sum() > 0 for g in alpha_grads), "every alpha must receive a gradient"
+    assert all(g is not None and g.abs().sum() > 0 for g in alpha_grads), (
+        "every alpha must receive a gradient"
+    )
     # the weight update is stage 1's, whichever pass alpha's gradient came from
     assert _same(same.weights, second.weights)
     assert not _same(alphas_before, same.alphas)
@@ -179,8 +191,26 @@ def test_base_checkpoint_mismatch_is_refused(binary_data, tmp_path):
 
 
 def _train_command(data, out, *extra):
-    return [sys.executable, "-m", "naslora_deploy", "train", "--data", str(data), "--model", "vit_tiny",
-            "--out", str(out), "--epochs", "6", "--search-start", "1", "--lr", "1e-3", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "naslora_deploy",
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "vit_tiny",
+        "--out",
+        str(out),
+        "--epochs",
+        "6",
+        "--search-start",
+        "1",
+        "--lr",
+        "1e-3",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _checkpoint_epoch(run):
@@ -199,8 +229,9 @@ def test_resume_after_sigkill_ends_with_the_same_weights(binary_data, tmp_path):
     subprocess.run(_train_command(binary_data, straight), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(binary_data, killed), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_command(binary_data, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while _checkpoint_epoch(killed) < 2 and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -220,9 +251,30 @@ def test_resume_after_sigkill_ends_with_the_same_weights(binary_data, tmp_path):
 
 def test_two_process_data_parallel_run_ends_with_identical_weights(binary_data, tmp_path):
     run = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "naslora_deploy", "train", "--data", str(binary_data), "--model", "vit_tiny", "--out", str(run),
-               "--epochs", "2", "--search-start", "1", "--device", "cpu", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "naslora_deploy",
+        "train",
+        "--data",
+        str(binary_data),
+        "--model",
+        "vit_tiny",
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--search-start",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

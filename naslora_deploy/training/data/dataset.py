@@ -8,9 +8,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from naslora_deploy.common.imaging import (
+    IGNORE_INDEX,
+    binarize_mask,
+    preprocess_image,
+    preprocess_mask,
+    read_image,
+    read_mask,
+)
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.training.data.folder import Pair
-from naslora_deploy.common.imaging import IGNORE_INDEX, binarize_mask, preprocess_image, preprocess_mask, read_image, read_mask
 
 
 def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:

@@ -10,11 +10,21 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IGNORE_INDEX, IMAGE_SUFFIXES, ImageReadError, read_image, read_mask
+from naslora_deploy.core.classes import ClassSpec
 
-MASK_SUFFIXES = ("_segmentation", "_Segmentation", "_mask", "_Mask", "_gt", "_GT", "-mask", "_label", "_labels")
+MASK_SUFFIXES = (
+    "_segmentation",
+    "_Segmentation",
+    "_mask",
+    "_Mask",
+    "_gt",
+    "_GT",
+    "-mask",
+    "_label",
+    "_labels",
+)
 SPLITS = ("train", "val", "test")
 Pair = Tuple[Path, Path]
 
@@ -50,7 +60,10 @@ def pair_folder(folder: Path, skip_bad: bool, skipped: List[str]) -> List[Pair]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     for needed in (images_dir, masks_dir):
         if not needed.is_dir():
-            raise NasloraError(f"{needed} not found; a data set needs images/ and masks/ (optionally under train/ val/ test/)")
+            raise NasloraError(
+                f"{needed} not found; a data set needs images/ and masks/ (optionally under train/ val/ "
+                "test/)"
+            )
     masks: Dict[str, Path] = {}
     for mask in _images_in(masks_dir):
         masks.setdefault(mask_key(mask.stem), mask)
@@ -76,7 +89,9 @@ def resolve_classes(root: Path, num_classes: Optional[int]) -> ClassSpec:
     if classes_json.is_file():
         spec = ClassSpec.from_classes_json(classes_json)
         if num_classes is not None and num_classes != spec.num_classes:
-            raise NasloraError(f"--classes {num_classes} disagrees with {classes_json} ({spec.num_classes} names)")
+            raise NasloraError(
+                f"--classes {num_classes} disagrees with {classes_json} ({spec.num_classes} names)"
+            )
         return spec
     return ClassSpec(num_classes or 1)
 
@@ -87,13 +102,17 @@ def check_pair(pair: Pair, classes: ClassSpec) -> None:
     image = read_image(image_path)
     raw = read_mask(mask_path, classes.palette_lookup())
     if raw.shape != image.shape[:2]:
-        raise ImageReadError(f"{mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}")
+        raise ImageReadError(
+            f"{mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "
+            f"{image.shape[1]}x{image.shape[0]}"
+        )
     if not classes.binary:
         values = np.unique(raw)
         bad = values[(values >= classes.num_classes) & (values != IGNORE_INDEX)]
         if bad.size:
             raise ImageReadError(
-                f"{mask_path}: label {int(bad[0])} is out of range for {classes.num_classes} classes (255 = ignore)"
+                f"{mask_path}: label {int(bad[0])} is out of range for {classes.num_classes} classes (255 = "
+                "ignore)"
             )
 
 

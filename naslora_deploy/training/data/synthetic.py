@@ -37,14 +37,20 @@ def _draw_object(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray
         inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
     else:
         inside = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
-    colour = rng.uniform(150, 250, size=3) if kind == 1 else rng.uniform(120, 220, size=3) * np.array([1.0, 0.6, 0.4])
+    colour = (
+        rng.uniform(150, 250, size=3)
+        if kind == 1
+        else rng.uniform(120, 220, size=3) * np.array([1.0, 0.6, 0.4])
+    )
     period = rng.uniform(4, 9)
     stripes = 20 * np.sin((yy + xx) / period)[..., None] if kind == 2 else 0
     image[inside] = (colour + stripes + rng.normal(0, 8, size=(height, width, 3)))[inside]
     labels[inside] = kind
 
 
-def synthetic_sample(rng: np.random.Generator, size_range: Tuple[int, int] = (192, 320)) -> Tuple[np.ndarray, np.ndarray]:
+def synthetic_sample(
+    rng: np.random.Generator, size_range: Tuple[int, int] = (192, 320)
+) -> Tuple[np.ndarray, np.ndarray]:
     """One (H, W, 3) uint8 image and its (H, W) uint8 label map (0, 1 = disc, 2 = box)."""
     height, width = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
     image = _background(rng, height, width)
@@ -76,7 +82,9 @@ def write_synthetic_dataset(
             if multiclass:
                 Image.fromarray(labels).save(out / split / "masks" / f"{stem}.png")
             else:
-                Image.fromarray(((labels > 0) * 255).astype(np.uint8)).save(out / split / "masks" / f"{stem}_mask.png")
+                Image.fromarray(((labels > 0) * 255).astype(np.uint8)).save(
+                    out / split / "masks" / f"{stem}_mask.png"
+                )
     if multiclass:
         (out / "classes.json").write_text(json.dumps({"names": list(CLASS_NAMES)}, indent=2) + "\n")
     return out

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from naslora_deploy.training.data.folder import discover, mask_key
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.training.data.folder import discover, mask_key
 
 
 def _write(folder, stem, mask_stem=None, size=(24, 32), mask_value=255, suffix=".png"):
@@ -83,7 +83,9 @@ def test_colour_coded_masks_with_palette(tmp_path):
     colour = np.zeros((8, 8, 3), np.uint8)
     colour[:4] = [255, 0, 0]
     Image.fromarray(colour).save(tmp_path / "masks" / "t.png")
-    (tmp_path / "classes.json").write_text(json.dumps({"names": ["bg", "glass"], "palette": [[0, 0, 0], [255, 0, 0]]}))
+    (tmp_path / "classes.json").write_text(
+        json.dumps({"names": ["bg", "glass"], "palette": [[0, 0, 0], [255, 0, 0]]})
+    )
     splits = discover(tmp_path, val_fraction=0.0)
     assert splits.classes.num_classes == 2 and splits.classes.palette == [(0, 0, 0), (255, 0, 0)]
     from naslora_deploy.training.data.dataset import load_labels

@@ -14,5 +14,7 @@ def test_synthetic_dataset_is_seeded_and_ordinary(tmp_path):
     masks = [np.asarray(Image.open(p)) for p in (a / "train" / "masks").iterdir()]
     assert all(set(np.unique(m)) <= {0, 255} for m in masks) and any(m.max() == 255 for m in masks)
     multi = write_synthetic_dataset(tmp_path / "m", count=4, multiclass=True, seed=5)
-    labels = np.concatenate([np.asarray(Image.open(p)).ravel() for p in (multi / "train" / "masks").iterdir()])
+    labels = np.concatenate(
+        [np.asarray(Image.open(p)).ravel() for p in (multi / "train" / "masks").iterdir()]
+    )
     assert set(np.unique(labels)) <= {0, 1, 2} and (multi / "classes.json").is_file()
