@@ -23,8 +23,9 @@ from naslora_deploy.common.io import atomic_write_text, sha256_of, write_directo
 from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
 from naslora_deploy.exporters.specs import ExportSpec
-from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, require_tensorrt, trtexec_command
+from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, trtexec_command
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph, MaskDecoderGraph, PromptDecoderGraph
+from naslora_deploy.runtime.engines import import_tensorrt
 
 
 @dataclass
@@ -153,7 +154,7 @@ def export_artifacts(
     ``format="triton"`` writes the ONNX artifacts here; ``export`` adds the repository.
     """
     if spec.format == "trt":
-        require_tensorrt()  # fail before any work, with install help
+        import_tensorrt()  # fail before any work, with install help
     loaded = load_source(source, spec, variant, base, allow_base_mismatch, progress)
     model = loaded.model
     manifest: dict = {}

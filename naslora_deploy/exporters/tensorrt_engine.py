@@ -15,20 +15,10 @@ from typing import Dict, List, Optional
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.exporters.specs import EngineSpec
-from naslora_deploy.runtime.engines import INSTALL_HELP, current_gpu, sidecar_path
+from naslora_deploy.runtime.engines import current_gpu, import_tensorrt, sidecar_path
 
 # ONNX node names TensorRT keeps as layer names: LayerNorm (and LayerNorm2d's pieces) and softmax.
 FP32_LAYER_NAMES = ("LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax")
-
-
-def require_tensorrt():
-    """Import ``tensorrt`` or raise one line on how to get it."""
-    try:
-        import tensorrt
-
-        return tensorrt
-    except ImportError:
-        raise NasloraError(INSTALL_HELP) from None
 
 
 def _shape_text(shape: List) -> str:
@@ -81,7 +71,7 @@ def _keep_fp32(network, trt) -> int:
 
 def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs: List[dict]) -> Path:
     """Build a serialized engine from ``onnx_path``; writes it and its sidecar atomically."""
-    trt = require_tensorrt()
+    trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     explicit = (

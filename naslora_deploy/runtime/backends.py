@@ -133,13 +133,10 @@ class TensorRTBackend:
     profile's largest batch and reused; the decoder reads the encoder's output buffer."""
 
     def __init__(self, directory: Path, manifest: dict) -> None:
-        from naslora_deploy.runtime.engines import INSTALL_HELP, load_engine_bytes
+        from naslora_deploy.runtime.engines import import_tensorrt, load_engine_bytes
 
-        try:
-            import tensorrt as trt
-            from cuda.bindings import runtime as cudart
-        except ImportError:  # TensorRT is never a pip extra of ours: JetPack or NVIDIA's wheel
-            raise NasloraError(INSTALL_HELP + "; the TensorRT backend also needs cuda-python") from None
+        trt = import_tensorrt()
+        cudart = lazy_import("cuda.bindings.runtime", "pip:cuda-python", "the TensorRT backend")
         self.trt, self.cudart = trt, cudart
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.lazy import lazy_import
 
 INSTALL_HELP = (
     "TensorRT is not installed: on an x86 server `pip install tensorrt` (NVIDIA's wheel, matching your "
@@ -96,12 +97,14 @@ def read_sidecar(engine: Path) -> dict:
         raise NasloraError(f"{path} is damaged ({exc})") from None
 
 
+def import_tensorrt():
+    """The ``tensorrt`` module, or one line on how to get it (JetPack, NVIDIA's wheel, or trtexec)."""
+    return lazy_import("tensorrt", message=INSTALL_HELP)
+
+
 def load_engine_bytes(engine: Path) -> bytes:
     """Check the sidecar against this machine, then return the engine's bytes."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise NasloraError(INSTALL_HELP) from None
+    trt = import_tensorrt()
     sidecar = read_sidecar(engine)
     check_engine_compatibility(sidecar, trt.__version__, current_gpu(), str(engine))
     return Path(engine).read_bytes()
