@@ -39,7 +39,7 @@ def _option_for(field: dataclasses.Field, hint) -> Callable:
     args = typing.get_args(hint)
     kind = next(a for a in args if a is not type(None)) if type(None) in args else hint
     if kind is bool:
-        if field.default is None:
+        if field.default is not False:  # None (decide later) or True: a --x/--no-x pair
             return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=meta["help"])
         return click.option(flag, field.name, is_flag=True, default=field.default, help=meta["help"])
     if meta["parse"] is not None:  # a string on the command line, the field's own type after parsing
@@ -262,7 +262,12 @@ def merge(
     from naslora_deploy.core.checkpoint import write_merged
 
     model = _load(adapter, base, allow_base_mismatch, device)
-    images = read_calibration(calibration, calibration_images, model.spec.image_size) if calibration else None
+    spec = model.spec
+    images = (
+        read_calibration(calibration, calibration_images, spec.image_size, spec.normalization)
+        if calibration
+        else None
+    )
     _, report, written = write_merged(model, mode, out, images, source=str(adapter), progress=progress)
     click.echo(report.summary())
     for path in written:

@@ -266,3 +266,50 @@ sys.exit(main(["inspect", {str(trained_run)!r}, "--plot", {str(tmp_path / "p.png
         "naslora-deploy inspect: error: --plot needs the matplotlib package: pip install "
         "'naslora-deploy[plot]'"
     )
+
+
+def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path, capsys):
+    """The real pretrained TinyViT SAM through train -> eval -> merge -> export -> verify -> predict."""
+    run, art = tmp_path / "run", tmp_path / "art"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(binary_data),
+                "--model",
+                "litemedsam",
+                "--method",
+                "nas_pc_lora",
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--max-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((run / "best" / "adapter_config.json").read_text())
+    assert config["variant"] == "litemedsam" and config["normalization"] == "minmax"
+    assert config["base_sha256"] == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+    assert not (run / "base_model.safetensors").exists()  # the bundled weights are recorded, not copied
+    assert main(["eval", str(run), "--data", str(binary_data), "--json", str(tmp_path / "m.json")]) == 0
+    assert main(["merge", str(run), "--mode", "dense", "--out", str(tmp_path / "lm.pth")]) == 0
+    build_sam("litemedsam", tmp_path / "lm.pth")  # a plain LiteMedSAM checkpoint, strictly
+    assert main(["export", str(run), "--out", str(art), "--prompts"]) == 0
+    assert json.loads((art / "manifest.json").read_text())["normalization"] == "minmax"
+    capsys.readouterr()
+    assert main(["verify", str(art), "--against-plain-sam", "--repeats", "2", "--count", "1"]) == 0
+    assert "identical operators True, initializers True, MACs True" in capsys.readouterr().out
+    image = sorted((binary_data / "test" / "images").iterdir())[0]
+    assert (
+        main(["predict", str(art), str(image), "--out", str(tmp_path / "pred"), "--box", "20,20,150,140"])
+        == 0
+    )
+    record = json.loads((tmp_path / "pred" / "results.jsonl").read_text())
+    assert record["score"] is not None and record["area"] > 0

@@ -16,6 +16,7 @@ from naslora_deploy.common.errors import NasloraError, first_line
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+NORMALIZATIONS = ("imagenet", "minmax")  # SAM's mean/std; MedSAM's per-image min-max to [0, 1]
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -111,12 +112,22 @@ def resized_shape(height: int, width: int, size: int) -> Tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, size, size) float32: resize longest side, normalise, pad."""
+def preprocess_image(image: np.ndarray, size: int, normalization: str = "imagenet") -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, size, size) float32: resize the longest side, normalise, pad with zeros.
+
+    ``normalization``: ``imagenet`` is SAM's (pixel mean / std); ``minmax`` is
+    MedSAM's (the resized image's intensities stretched to [0, 1]).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; choose {', '.join(NORMALIZATIONS)}")
     height, width = image.shape[:2]
     new_h, new_w = resized_shape(height, width, size)
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
-    normalised = (resized - PIXEL_MEAN) / PIXEL_STD
+    if normalization == "imagenet":
+        normalised = (resized - PIXEL_MEAN) / PIXEL_STD
+    else:
+        low = resized.min()
+        normalised = (resized - low) / max(float(resized.max() - low), 1e-8)
     out = np.zeros((3, size, size), dtype=np.float32)
     out[:, :new_h, :new_w] = normalised.transpose(2, 0, 1)
     return out

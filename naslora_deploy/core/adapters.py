@@ -11,6 +11,7 @@ from torch import nn
 
 from naslora_deploy.core.config import AdapterConfig
 from naslora_deploy.core.layers import CELL_FORWARDS, AdaptedQKV
+from naslora_deploy.core.tinyvit import qkv_layout
 
 
 def add_adapters(sam, config: AdapterConfig):
@@ -24,7 +25,7 @@ def add_adapters(sam, config: AdapterConfig):
     if any(True for _ in adapted_layers(sam)):
         raise ValueError("this model already has adapters; build a fresh SAM to add another set")
     config.validate()
-    blocks = sam.image_encoder.blocks
+    blocks = [block for _, block in attention_blocks(sam.image_encoder)]
     indices = config.block_indices(len(blocks))
     for param in sam.image_encoder.parameters():
         param.requires_grad_(False)
@@ -36,15 +37,29 @@ def add_adapters(sam, config: AdapterConfig):
         torch.manual_seed(config.seed)
         for index in indices:
             base = blocks[index].attn.qkv
-            wrapped = AdaptedQKV(base, config).to(device=base.weight.device, dtype=base.weight.dtype)
-            blocks[index].attn.qkv = wrapped
+            columns, grid = qkv_layout(blocks[index])
+            wrapped = AdaptedQKV(base, config, columns, grid)
+            blocks[index].attn.qkv = wrapped.to(device=base.weight.device, dtype=base.weight.dtype)
     sam.adapter_config = config
     return sam
 
 
+def attention_blocks(image_encoder) -> List[Tuple[str, nn.Module]]:
+    """``(path, block)`` of every encoder block with an ``attn.qkv``, in order: the adaptable blocks.
+
+    SAM ViT: ``blocks.i``; TinyViT: ``layers.l.blocks.j`` (its MBConv blocks have no
+    attention). A block's position in this list is its index in ``AdapterConfig.blocks``.
+    """
+    return [
+        (name, module)
+        for name, module in image_encoder.named_modules()
+        if isinstance(getattr(getattr(module, "attn", None), "qkv", None), nn.Module)
+    ]
+
+
 def adapted_layers(model) -> Iterator[Tuple[int, AdaptedQKV]]:
     """Yield ``(block_index, AdaptedQKV)`` for every adapted block, in order."""
-    for index, block in enumerate(model.image_encoder.blocks):
+    for index, (_, block) in enumerate(attention_blocks(model.image_encoder)):
         if isinstance(block.attn.qkv, AdaptedQKV):
             yield index, block.attn.qkv
 

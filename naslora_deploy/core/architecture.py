@@ -12,7 +12,8 @@ from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.core.checkpoint import WEIGHTS_NAME, read_spec, resolve_checkpoint_dir
 
-ALPHA_KEY = re.compile(r"blocks\.(\d+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
+# the block's path in the encoder (SAM ViT: blocks.i; TinyViT: layers.l.blocks.j) and the projection
+ALPHA_KEY = re.compile(r"image_encoder\.(.+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
 SHORT_NAMES = {
     "sep_conv_3x3": "sep3x3",
     "sep_conv_5x5": "sep5x5",
@@ -36,16 +37,29 @@ def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.nda
             f"{directory} holds plain LoRA adapters: there is no searched architecture to inspect"
         )
     state = load_file(str(directory / WEIGHTS_NAME))
-    weights = {}
+    found = {}
     for key, value in state.items():
         match = ALPHA_KEY.search(key)
         if match:
             alpha = value.astype(np.float64)
             exp = np.exp(alpha - alpha.max())
-            weights[(int(match.group(1)), match.group(2))] = exp / exp.sum()
+            found[(match.group(1), match.group(2))] = exp / exp.sum()
+    weights = {(_block_index(path, spec, found), target): w for (path, target), w in found.items()}
     return list(spec.adapter.ops), dict(
         sorted(weights.items(), key=lambda kv: (kv[0][0], "qkv".index(kv[0][1])))
     )
+
+
+def _path_order(path: str) -> Tuple[int, ...]:
+    """``layers.2.blocks.10`` -> (2, 10): the encoder's own block order."""
+    return tuple(int(part) for part in path.split(".") if part.isdigit())
+
+
+def _block_index(path: str, spec, found: Dict[Tuple[str, str], np.ndarray]) -> int:
+    """A block path's index in ``AdapterConfig.blocks``: its place among the encoder's attention blocks."""
+    paths = sorted({p for p, _ in found}, key=_path_order)
+    indices = range(len(paths)) if spec.adapter.blocks == "all" else sorted(spec.adapter.blocks)
+    return dict(zip(paths, indices))[path]
 
 
 def operation_shares(weights: Dict[Tuple[int, str], np.ndarray]) -> np.ndarray:

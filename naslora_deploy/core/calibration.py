@@ -19,8 +19,8 @@ from naslora_deploy.common.imaging import IMAGE_SUFFIXES, preprocess_image, read
 Calibration = Union[torch.Tensor, Callable[[], Iterable[torch.Tensor]], Iterable[torch.Tensor]]
 
 
-def calibration_images(folder, count: int, image_size: int) -> torch.Tensor:
-    """Up to ``count`` preprocessed images from ``folder`` (or its images/, train/images/)."""
+def calibration_images(folder, count: int, image_size: int, normalization: str = "imagenet") -> torch.Tensor:
+    """Up to ``count`` images from ``folder`` (or its images/, train/images/), preprocessed as inputs."""
     folder = Path(folder)
     for candidate in (folder / "train" / "images", folder / "images", folder):
         if candidate.is_dir():
@@ -33,7 +33,9 @@ def calibration_images(folder, count: int, image_size: int) -> torch.Tensor:
         raise NasloraError(f"no images in {folder} (png, jpg, jpeg, bmp, tif) for calibration")
     step = max(1, len(files) // count)
     chosen = files[::step][:count]
-    return torch.from_numpy(np.stack([preprocess_image(read_image(p), image_size) for p in chosen]))
+    return torch.from_numpy(
+        np.stack([preprocess_image(read_image(p), image_size, normalization) for p in chosen])
+    )
 
 
 def calibration_batches(calibration: Calibration, image_size: int) -> Callable[[], Iterator[torch.Tensor]]:

@@ -43,6 +43,7 @@ class RunSpec:
     base_checkpoint: Optional[str] = None
     base_sha256: Optional[str] = None
     progress: dict = field(default_factory=dict)
+    normalization: str = "imagenet"
 
     @property
     def head(self) -> str:
@@ -56,6 +57,7 @@ class RunSpec:
             "naslora_deploy_version": __version__,
             "variant": self.variant,
             "image_size": self.image_size,
+            "normalization": self.normalization,
             "head": self.head,
             "classes": self.classes.to_dict(),
             "num_queries": self.num_queries,
@@ -79,6 +81,7 @@ class RunSpec:
                 classes=ClassSpec.from_dict(data["classes"]),
                 num_queries=int(data.get("num_queries", 0)),
                 image_size=int(data["image_size"]),
+                normalization=data.get("normalization", "imagenet"),  # files older than the field: SAM's
                 base_checkpoint=data.get("base_checkpoint"),
                 base_sha256=data.get("base_sha256"),
                 progress=dict(data.get("progress") or {}),
@@ -89,11 +92,12 @@ class RunSpec:
 
 def trainable_state(model) -> Dict[str, torch.Tensor]:
     """The whole trainable state of a ``SegmentationModel``, by structure, not by requires_grad."""
-    from naslora_deploy.core.adapters import adapted_layers
+    from naslora_deploy.core.adapters import adapted_layers, attention_blocks
 
+    paths = [path for path, _ in attention_blocks(model.sam.image_encoder)]
     keep = set()
     for index, layer in adapted_layers(model.sam):
-        prefix = f"sam.image_encoder.blocks.{index}.attn.qkv.adapters."
+        prefix = f"sam.image_encoder.{paths[index]}.attn.qkv.adapters."
         keep.update(prefix + name for name, _ in layer.adapters.named_parameters())
         keep.update(prefix + name for name, _ in layer.adapters.named_buffers())
     state = model.state_dict()
@@ -146,7 +150,14 @@ def _base_path(spec: RunSpec, directory: Path, base_checkpoint) -> Optional[Path
     if spec.base_checkpoint is None:
         return None
     recorded = Path(spec.base_checkpoint)
-    return recorded if recorded.is_absolute() else (directory / recorded)
+    recorded = recorded if recorded.is_absolute() else (directory / recorded)
+    if not recorded.is_file():  # weights that ship with a package move with its install: look there
+        from naslora_deploy.core.variants import VARIANTS
+
+        bundled = VARIANTS[spec.variant].pretrained_checkpoint() if spec.variant in VARIANTS else None
+        if bundled is not None and sha256_of(bundled) == spec.base_sha256:
+            return Path(bundled)
+    return recorded
 
 
 def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = False, device="cpu"):
@@ -178,7 +189,7 @@ def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = Fa
                 f"{spec.base_sha256[:12]}...; pass the original SAM checkpoint, or --allow-base-mismatch to "
                 "use it anyway"
             )
-    sam = build_sam(spec.variant, base)
+    sam = build_sam(spec.variant, base, pretrained=False)  # exactly the recorded base
     add_adapters(sam, spec.adapter)
     model = SegmentationModel(sam, spec.classes.num_classes, spec.num_queries)
     try:
@@ -230,6 +241,7 @@ def write_merged(model, mode: str, out, calibration=None, source: str = "", prog
     description = {
         "variant": spec.variant,
         "image_size": spec.image_size,
+        "normalization": spec.normalization,
         "head": spec.head,
         "classes": spec.classes.to_dict(),
         "num_queries": spec.num_queries,

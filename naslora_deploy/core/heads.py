@@ -58,6 +58,11 @@ class SegmentationModel(nn.Module):
         """Side of the square, padded model input."""
         return self.sam.image_encoder.img_size
 
+    @property
+    def normalization(self) -> str:
+        """The input normalisation of the SAM variant (``build_sam`` records it; SAM's own by default)."""
+        return getattr(self.sam, "normalization", "imagenet")
+
     def prompt_free_embeddings(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Empty sparse prompts, the no-mask dense embedding and the positional encoding."""
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)

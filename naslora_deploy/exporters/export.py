@@ -24,7 +24,12 @@ from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
 from naslora_deploy.exporters.specs import ExportSpec
 from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, trtexec_command
-from naslora_deploy.exporters.wrappers import ImageEncoderGraph, MaskDecoderGraph, PromptDecoderGraph
+from naslora_deploy.exporters.wrappers import (
+    ImageEncoderGraph,
+    MaskDecoderGraph,
+    PromptDecoderGraph,
+    batch_dynamic,
+)
 from naslora_deploy.runtime.engines import import_tensorrt
 
 
@@ -60,7 +65,7 @@ def load_source(
             from naslora_deploy.core.calibration import calibration_images
 
             calibration = calibration_images(
-                spec.calibration, spec.calibration_images, trained.spec.image_size
+                spec.calibration, spec.calibration_images, trained.spec.image_size, trained.spec.normalization
             )
         model, report = merge(trained, spec.merge, calibration=calibration, progress=progress)
         description = {
@@ -119,7 +124,10 @@ def export_graphs(
             names.PROMPT_OUTPUTS,
         )
     for name, (module, example, inputs, outputs) in progress_bar(graphs.items(), "export: ONNX", progress):
-        path = module_to_onnx(module, example, directory / names.onnx_file(name), inputs, outputs, **common)
+        with batch_dynamic(model.sam.image_encoder):
+            path = module_to_onnx(
+                module, example, directory / names.onnx_file(name), inputs, outputs, **common
+            )
         if spec.format != "trt" and spec.precision == "fp16":
             path = onnx_to_fp16(path, path, spec.external_threshold)
         files[name] = path
@@ -236,6 +244,7 @@ def _manifest(
         "onnx_version": onnx.__version__,
         "variant": loaded.variant,
         "image_size": model.image_size,
+        "normalization": model.normalization,
         "head": "multiclass" if model.class_head is not None else "binary",
         "classes": classes,
         "num_queries": model.class_head.queries.num_embeddings if model.class_head is not None else 0,

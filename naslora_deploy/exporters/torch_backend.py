@@ -30,9 +30,8 @@ class TorchBackend:
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if auto else device)
         model = model.to(self.device).eval()
         self.encoder = model.sam.image_encoder
-        use_sdpa(
-            self.encoder
-        )  # equal to SAM's attention to ~2e-6 (tests/exporters/test_fast_attention.py), and faster
+        if hasattr(self.encoder, "blocks"):  # SAM ViT: SDPA equals its attention to ~2e-6, and is faster
+            use_sdpa(self.encoder)
         self.decoder = MaskDecoderGraph(model).to(self.device)
         self.prompter = PromptDecoderGraph(model.sam).to(self.device)
         self.outputs = names.decoder_outputs(model.class_head is not None)

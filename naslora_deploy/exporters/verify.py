@@ -81,7 +81,7 @@ def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: i
     if images_dir:
         from naslora_deploy.core.calibration import calibration_images
 
-        return calibration_images(images_dir, count, size).numpy()
+        return calibration_images(images_dir, count, size, manifest.get("normalization", "imagenet")).numpy()
     from naslora_deploy.core.fidelity import probe_images
 
     return probe_images(size, count, seed=seed).numpy()
@@ -191,7 +191,7 @@ def plain_sam_proof(directory, repeats: int = 10) -> dict:
     manifest = read_manifest(directory)
     spec = ExportSpec.from_manifest(manifest)
     spec.format, spec.prompts = "onnx", False
-    plain = SegmentationModel(build_sam(manifest["variant"])).eval()
+    plain = SegmentationModel(build_sam(manifest["variant"])).eval()  # pretrained weights where it has them
     with tempfile.TemporaryDirectory() as tmp:
         files = export_graphs(plain, spec, Path(tmp))
         artifact_encoder, plain_encoder = (

@@ -11,10 +11,42 @@ to the original image happen in the runtime, so no ``orig_im_size`` input.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
 from naslora_deploy.core.heads import batched_predict_masks, decode_queries, upsample_logits
+
+
+def _batch_dynamic_merging_forward(self, x: torch.Tensor) -> torch.Tensor:
+    if x.ndim == 3:  # TinyViT takes ``B = len(x)``, a constant once traced; ``x.shape[0]`` stays symbolic
+        height, width = self.input_resolution
+        x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+    return type(self).__mro__[1].forward(self, x)
+
+
+@contextmanager
+def batch_dynamic(image_encoder: nn.Module) -> Iterator[None]:
+    """Inside the block, TinyViT's patch mergings keep the batch axis dynamic when traced.
+
+    Their class is swapped for a subclass that only overrides ``forward`` (same
+    maths, same parameters), and swapped back after; SAM ViT encoders are untouched.
+    """
+    swapped = []
+    for module in image_encoder.modules():
+        cls = type(module)
+        if cls.__name__ == "PatchMerging" and hasattr(module, "input_resolution"):
+            module.__class__ = type(
+                f"BatchDynamic{cls.__name__}", (cls,), {"forward": _batch_dynamic_merging_forward}
+            )
+            swapped.append((module, cls))
+    try:
+        yield
+    finally:
+        for module, cls in swapped:
+            module.__class__ = cls
 
 
 class ImageEncoderGraph(nn.Module):

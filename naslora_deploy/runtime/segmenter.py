@@ -77,6 +77,7 @@ class Segmenter:
         self.manifest = manifest
         self.backend = backend
         self.image_size = int(manifest["image_size"])
+        self.normalization = manifest.get("normalization", "imagenet")  # older manifests: SAM's
         self.classes = manifest.get("classes") or {"num_classes": 1}
         self.multiclass = manifest["head"] == "multiclass"
         self.point_slots = manifest.get("prompt_point_slots")
@@ -101,7 +102,7 @@ class Segmenter:
         if self._input.shape[0] != len(images):
             self._input = np.zeros((len(images), 3, self.image_size, self.image_size), np.float32)
         for i, image in enumerate(images):
-            self._input[i] = preprocess_image(image, self.image_size)
+            self._input[i] = preprocess_image(image, self.image_size, self.normalization)
         return self._input
 
     def segment(

@@ -31,10 +31,16 @@ class TrainConfig:
 
     data: str = field(metadata=option("folder with images/ and masks/ (optionally train/ val/ test/)"))
     out: str = field(metadata=option("run directory"))
-    model: str = field(default="vit_b", metadata=option("SAM variant: vit_b, vit_l, vit_h or vit_tiny"))
+    model: str = field(
+        default="vit_b", metadata=option("SAM variant: vit_b, vit_l, vit_h, vit_tiny or litemedsam")
+    )
     method: str = field(default="nas_pc_lora", metadata=option("adapter method", choices=METHODS))
     checkpoint: Optional[str] = field(
         default=None, metadata=option("base SAM checkpoint (.pth or .safetensors); random weights without it")
+    )
+    pretrained: bool = field(
+        default=True,
+        metadata=option("without --checkpoint, load the weights that ship with the variant (litemedsam)"),
     )
     epochs: int = field(default=40, metadata=option("training epochs (T)"))
     search_start: int = field(

@@ -40,7 +40,7 @@ def run_demo(config: DemoConfig) -> Path:
         f"test set ({len(test)} images): IoU {metrics['iou']:.4f}, Dice {metrics['dice']:.4f}, BER "
         f"{metrics['ber']:.2f} %"
     )
-    calibration = calibration_images(data, 8, model.spec.image_size)
+    calibration = calibration_images(data, 8, model.spec.image_size, model.spec.normalization)
     written = []
     for mode in ("fused", "dense"):
         merged, report, paths = write_merged(

@@ -18,7 +18,8 @@ from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics
 def predict_probabilities(model, images: List[np.ndarray], device) -> List[np.ndarray]:
     """Per image: (H, W) foreground probability, or (K, H, W) class probabilities."""
     size = model.image_size
-    batch = torch.from_numpy(np.stack([preprocess_image(image, size) for image in images])).to(device)
+    batch = [preprocess_image(image, size, model.normalization) for image in images]
+    batch = torch.from_numpy(np.stack(batch)).to(device)
     outputs = model(batch)
     logits = upsample_logits(outputs["mask_logits"].float(), size)
     if "class_logits" in outputs:

@@ -28,7 +28,12 @@ from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.core.adapters import add_adapters, architecture_parameters, weight_parameters
+from naslora_deploy.core.adapters import (
+    add_adapters,
+    architecture_parameters,
+    attention_blocks,
+    weight_parameters,
+)
 from naslora_deploy.core.checkpoint import (
     TRAINING_STATE_NAME,
     WEIGHTS_NAME,
@@ -38,7 +43,7 @@ from naslora_deploy.core.checkpoint import (
     trainable_state,
 )
 from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.variants import VARIANTS, build_sam
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import SegmentationDataset
 from naslora_deploy.training.data.folder import DataSplits, discover
@@ -97,7 +102,7 @@ def enable_gradient_checkpointing(sam) -> None:
     """Recompute each image-encoder block in the backward pass to save activation memory."""
     from torch.utils.checkpoint import checkpoint
 
-    for block in sam.image_encoder.blocks:
+    for _, block in attention_blocks(sam.image_encoder):
         forward = block.forward
         block.forward = lambda x, f=forward: checkpoint(f, x, use_reentrant=False)
 
@@ -110,7 +115,7 @@ def compile_encoder_blocks(sam) -> None:
     """
     if not hasattr(torch.nn.Module, "compile"):
         raise NasloraError(f"--compile needs torch >= 2.2 (this is {torch.__version__})")
-    for block in sam.image_encoder.blocks:
+    for _, block in attention_blocks(sam.image_encoder):
         block.compile()
 
 
@@ -153,9 +158,10 @@ class Trainer:
         c = self.config
         adapter = c.adapter_config()
         saved_base = self.out / "base_model.safetensors"
-        base = c.checkpoint or (saved_base if c.resume and saved_base.is_file() else None)
-        torch.manual_seed(c.seed)  # random base weights (no --checkpoint) and the class head
-        sam = build_sam(c.model, base)
+        bundled = VARIANTS[c.model].pretrained_checkpoint() if c.checkpoint is None and c.pretrained else None
+        base = c.checkpoint or bundled or (saved_base if c.resume and saved_base.is_file() else None)
+        torch.manual_seed(c.seed)  # random base weights (no checkpoint at all) and the class head
+        sam = build_sam(c.model, base, pretrained=False)
         add_adapters(sam, adapter)
         classes = self.splits.classes
         self.model = SegmentationModel(sam, classes.num_classes, c.queries).to(self.device)
@@ -164,16 +170,23 @@ class Trainer:
             enable_gradient_checkpointing(sam)
         if c.compile:
             compile_encoder_blocks(sam)
-        base_path, base_sha = self._record_base(sam)
+        base_path, base_sha = self._record_base(sam, c.checkpoint or bundled)
         num_queries = self.model.class_head.queries.num_embeddings if self.model.class_head is not None else 0
         return RunSpec(
-            c.model, adapter, classes, num_queries, sam.image_encoder.img_size, base_path, base_sha
+            c.model,
+            adapter,
+            classes,
+            num_queries,
+            sam.image_encoder.img_size,
+            base_path,
+            base_sha,
+            normalization=sam.normalization,
         )
 
-    def _record_base(self, sam):
+    def _record_base(self, sam, checkpoint):
         """The base checkpoint's path and sha256; a random base is saved in the run dir."""
-        if self.config.checkpoint:
-            return str(Path(self.config.checkpoint).resolve()), sha256_of(self.config.checkpoint)
+        if checkpoint:
+            return str(Path(checkpoint).resolve()), sha256_of(checkpoint)
         path = self.out / "base_model.safetensors"
         if self.dist.is_main and not (self.config.resume and path.is_file()):
             from safetensors.torch import save_file
@@ -284,7 +297,7 @@ class Trainer:
         return result
 
     def _loader(self, pairs, order: List[int]):
-        dataset = SegmentationDataset(pairs, self.spec.classes, self.spec.image_size)
+        dataset = SegmentationDataset(pairs, self.spec.classes, self.spec.image_size, self.spec.normalization)
         batches = [
             order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)
         ]

@@ -54,6 +54,26 @@ def test_preprocessing_is_the_training_pipelines(binary_artifacts, tmp_path, pho
     np.testing.assert_array_equal(seg._batch([photo])[0], training)
 
 
+def test_minmax_preprocessing_is_the_same_in_training_evaluation_and_runtime(tmp_path, photo):
+    """LiteMedSAM's normalisation, as a manifest records it, read by the runtime's own code path."""
+    from PIL import Image
+
+    from naslora_deploy.core.classes import ClassSpec
+    from naslora_deploy.training.data.dataset import SegmentationDataset
+
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    Image.fromarray(np.zeros(photo.shape[:2], np.uint8)).save(tmp_path / "m.png")
+    pairs = [(tmp_path / "p.png", tmp_path / "m.png")]
+    training = SegmentationDataset(pairs, ClassSpec(), 256, "minmax")[0]["image"].numpy()
+    manifest = {"image_size": 256, "normalization": "minmax", "head": "binary"}
+    runtime = Segmenter(tmp_path, manifest, backend=None)._batch([photo])[0]
+    np.testing.assert_array_equal(runtime, training)
+    new_h, new_w = 256 * photo.shape[0] // max(photo.shape[:2]), 256 * photo.shape[1] // max(photo.shape[:2])
+    content = runtime[:, : new_h - 1, : new_w - 1]
+    assert content.min() == 0.0 and content.max() == 1.0  # stretched to [0, 1]; the padding stays 0
+    assert (runtime[:, new_h + 1 :, :] == 0).all() and (runtime[:, :, new_w + 1 :] == 0).all()
+
+
 def test_image_kinds_and_batches(binary_artifacts, photo):
     seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
     gray = photo[:, :, 0]

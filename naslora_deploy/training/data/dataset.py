@@ -31,16 +31,19 @@ def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:
 class SegmentationDataset(Dataset):
     """Items: ``image`` (3, S, S) float32, ``labels`` (S, S) int64 (255 = ignore/padding), ``index``."""
 
-    def __init__(self, pairs: List[Pair], classes: ClassSpec, image_size: int) -> None:
+    def __init__(
+        self, pairs: List[Pair], classes: ClassSpec, image_size: int, normalization: str = "imagenet"
+    ) -> None:
         self.pairs = list(pairs)
         self.classes = classes
         self.image_size = image_size
+        self.normalization = normalization
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.pairs[index]
-        image = preprocess_image(read_image(image_path), self.image_size)
+        image = preprocess_image(read_image(image_path), self.image_size, self.normalization)
         labels = preprocess_mask(load_labels(mask_path, self.classes), self.image_size, IGNORE_INDEX)
         return {"image": torch.from_numpy(image), "labels": torch.from_numpy(labels), "index": index}
