@@ -26,7 +26,7 @@ from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.core.config import MERGE_MODES
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
-from naslora_deploy.training.config import DemoConfig, TrainConfig
+from naslora_deploy.training.config import PROMPTS, DemoConfig, TrainConfig
 
 BACKENDS = RUNTIME_BACKENDS + ("torch",)  # torch: built by exporters.torch_backend and handed to the runtime
 
@@ -205,10 +205,15 @@ def train(**options) -> None:
 )
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="skip unreadable or unpaired files with a warning")
+@click.option(
+    "--prompt",
+    type=click.Choice(PROMPTS),
+    help="none, or a box per ground-truth component (default: as trained)",
+)
 @device_option
 @json_option
 def evaluate(
-    adapter, base, allow_base_mismatch, data, split, batch_size, skip_bad, device, json_target
+    adapter, base, allow_base_mismatch, data, split, batch_size, skip_bad, prompt, device, json_target
 ) -> None:
     """Metrics of a trained adapter on a data set (IoU, Dice, BER... or mIoU)."""
     from naslora_deploy.training.data.folder import discover
@@ -224,9 +229,20 @@ def evaluate(
     pairs = splits.split(split)
     if not pairs:
         raise NasloraError(f"{data} has no {split} split")
-    metrics = run_evaluation(model, pairs, classes, batch_size, next(model.parameters()).device)
-    say(json_target, f"{adapter} on {data} ({split}, {len(pairs)} images):\n{format_metrics(metrics)}")
-    emit_json(json_target, {"adapter": str(adapter), "data": str(data), "split": split, "metrics": metrics})
+    prompt = prompt or model.spec.prompt
+    metrics = run_evaluation(model, pairs, classes, batch_size, next(model.parameters()).device, prompt)
+    say(
+        json_target,
+        f"{adapter} on {data} ({split}, {len(pairs)} images, prompt {prompt}):\n{format_metrics(metrics)}",
+    )
+    result = {
+        "adapter": str(adapter),
+        "data": str(data),
+        "split": split,
+        "prompt": prompt,
+        "metrics": metrics,
+    }
+    emit_json(json_target, result)
 
 
 @cli.command()

@@ -313,3 +313,48 @@ def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path
     )
     record = json.loads((tmp_path / "pred" / "results.jsonl").read_text())
     assert record["score"] is not None and record["area"] > 0
+
+
+def test_box_prompted_training_and_evaluation(binary_data, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(binary_data),
+                "--model",
+                "vit_tiny",
+                "--out",
+                str(run),
+                "--epochs",
+                "2",
+                "--search-start",
+                "1",
+                "--prompt",
+                "box",
+                "--lr",
+                "1e-3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((run / "last" / "adapter_config.json").read_text())["prompt"] == "box"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["weights", "weights+alpha"] and all(
+        "iou" in r["val"] for r in records
+    )
+    results = {}
+    for prompt in (None, "none", "box"):
+        out = tmp_path / f"{prompt}.json"
+        assert (
+            main(
+                ["eval", str(run), "--data", str(binary_data), "--json", str(out)]
+                + (["--prompt", prompt] if prompt else [])
+            )
+            == 0
+        )
+        results[prompt] = json.loads(out.read_text())
+    assert results[None]["prompt"] == "box" and results[None]["metrics"] == results["box"]["metrics"]
+    assert results["none"]["metrics"]["iou"] != results["box"]["metrics"]["iou"]  # two protocols, two figures

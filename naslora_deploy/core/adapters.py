@@ -35,7 +35,7 @@ def add_adapters(sam, config: AdapterConfig):
         param.requires_grad_(True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for index in indices:
+        for index in indices if config.method != "none" else ():
             base = blocks[index].attn.qkv
             columns, grid = qkv_layout(blocks[index])
             wrapped = AdaptedQKV(base, config, columns, grid)

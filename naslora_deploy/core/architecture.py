@@ -34,7 +34,7 @@ def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.nda
     spec = read_spec(directory)
     if not spec.adapter.has_cell:
         raise NasloraError(
-            f"{directory} holds plain LoRA adapters: there is no searched architecture to inspect"
+            f"{directory} holds {spec.adapter.method} adapters: there is no searched architecture to inspect"
         )
     state = load_file(str(directory / WEIGHTS_NAME))
     found = {}

@@ -44,6 +44,7 @@ class RunSpec:
     base_sha256: Optional[str] = None
     progress: dict = field(default_factory=dict)
     normalization: str = "imagenet"
+    prompt: str = "none"  # how it was trained: prompt-free, or with box prompts
 
     @property
     def head(self) -> str:
@@ -58,6 +59,7 @@ class RunSpec:
             "variant": self.variant,
             "image_size": self.image_size,
             "normalization": self.normalization,
+            "prompt": self.prompt,
             "head": self.head,
             "classes": self.classes.to_dict(),
             "num_queries": self.num_queries,
@@ -82,6 +84,7 @@ class RunSpec:
                 num_queries=int(data.get("num_queries", 0)),
                 image_size=int(data["image_size"]),
                 normalization=data.get("normalization", "imagenet"),  # files older than the field: SAM's
+                prompt=data.get("prompt", "none"),
                 base_checkpoint=data.get("base_checkpoint"),
                 base_sha256=data.get("base_sha256"),
                 progress=dict(data.get("progress") or {}),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Tuple, Union
 
-METHODS = ("lora", "nas_lora", "nas_pc_lora")
+METHODS = ("lora", "nas_lora", "nas_pc_lora", "none")  # none: fine-tune the mask decoder only
 TARGETS = ("q", "k", "v")
 MERGE_MODES = ("dense", "fused")
 # The cell's eight candidates (DARTS' names); ``ops.OP_SPECS`` gives their shapes.
@@ -33,7 +33,8 @@ class AdapterConfig:
     """Adapters on the Q/K/V projections of a SAM image encoder.
 
     method: ``lora`` (plain low-rank), ``nas_lora`` (searchable cell on all rank
-        channels) or ``nas_pc_lora`` (cell on a fixed ``channel_ratio`` of them).
+        channels), ``nas_pc_lora`` (cell on a fixed ``channel_ratio`` of them), or
+        ``none`` (no adapters: the decoder-only baseline).
     rank: LoRA rank r (paper default 3).
     targets: which slices of ``attn.qkv`` get an adapter, in q, k, v order.
     blocks: ``"all"`` or a list of image-encoder block indices.
@@ -100,12 +101,12 @@ class AdapterConfig:
     @property
     def has_cell(self) -> bool:
         """Whether the adapters carry a searchable cell (and architecture weights)."""
-        return self.method != "lora"
+        return self.method in ("nas_lora", "nas_pc_lora")
 
     @property
     def cell_channels(self) -> int:
         """How many of the rank channels go through the cell (0 for plain LoRA)."""
-        if self.method == "lora":
+        if not self.has_cell:
             return 0
         if self.method == "nas_lora":
             return self.rank

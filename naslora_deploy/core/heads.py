@@ -11,7 +11,7 @@ a class head with K+1 outputs (the last is "no object"), as in Mask2Former.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ class MultiClassHead(nn.Module):
 class SegmentationModel(nn.Module):
     """SAM + prompt-free head. ``forward(images)`` gives low-resolution mask logits
     ``(B, Q, 4h, 4w)`` (Q = 1 for binary) and, multi-class, ``class_logits (B, Q, K+1)``.
+    ``forward(images, boxes)`` (binary): one mask per box prompt, as MedSAM is trained.
     """
 
     def __init__(self, sam, num_classes: int = 1, num_queries: int = 0) -> None:
@@ -68,9 +69,43 @@ class SegmentationModel(nn.Module):
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=None, masks=None)
         return sparse, dense, self.sam.prompt_encoder.get_dense_pe()
 
-    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, boxes: Optional[List[torch.Tensor]] = None
+    ) -> Dict[str, torch.Tensor]:
         embeddings = self.sam.image_encoder(images)
-        return self.decode(embeddings)
+        return self.decode(embeddings) if boxes is None else self.decode_boxes(embeddings, boxes)
+
+    def decode_boxes(self, embeddings: torch.Tensor, boxes: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Box-prompted decoding: ``boxes[b]`` (K_b, 4) x0, y0, x1, y1 in the model-input frame.
+
+        Returns ``mask_logits`` (P, 1, 4h, 4w) for the P = sum K_b prompts and
+        ``prompt_image`` (P,): the image each prompt belongs to. SAM's own decoder
+        runs each image with all its boxes at once.
+        """
+        if self.class_head is not None:
+            raise ValueError("box prompts train and evaluate the binary head; this model is multi-class")
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        masks, owners = [], []
+        for index, (embedding, image_boxes) in enumerate(zip(embeddings, boxes)):
+            if len(image_boxes) == 0:
+                continue
+            sparse, dense = self.sam.prompt_encoder(points=None, boxes=image_boxes.to(embedding), masks=None)
+            logits, _ = self.sam.mask_decoder(
+                image_embeddings=embedding[None],
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            masks.append(logits)
+            owners.append(torch.full((len(image_boxes),), index, dtype=torch.long, device=logits.device))
+        if not masks:
+            size = 4 * embeddings.shape[-1]
+            return {
+                "mask_logits": embeddings.new_zeros(0, 1, size, size),
+                "prompt_image": torch.zeros(0, dtype=torch.long),
+            }
+        return {"mask_logits": torch.cat(masks), "prompt_image": torch.cat(owners)}
 
     def decode(self, embeddings: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Run the (prompt-free) decoder on image embeddings."""

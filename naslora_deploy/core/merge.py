@@ -59,14 +59,19 @@ def merge(
     if mode not in MERGE_MODES:
         raise ValueError(f"unknown merge mode {mode!r}; choose dense or fused")
     layers = dict(adapted_layers(model))
-    if not layers:
+    config = getattr(model, "adapter_config", None) or (
+        next(iter(layers.values())).config if layers else None
+    )
+    if config is None:
         raise MergeError("the model has no adapters; nothing to merge")
-    config = getattr(model, "adapter_config", None) or next(iter(layers.values())).config
     image_size = model.image_encoder.img_size
     batches = calibration_batches(calibration, image_size) if calibration is not None else None
 
     with torch.no_grad():
-        if mode == "fused":
+        if config.method == "none":  # decoder-only fine-tuning: the encoder is plain SAM already
+            merged, candidates = dense_copy(model, layers, {})
+            fold = "nothing to fold (decoder-only fine-tuning)"
+        elif mode == "fused":
             merged, candidates = _fused_copy(model, layers)
             fold = "exact (one mixed kernel + max pool)" if config.has_cell else "exact (LoRA branch kept)"
         else:

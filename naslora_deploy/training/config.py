@@ -13,6 +13,8 @@ from typing import List, Optional
 from naslora_deploy.common.options import option
 from naslora_deploy.core.config import METHODS, TARGETS, AdapterConfig
 
+PROMPTS = ("none", "box")  # prompt-free, or one box per ground-truth component (training.prompts)
+
 ALPHA_PASSES = ("second", "same")
 ARCH_DATA = ("train", "val")
 
@@ -72,6 +74,15 @@ class TrainConfig:
             "(first-order, no extra pass)",
             choices=ALPHA_PASSES,
         ),
+    )
+    prompt: str = field(
+        default="none",
+        metadata=option(
+            "train prompt-free, or with a jittered box per ground-truth component (MedSAM)", choices=PROMPTS
+        ),
+    )
+    box_jitter: int = field(
+        default=20, metadata=option("--prompt box: largest shift of a box side, input pixels")
     )
     arch_data: str = field(default="train", metadata=option("data for alpha's steps", choices=ARCH_DATA))
     image_size: Optional[int] = field(default=None, metadata=option("must equal the variant's native size"))

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from naslora_deploy.common.imaging import postprocess_probabilities, preprocess_image, read_image
+from naslora_deploy.common.imaging import (
+    postprocess_probabilities,
+    preprocess_image,
+    read_image,
+    resized_shape,
+)
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.core.heads import semantic_probabilities, upsample_logits
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics
+from naslora_deploy.training.prompts import component_boxes, scale_boxes
 
 
 @torch.no_grad()
-def predict_probabilities(model, images: List[np.ndarray], device) -> List[np.ndarray]:
-    """Per image: (H, W) foreground probability, or (K, H, W) class probabilities."""
+def predict_probabilities(
+    model, images: List[np.ndarray], device, boxes: Optional[List[np.ndarray]] = None
+) -> List[np.ndarray]:
+    """Per image: (H, W) foreground probability, or (K, H, W) class probabilities.
+
+    ``boxes``: per image, (K, 4) box prompts in its own pixels; the image's
+    probability is then the highest of its prompts' masks (zero without a box).
+    """
     size = model.image_size
     batch = [preprocess_image(image, size, model.normalization) for image in images]
     batch = torch.from_numpy(np.stack(batch)).to(device)
+    if boxes is not None:
+        return _box_probabilities(model, batch, images, boxes)
     outputs = model(batch)
     logits = upsample_logits(outputs["mask_logits"].float(), size)
     if "class_logits" in outputs:
@@ -30,10 +44,30 @@ def predict_probabilities(model, images: List[np.ndarray], device) -> List[np.nd
     return [postprocess_probabilities(p, image.shape[:2], size) for p, image in zip(prob, images)]
 
 
+def _box_probabilities(model, batch: torch.Tensor, images: List[np.ndarray], boxes: List[np.ndarray]):
+    size = model.image_size
+    framed = [
+        torch.from_numpy(scale_boxes(b, image.shape[:2], resized_shape(*image.shape[:2], size)))
+        for b, image in zip(boxes, images)
+    ]
+    outputs = model(batch, framed)
+    prob = upsample_logits(outputs["mask_logits"].float(), size)[:, 0].sigmoid()
+    per_image = torch.zeros(len(images), size, size, device=prob.device)
+    if len(prob):
+        per_image = per_image.index_reduce(0, outputs["prompt_image"].to(prob.device), prob, "amax")
+    return [
+        postprocess_probabilities(p, image.shape[:2], size)
+        for p, image in zip(per_image.cpu().numpy(), images)
+    ]
+
+
 def evaluate(
-    model, pairs: List[Tuple], classes: ClassSpec, batch_size: int = 4, device="cpu"
+    model, pairs: List[Tuple], classes: ClassSpec, batch_size: int = 4, device="cpu", prompt: str = "none"
 ) -> Dict[str, object]:
-    """Binary or multi-class metrics of ``model`` over ``pairs`` (see ``metrics``)."""
+    """Binary or multi-class metrics of ``model`` over ``pairs`` (see ``metrics``).
+
+    ``prompt="box"``: box-prompted, one exact box per ground-truth component (MedSAM's protocol).
+    """
     was_training = model.training
     model.eval()
     metrics = BinaryMetrics() if classes.binary else MultiClassMetrics(classes.num_classes, classes.names)
@@ -41,8 +75,9 @@ def evaluate(
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             images = [read_image(image_path) for image_path, _ in chunk]
-            for prob, (_, mask_path) in zip(predict_probabilities(model, images, device), chunk):
-                labels = load_labels(mask_path, classes)
+            labels_of = [load_labels(mask_path, classes) for _, mask_path in chunk]
+            boxes = [component_boxes(labels == 1)[0] for labels in labels_of] if prompt == "box" else None
+            for prob, labels in zip(predict_probabilities(model, images, device, boxes), labels_of):
                 if classes.binary:
                     metrics.update(prob, labels)
                 else:

@@ -39,6 +39,14 @@ def binary_loss(outputs: Dict[str, torch.Tensor], labels: torch.Tensor) -> torch
     return bce_dice(logits, (labels == 1).float(), valid)
 
 
+def box_loss(outputs: Dict[str, torch.Tensor], targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice of every box prompt's mask against its component: ``targets``, ``valid`` (P, S, S)."""
+    if len(targets) == 0:  # no object in the batch: nothing to prompt, a zero that keeps the graph
+        return outputs["mask_logits"].sum() * 0.0
+    logits = upsample_logits(outputs["mask_logits"], targets.shape[-1])[:, 0]
+    return bce_dice(logits, targets.float(), valid)
+
+
 def _pairwise_cost(
     prob: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
 ) -> torch.Tensor:

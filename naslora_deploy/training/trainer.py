@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional
 import torch
 
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.imaging import IGNORE_INDEX
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.progress import progress as progress_bar
@@ -57,7 +58,8 @@ from naslora_deploy.training.distributed import (
     shutdown,
 )
 from naslora_deploy.training.evaluate import evaluate, headline
-from naslora_deploy.training.losses import binary_loss, multiclass_loss
+from naslora_deploy.training.losses import binary_loss, box_loss, multiclass_loss
+from naslora_deploy.training.prompts import training_prompts
 
 
 def pick_device(name: str) -> torch.device:
@@ -136,6 +138,10 @@ class Trainer:
         )
         if config.arch_data == "val" and not self.splits.split("val"):
             raise NasloraError("--arch-data val needs a validation split; add val/ or use --val-fraction > 0")
+        if config.prompt == "box" and not self.splits.classes.binary:
+            raise NasloraError(
+                "--prompt box trains the binary head (one mask per box); this data set is multi-class"
+            )
         self.spec = self._build_model()
         self.weights = weight_parameters(self.model.sam) + (
             list(self.model.class_head.parameters()) if self.model.class_head is not None else []
@@ -181,6 +187,7 @@ class Trainer:
             base_path,
             base_sha,
             normalization=sam.normalization,
+            prompt=c.prompt,
         )
 
     def _record_base(self, sam, checkpoint):
@@ -244,12 +251,29 @@ class Trainer:
         """Forward and loss of one batch (bf16 autocast on CUDA)."""
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["labels"].to(self.device, non_blocking=True)
+        boxes = targets = valid = None
+        if self.config.prompt == "box":
+            boxes, targets, valid = self._box_prompts(batch)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.model(images)
-        outputs = {k: v.float() for k, v in outputs.items()}
+            outputs = self.model(images, boxes)
+        outputs = {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
+        if boxes is not None:
+            return box_loss(outputs, targets.to(self.device), valid.to(self.device))
         if self.spec.classes.binary:
             return binary_loss(outputs, labels)
         return multiclass_loss(outputs, labels, self.spec.classes.num_classes)
+
+    def _box_prompts(self, batch: dict):
+        """Jittered boxes of each image's largest components (seeded by seed, epoch, index), their masks."""
+        boxes, targets, valid = [], [], []
+        for labels, index in zip(batch["labels"].numpy(), batch["index"].tolist()):
+            image_boxes, masks = training_prompts(
+                labels, self.config.box_jitter, [self.config.seed, self.epoch, index]
+            )
+            boxes.append(torch.from_numpy(image_boxes))
+            targets.append(torch.from_numpy(masks))
+            valid.append(torch.from_numpy(labels != IGNORE_INDEX)[None].expand(len(masks), -1, -1))
+        return boxes, torch.cat(targets), torch.cat(valid)
 
     def stage(self, epoch: int) -> str:
         """Which steps run in ``epoch``: weights, weights+alpha (stage-wise) or joint."""
@@ -384,7 +408,12 @@ class Trainer:
         if self.dist.is_main:
             if val_pairs:
                 record["val"] = evaluate(
-                    self.model, val_pairs, self.spec.classes, self.config.batch_size, self.device
+                    self.model,
+                    val_pairs,
+                    self.spec.classes,
+                    self.config.batch_size,
+                    self.device,
+                    self.config.prompt,
                 )
             self.history.append(record)
             self._write_epoch(record, writer)

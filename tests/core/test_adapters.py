@@ -87,3 +87,16 @@ def test_trainable_summary_counts(adapted_factory):
     # depthwise 2*(9+25+9+25) + pointwise 4*4 + alpha 8 = 160.
     assert adapter_params == 4 * 3 * (2 * 3 * 128 + 160)
     assert "%" in str(summary) and summary.to_dict()["ratio_percent"] == summary.ratio_percent
+
+
+def test_method_none_is_the_decoder_only_baseline():
+    from naslora_deploy import merge, probe_images
+
+    sam = build_sam("vit_tiny")
+    add_adapters(sam, AdapterConfig(method="none"))
+    assert not list(adapted_layers(sam)) and not architecture_parameters(sam)
+    summary = trainable_summary(sam)
+    assert summary.adapters.trainable == 0 and summary.trainable == summary.decoder.trainable > 0
+    merged, report = merge(sam, "dense", calibration=probe_images(256, 1))
+    assert report.fold.startswith("nothing to fold") and report.embedding_rel_error == 0.0
+    build_sam("vit_tiny").load_state_dict(merged.state_dict())
