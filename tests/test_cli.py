@@ -122,7 +122,7 @@ def test_corrupt_training_image_is_named_before_training(binary_data, tmp_path):
     assert not (tmp_path / "run" / "last").exists()
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
+def test_demo_runs_end_to_end_on_real_weights(tmp_path, capsys):
     assert (
         main(
             [
@@ -130,10 +130,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                 "--out",
                 str(tmp_path),
                 "--images",
-                "8",
-                "--epochs",
                 "2",
-                "--search-start",
+                "--test-images",
+                "2",
+                "--epochs",
                 "1",
                 "--no-progress",
             ]
@@ -141,9 +141,21 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "test set" in out and "merge dense" in out and "merge fused" in out
-    assert (tmp_path / "merged" / "sam_vit_tiny_dense.pth").is_file()
-    assert (tmp_path / "run" / "best" / "adapter_model.safetensors").is_file()
+    assert "litemedsam (real pretrained weights)" in out
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["model"] for r in rows] == [
+        "zero-shot (box)",
+        "decoder only (box)",
+        "LoRA (box)",
+        "NAS-PC-LoRA (box)",
+        "NAS-PC-LoRA, fused merge (box)",
+        "NAS-PC-LoRA, dense merge (box)",
+    ]
+    assert all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    assert rows[4]["merge embedding rel. error"] < 1e-5  # fused: exact
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("![](overlays/") == 6 and (tmp_path / "overlays" / "5.png").is_file()
+    build_sam("litemedsam", tmp_path / "merged" / "litemedsam_nas_pc_lora_dense.pth")  # plain, strictly
 
 
 def test_unknown_option_value_is_refused():

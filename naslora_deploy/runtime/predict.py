@@ -8,14 +8,11 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageFilter
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.imaging import IMAGE_SUFFIXES
+from naslora_deploy.common.imaging import IMAGE_SUFFIXES, overlay, save_png
 from naslora_deploy.common.io import atomic_write
 from naslora_deploy.common.progress import progress as progress_bar
-
-OVERLAY_COLOUR = (255, 64, 32)
 
 
 def expand_inputs(inputs: Iterable[str]) -> List[Path]:
@@ -33,36 +30,6 @@ def expand_inputs(inputs: Iterable[str]) -> List[Path]:
                 raise NasloraError(f"{item}: no such file, folder or matching glob")
             found += matches
     return list(dict.fromkeys(found))
-
-
-def palette(count: int) -> np.ndarray:
-    """Distinct RGB colours per class (class 0, background, is black)."""
-    rng = np.random.default_rng(7)
-    colours = rng.integers(64, 256, size=(max(count, 1), 3)).astype(np.uint8)
-    colours[0] = 0
-    return colours
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, class_map=None, alpha: float = 0.45) -> np.ndarray:
-    """The photo with the mask filled (class colours for multi-class) and its outline drawn."""
-    out = image.astype(np.float32)
-    if class_map is not None:
-        colours = palette(int(class_map.max()) + 1)[class_map].astype(np.float32)
-    else:
-        colours = np.broadcast_to(np.array(OVERLAY_COLOUR, np.float32), image.shape)
-    out[mask] = (1 - alpha) * out[mask] + alpha * colours[mask]
-    labels = class_map if class_map is not None else mask.astype(np.uint8)
-    label_image = Image.fromarray(labels.astype(np.uint8))
-    edges = np.asarray(label_image.filter(ImageFilter.MaxFilter(3))) != np.asarray(
-        label_image.filter(ImageFilter.MinFilter(3))
-    )
-    out[edges] = colours[edges] if class_map is not None else OVERLAY_COLOUR
-    return out.clip(0, 255).astype(np.uint8)
-
-
-def save_png(path: Path, array: np.ndarray) -> Path:
-    """Write a PNG atomically."""
-    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def predict_files(

@@ -23,6 +23,10 @@ def _targets(text: str) -> List[str]:
     return list(text.replace(",", ""))
 
 
+def _blocks(text: str) -> List[int]:
+    return [int(b) for b in text.split(",") if b.strip()]
+
+
 def _ops(text: str) -> List[str]:
     return [op.strip() for op in text.split(",") if op.strip()]
 
@@ -61,6 +65,12 @@ class TrainConfig:
     ops: Optional[List[str]] = field(
         default=None,
         metadata=option("comma-separated candidate ops", parse=_ops, shown="all eight", metavar="OPS"),
+    )
+    blocks: Optional[List[int]] = field(
+        default=None,
+        metadata=option(
+            "attention blocks to adapt, e.g. 4,5,6,7,8,9", parse=_blocks, shown="all", metavar="N,N"
+        ),
     )
     channel_ratio: float = 2.0 / 3.0
     joint: bool = field(default=False, metadata=option("update weights and alpha together (Table 9, row 1)"))
@@ -114,6 +124,7 @@ class TrainConfig:
             rank=self.rank,
             targets=tuple(self.targets),
             channel_ratio=self.channel_ratio,
+            blocks=self.blocks if self.blocks else "all",
             seed=self.seed,
             **({"ops": tuple(self.ops)} if self.ops else {}),
         )
@@ -148,12 +159,13 @@ class TrainConfig:
 
 @dataclass
 class DemoConfig:
-    """Options of ``naslora-deploy demo``: synthetic data, vit_tiny, NAS-PC-LoRA, both merges."""
+    """``naslora-deploy demo``: real LiteMedSAM weights on real photographs, methods side by side."""
 
     out: str = field(default="demo-out", metadata=option("output directory"))
-    images: int = field(default=48, metadata=option("synthetic training images"))
-    epochs: int = field(default=12, metadata=option("training epochs"))
-    search_start: int = field(default=3, metadata=option("T_B: epochs before alpha is searched"))
-    lr: float = field(default=1e-3, metadata=option("weights' learning rate"))
+    images: int = field(default=8, metadata=option("training images (photographs from scikit-image's wheel)"))
+    test_images: int = field(default=8, metadata=option("held-out test images"))
+    epochs: int = field(default=2, metadata=option("training epochs per method (the first weights-only)"))
+    batch_size: int = field(default=2, metadata=option("images per step"))
+    lr: float = field(default=2e-4, metadata=option("weights' learning rate"))
     seed: int = field(default=0, metadata=option("seeds data and training"))
     progress: Optional[bool] = None  # the CLI's shared --progress/--no-progress

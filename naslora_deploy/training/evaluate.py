@@ -53,8 +53,8 @@ def _box_probabilities(model, batch: torch.Tensor, images: List[np.ndarray], box
     outputs = model(batch, framed)
     prob = upsample_logits(outputs["mask_logits"].float(), size)[:, 0].sigmoid()
     per_image = torch.zeros(len(images), size, size, device=prob.device)
-    if len(prob):
-        per_image = per_image.index_reduce(0, outputs["prompt_image"].to(prob.device), prob, "amax")
+    for mask, owner in zip(prob, outputs["prompt_image"].tolist()):  # an image's union: its prompts' maximum
+        per_image[owner] = torch.maximum(per_image[owner], mask)
     return [
         postprocess_probabilities(p, image.shape[:2], size)
         for p, image in zip(per_image.cpu().numpy(), images)

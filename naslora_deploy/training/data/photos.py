@@ -10,7 +10,7 @@ ordinary folder data set (``{train,val,test}/{images,masks}``, masks ``*_mask.pn
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -83,14 +83,19 @@ def photo_sample(
     return image.astype(np.uint8), inside.astype(np.uint8)
 
 
-def write_photo_dataset(out, count: int = 24, seed: int = 0, with_test: bool = True) -> Path:
-    """Write ``count`` train pairs (+ count/3 val and test) under ``out``; returns ``out``."""
+def write_photo_dataset(
+    out, count: int = 24, seed: int = 0, val: Optional[int] = None, test: Optional[int] = None
+) -> Path:
+    """Write ``count`` train, ``val`` and ``test`` pairs (default: count/3, at least 2) under ``out``."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     photos = load_photos()
-    splits = {"train": count, "val": max(2, count // 3)}
-    if with_test:
-        splits["test"] = max(2, count // 3)
+    default = max(2, count // 3)
+    splits = {
+        "train": count,
+        "val": default if val is None else val,
+        "test": default if test is None else test,
+    }
     for split, n in splits.items():
         (out / split / "images").mkdir(parents=True, exist_ok=True)
         (out / split / "masks").mkdir(parents=True, exist_ok=True)
