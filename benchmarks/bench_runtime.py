@@ -47,6 +47,7 @@ def make_sources(variant: str, root: Path):
         image_size=sam.image_encoder.img_size,
         base_checkpoint=str(base),
         base_sha256=sha256_of(base),
+        normalization=sam.normalization,
     )
     return save_checkpoint(root / "adapter", model, spec), base
 
