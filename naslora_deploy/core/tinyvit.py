@@ -23,6 +23,7 @@ import torch
 from naslora_deploy.common.errors import CheckpointError
 from naslora_deploy.common.io import sha256_of
 from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.core.sam_parts import prompt_and_mask_decoder
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 
@@ -44,9 +45,11 @@ class TinyViTSpec:
 
     def build(self):
         """A fresh ``Sam`` with a TinyViT encoder (random weights, eval mode)."""
-        from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+        from segment_anything.modeling import Sam
 
-        grid = self.embedding_size
+        prompt_encoder, mask_decoder = prompt_and_mask_decoder(
+            self.prompt_embed_dim, self.embedding_size, self.image_size
+        )
         sam = Sam(
             image_encoder=_tinyvit_class()(
                 img_size=self.image_size,
@@ -63,21 +66,8 @@ class TinyViTSpec:
                 local_conv_size=3,
                 layer_lr_decay=0.8,
             ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=self.prompt_embed_dim,
-                image_embedding_size=(grid, grid),
-                input_image_size=(self.image_size, self.image_size),
-                mask_in_chans=16,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
-                    depth=2, embedding_dim=self.prompt_embed_dim, mlp_dim=2048, num_heads=8
-                ),
-                transformer_dim=self.prompt_embed_dim,
-                iou_head_depth=3,
-                iou_head_hidden_dim=256,
-            ),
+            prompt_encoder=prompt_encoder,
+            mask_decoder=mask_decoder,
         )
         return sam.eval()
 

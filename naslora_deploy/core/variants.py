@@ -20,6 +20,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 from naslora_deploy.common.errors import CheckpointError, first_line
+from naslora_deploy.core.sam_parts import prompt_and_mask_decoder
 from naslora_deploy.core.tinyvit import TinyViTSpec
 
 
@@ -95,9 +96,16 @@ def assemble_sam(spec: VariantSpec):
     ``vit_tiny`` is built this way; the benchmarks use it for full-width encoders
     at a smaller image size.
     """
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import ImageEncoderViT, Sam
 
-    grid = spec.image_size // 16
+    prompt_encoder, mask_decoder = prompt_and_mask_decoder(
+        spec.prompt_embed_dim,
+        spec.image_size // 16,
+        spec.image_size,
+        spec.decoder_mlp_dim,
+        spec.decoder_heads,
+        spec.iou_hidden,
+    )
     sam = Sam(
         image_encoder=ImageEncoderViT(
             depth=spec.depth,
@@ -113,24 +121,8 @@ def assemble_sam(spec: VariantSpec):
             window_size=spec.window_size,
             out_chans=spec.prompt_embed_dim,
         ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=spec.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(spec.image_size, spec.image_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=2,
-                embedding_dim=spec.prompt_embed_dim,
-                mlp_dim=spec.decoder_mlp_dim,
-                num_heads=spec.decoder_heads,
-            ),
-            transformer_dim=spec.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=spec.iou_hidden,
-        ),
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
     )
     return sam.eval()
 
