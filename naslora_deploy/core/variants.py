@@ -44,7 +44,6 @@ class VariantSpec:
     iou_hidden: int = 256
     registry: Optional[str] = None
     normalization: str = "imagenet"
-    family: str = "vit"
 
     def build(self):
         """A fresh ``Sam`` of this variant (random weights, eval mode)."""
