@@ -15,6 +15,11 @@ from typing import Any, List, Tuple, Union
 METHODS = ("lora", "nas_lora", "nas_pc_lora", "none")  # none: fine-tune the mask decoder only
 TARGETS = ("q", "k", "v")
 MERGE_MODES = ("dense", "fused")
+# How the cell's candidates are built (``core.ops``): ``linear`` (depthwise -> pointwise, no ReLU/BN,
+# the cell collapses into one kernel), ``scaled`` (the same with a fixed per-op output scale that
+# equalises the candidates at initialisation; still one kernel), ``darts`` (DARTS' own primitives:
+# ReLU, BN, two-stack separable convs; non-linear, so a dense merge can only approximate it).
+CELL_FORMS = ("linear", "scaled", "darts")
 # The cell's eight candidates (DARTS' names); ``ops.OP_SPECS`` gives their shapes.
 OP_NAMES = (
     "sep_conv_3x3",
@@ -41,6 +46,7 @@ class AdapterConfig:
     ops: candidate operations of the cell (any non-empty subset of ``OP_NAMES``).
     channel_ratio: share of the rank channels that go through the cell (PC only).
     alpha_init_std: architecture weights start as N(0, 1) * this.
+    cell_form: how the candidates are built, one of ``CELL_FORMS``.
     seed: seeds every adapter initialisation, so a config rebuilds the same adapters.
     """
 
@@ -52,6 +58,7 @@ class AdapterConfig:
     channel_ratio: float = 2.0 / 3.0
     alpha_init_std: float = 1e-3
     seed: int = 0
+    cell_form: str = "linear"
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)
@@ -95,6 +102,8 @@ class AdapterConfig:
             raise ValueError(f"channel_ratio must be in (0, 1], got {self.channel_ratio!r}")
         if not (self.alpha_init_std >= 0.0 and math.isfinite(self.alpha_init_std)):
             raise ValueError(f"alpha_init_std must be a finite number >= 0, got {self.alpha_init_std!r}")
+        if self.cell_form not in CELL_FORMS:
+            raise ValueError(f"unknown cell_form {self.cell_form!r}; choose one of {', '.join(CELL_FORMS)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -102,6 +111,14 @@ class AdapterConfig:
     def has_cell(self) -> bool:
         """Whether the adapters carry a searchable cell (and architecture weights)."""
         return self.method in ("nas_lora", "nas_pc_lora")
+
+    @property
+    def linear_cell(self) -> bool:
+        """Whether the cell, max pooling aside, is one linear kernel (``linear`` and ``scaled`` forms).
+
+        A ``darts`` cell is non-linear: its dense merge is always fitted by least squares.
+        """
+        return self.has_cell and self.cell_form != "darts"
 
     @property
     def cell_channels(self) -> int:
