@@ -49,7 +49,7 @@ def multiclass_data(tmp_path_factory):
     )
 
 
-def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0):
+def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0, **config_fields):
     """A checkpoint directory of a vit_tiny with random non-zero adapters (no training needed)."""
     from pathlib import Path
 
@@ -66,7 +66,7 @@ def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0):
     sam = build_sam("vit_tiny")
     base = root / "base.safetensors"
     save_file({k: v.contiguous() for k, v in sam.state_dict().items()}, str(base))
-    config = AdapterConfig(method=method, seed=seed)
+    config = AdapterConfig(method=method, seed=seed, **config_fields)
     add_adapters(sam, config)
     perturb_adapters(sam, seed=seed + 1)
     model = SegmentationModel(sam, num_classes, 0)

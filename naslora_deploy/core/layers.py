@@ -27,7 +27,9 @@ from naslora_deploy.core.ops import (
     common_span,
     dilate,
     embed_centered,
+    fold_darts_op,
     linear_op_kernel,
+    op_scales,
 )
 
 CELL_FORWARDS = ("kernel", "naive")
@@ -38,7 +40,9 @@ class LowRankAdapter(nn.Module):
 
     The cell acts on the channels selected by ``pc_mask`` (all of them for
     ``nas_lora``); the others pass straight through, as in NAS-PC-LoRA.
-    Plain LoRA has no cell and no ``alpha``.
+    Plain LoRA has no cell and no ``alpha``. The ``scaled`` cell form adds a
+    fixed ``op_scale`` (N,) buffer multiplying each candidate; the ``darts`` form
+    builds DARTS' non-linear primitives, which only run op by op (``naive_cell``).
     """
 
     def __init__(self, in_features: int, out_features: int, config: AdapterConfig) -> None:
@@ -51,13 +55,19 @@ class LowRankAdapter(nn.Module):
         if config.has_cell:
             channels = config.cell_channels
             self.alpha = nn.Parameter(torch.randn(len(self.op_names)) * config.alpha_init_std)
-            self.ops = nn.ModuleDict({name: build_op(name, channels) for name in self.op_names})
+            self.ops = nn.ModuleDict(
+                {name: build_op(name, channels, config.cell_form) for name in self.op_names}
+            )
+            if config.cell_form == "scaled":
+                self.register_buffer("op_scale", op_scales(self.op_names, self.ops))
             mask = torch.zeros(rank)
             mask[:channels] = 1.0
             self.register_buffer("pc_mask", mask)
         self.span = common_span(self.op_names)
+        self.linear_cell = config.linear_cell
         if config.has_cell:
-            self._register_kernel_bases(channels)
+            if self.linear_cell:
+                self._register_kernel_bases(channels)
             self._refresh_mask_tensors()
 
     def _register_kernel_bases(self, channels: int) -> None:
@@ -133,19 +143,32 @@ class LowRankAdapter(nn.Module):
         return selected.nonzero()[:, 0], (~selected).nonzero()[:, 0]
 
     def op_weights(self) -> torch.Tensor:
-        """softmax(alpha): the mixing weight of each candidate."""
+        """softmax(alpha): the mixing weight of each candidate (the searched architecture)."""
         return torch.softmax(self.alpha, dim=0)
+
+    def mixing_weights(self) -> torch.Tensor:
+        """What multiplies each candidate's output: softmax(alpha), times ``op_scale`` in the scaled form."""
+        weights = self.op_weights()
+        scale = getattr(self, "op_scale", None)
+        return weights if scale is None else weights * scale.to(weights.dtype)
 
     def cell_kernel(self) -> torch.Tensor:
         """The (r, r, span, span) kernel of the whole cell without max pooling.
 
         It is the softmax-weighted sum of every linear candidate's kernel on the
-        cell channels, plus the identity on the pass-through channels.
+        cell channels, plus the identity on the pass-through channels. Linear
+        cell forms only (``linear``, ``scaled``).
         """
+        self._require_linear("a single cell kernel")
         return stacked_cell_kernels([self])[0]
+
+    def _require_linear(self, what: str) -> None:
+        if not self.linear_cell:
+            raise ValueError(f"{what} exists only for linear cells; this cell's form is darts (non-linear)")
 
     def max_pool_weight(self) -> torch.Tensor:
         """(r,) per-channel weight of the max-pool branch (zero off the cell channels)."""
+        self._require_linear("a max-pool branch weight")
         return stacked_cell_kernels([self])[1]
 
     def spatial_weight(self) -> float:
@@ -157,12 +180,13 @@ class LowRankAdapter(nn.Module):
 
     def constant_response_fold(self) -> torch.Tensor:
         """(r, r) float64: the cell's output for a spatially constant code, away from borders."""
+        self._require_linear("a constant-input response fold")
         kernel = self.cell_kernel().double()
         return kernel.sum(dim=(-1, -2)) + torch.diag(self.max_pool_weight().double())
 
     def naive_cell(self, code: torch.Tensor) -> torch.Tensor:
         """Reference cell on a (B, r, H, W) code: the weighted sum of the separate ops."""
-        weights = self.op_weights()
+        weights = self.mixing_weights()
         inside, passing = self.cell_channel_index()
         selected = code[:, inside]
         mixed = sum(weights[i] * self.ops[name](selected) for i, name in enumerate(self.op_names))
@@ -186,7 +210,7 @@ def stacked_cell_kernels(adapters: Sequence[LowRankAdapter]) -> Tuple[torch.Tens
         built = [stacked_cell_kernels([a]) for a in adapters]
         return torch.cat([k for k, _ in built]), torch.cat([m for _, m in built])
     rank, span, groups = first.pc_mask.numel(), first.span, len(adapters)
-    weights = torch.softmax(torch.stack([a.alpha for a in adapters]), dim=-1)  # (G, N)
+    weights = torch.stack([a.mixing_weights() for a in adapters])  # (G, N)
     scales = weights.new_tensor(first.constant_scales)
     mixed = torch.einsum("gn,ncds->gcds", weights[:, first.constant_index] * scales, first._constant_basis)
     if first.conv_names:
@@ -296,7 +320,7 @@ class AdaptedQKV(nn.Module):
         groups = len(adapters)
         if not adapters[0].has_cell:
             out = code
-        elif self.cell_forward == "naive":
+        elif self.cell_forward == "naive" or not adapters[0].linear_cell:
             image = code.permute(0, 3, 1, 2).unflatten(1, (groups, -1))
             out = torch.cat([a.naive_cell(image[:, g]) for g, a in enumerate(adapters)], 1)
             out = out.permute(0, 2, 3, 1)
@@ -330,9 +354,9 @@ class AdaptedQKV(nn.Module):
         adapters = list(self.adapters.values())
         with torch.no_grad():
             empty = self.base_layer.weight.new_zeros(0)
-            kernel, max_pool_weight = (
-                stacked_cell_kernels(adapters) if adapters[0].has_cell else (empty, empty)
-            )
+            linear = adapters[0].has_cell and adapters[0].linear_cell
+            kernel, max_pool_weight = stacked_cell_kernels(adapters) if linear else (empty, empty)
+            cell = FusedDartsCell(adapters) if adapters[0].has_cell and not linear else None
             block_b = torch.block_diag(*[a.lora_B for a in adapters])
             lora_B = block_b.new_zeros(self.base_layer.out_features, block_b.shape[1])
             lora_B[self.target_columns] = block_b  # W_d's rows placed at their qkv columns
@@ -342,7 +366,43 @@ class AdaptedQKV(nn.Module):
                 "max_pool_weight": max_pool_weight.detach().clone(),
                 "lora_B": lora_B.detach(),
             }
-        return FusedQKV(self.base_layer, tensors, groups=len(adapters), token_grid=self.token_grid)
+        return FusedQKV(self.base_layer, tensors, len(adapters), self.token_grid, cell)
+
+
+class FusedDartsCell(nn.Module):
+    """The fixed form of G non-linear (``darts``) cells: each op with its BN folded in and its weight applied.
+
+    Input and output (B, G*r, H, W): group g's r channels go through adapter g's
+    cell on its ``pc_mask`` channels and pass straight through on the others.
+    Equal to the adapters' ``naive_cell`` in eval mode (BN on running statistics).
+    """
+
+    def __init__(self, adapters: Sequence[LowRankAdapter]) -> None:
+        super().__init__()
+        self.cells = nn.ModuleList()
+        for g, adapter in enumerate(adapters):
+            weights = adapter.mixing_weights().detach().double()
+            ops = [
+                fold_darts_op(adapter.ops[name], float(weights[i]))
+                for i, name in enumerate(adapter.op_names)
+                if name != "none"
+            ]
+            self.cells.append(nn.ModuleList(ops))
+            inside, passing = adapter.cell_channel_index()
+            # the cell's output channels, then the passing ones, put back in channel order
+            order = torch.argsort(torch.cat([inside, passing]))
+            self.register_buffer(f"inside_{g}", inside.clone())
+            self.register_buffer(f"passing_{g}", passing.clone())
+            self.register_buffer(f"order_{g}", order)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for g, (ops, chunk) in enumerate(zip(self.cells, image.chunk(len(self.cells), dim=1))):
+            selected = chunk.index_select(1, getattr(self, f"inside_{g}"))
+            mixed = sum(op(selected) for op in ops) if len(ops) else torch.zeros_like(selected)
+            joined = torch.cat([mixed, chunk.index_select(1, getattr(self, f"passing_{g}"))], dim=1)
+            outputs.append(joined.index_select(1, getattr(self, f"order_{g}")))
+        return torch.cat(outputs, dim=1)
 
 
 class FusedQKV(nn.Module):
@@ -352,7 +412,8 @@ class FusedQKV(nn.Module):
     grouped convolution, ``max_pool_weight`` (T*r,), and ``lora_B`` (3*dim, T*r):
     W_d's rows at their qkv output columns (zero elsewhere), so one GEMM adds
     the branch onto qkv whatever the projections' layout. ``token_grid`` as in
-    ``AdaptedQKV``.
+    ``AdaptedQKV``. A non-linear (``darts``) cell comes as ``cell``, a
+    ``FusedDartsCell``, with empty ``cell_kernel`` and ``max_pool_weight``.
     """
 
     def __init__(
@@ -361,11 +422,13 @@ class FusedQKV(nn.Module):
         tensors: Dict[str, torch.Tensor],
         groups: int,
         token_grid: Optional[Tuple[int, int]] = None,
+        cell: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.groups = groups
         self.token_grid = token_grid
+        self.cell = cell
         for name in ("lora_A", "cell_kernel", "max_pool_weight", "lora_B"):
             self.register_buffer(name, tensors[name])
         self._refresh_flags()
@@ -388,7 +451,9 @@ class FusedQKV(nn.Module):
     def cell_code(self, x: torch.Tensor) -> torch.Tensor:
         """The (..., T*r) code after the fixed cell, in x's layout."""
         code = F.linear(_as_grid(x, self.token_grid), self.lora_A)
-        if self.cell_kernel.numel():
+        if self.cell is not None:
+            code = self.cell(code.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        elif self.cell_kernel.numel():
             code = mixed_cell(code, self.cell_kernel, self.max_pool_weight, self.groups, self.has_max_pool)
         return code.reshape(*x.shape[:-1], code.shape[-1])
 

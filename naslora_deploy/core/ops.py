@@ -6,13 +6,26 @@ therefore give its equivalent dense kernel, embedded in a common odd span, and a
 softmax-weighted sum of those kernels is ONE convolution that equals the
 weighted sum of the separate ops (zero padding everywhere, as the ops use).
 
-The convolutions are the linear form of the DARTS operations (depthwise k x k,
-optionally dilated, then pointwise 1 x 1; no ReLU or BatchNorm): that is what
-lets the cell collapse into one kernel for training speed and exact deployment.
+Three forms (``AdapterConfig.cell_form``):
+
+- ``linear`` (default): the convolutions are the linear form of the DARTS
+  operations (depthwise k x k, optionally dilated, then pointwise 1 x 1; no ReLU
+  or BatchNorm) and average pooling counts the zero padding. That is what lets
+  the cell collapse into one kernel for training speed and exact deployment.
+- ``scaled``: the same ops, each multiplied by a fixed scale (``op_scales``) that
+  gives it unit output RMS on white noise at initialisation, the job DARTS' BN
+  does, in a form that still collapses into one kernel.
+- ``darts``: DARTS' own primitives as its search phase builds them (``darts_op``):
+  separable conv = two stacks of ReLU -> depthwise -> pointwise -> BN, dilated conv
+  = ReLU -> dilated depthwise -> pointwise -> BN, pooling without counting the
+  padding and followed by BN; every BN is affine=False. Non-linear: the cell runs
+  op by op, and ``fold_darts_op`` folds each BN into its conv for deployment.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from typing import Dict, Iterable
 
@@ -79,8 +92,10 @@ class Zero(nn.Module):
         return torch.zeros_like(z)
 
 
-def build_op(name: str, channels: int) -> nn.Module:
-    """A fresh module for candidate ``name`` acting on ``channels`` channels."""
+def build_op(name: str, channels: int, form: str = "linear") -> nn.Module:
+    """A fresh module for candidate ``name`` acting on ``channels`` channels, in cell ``form``."""
+    if form == "darts":
+        return darts_op(name, channels)
     spec = OP_SPECS[name]
     if name.startswith(("sep_conv", "dil_conv")):
         return DepthwisePointwise(channels, spec.kernel, spec.dilation)
@@ -138,3 +153,145 @@ def common_span(names: Iterable[str]) -> int:
     """The smallest odd span that holds every linear candidate in ``names``."""
     spans = [OP_SPECS[n].span for n in names if OP_SPECS[n].linear]
     return max(spans, default=1)
+
+
+def _normal_max_rms(count: int = 9) -> float:
+    """RMS of the max of ``count`` independent N(0, 1): sqrt(E[M^2]), by quadrature (about 1.60 for 9)."""
+    x = torch.linspace(-8.0, 8.0, 16001, dtype=torch.float64)
+    density = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    cdf = 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    max_density = count * density * cdf ** (count - 1)
+    return math.sqrt(float(torch.trapezoid(x * x * max_density, x)))
+
+
+def white_noise_gain(name: str, module: nn.Module) -> float:
+    """Output RMS / input RMS of linear-form candidate ``name`` on unit white noise, away from borders.
+
+    A conv's gain is the RMS over output channels of its equivalent kernel's norm;
+    3x3 average pooling (9 taps of 1/9) has 1/3, max pooling the RMS of a max of 9
+    normals, skip 1; ``none`` has no output and is given 1.
+    """
+    if isinstance(module, DepthwisePointwise):
+        with torch.no_grad():
+            kernel = module.equivalent_kernel(OP_SPECS[name].span).double()
+        return math.sqrt(float(kernel.pow(2).sum(dim=(1, 2, 3)).mean()))
+    if name == "avg_pool_3x3":
+        return 1.0 / 3.0
+    if name == "max_pool_3x3":
+        return _normal_max_rms(9)
+    return 1.0
+
+
+def op_scales(op_names: Iterable[str], ops: nn.ModuleDict) -> torch.Tensor:
+    """(N,) fixed scales of the ``scaled`` form: 1 / white-noise gain of each candidate at initialisation."""
+    return torch.tensor([1.0 / white_noise_gain(name, ops[name]) for name in op_names])
+
+
+def _depthwise(channels: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
+    padding = dilation * (kernel - 1) // 2
+    return nn.Conv2d(
+        channels, channels, kernel, padding=padding, dilation=dilation, groups=channels, bias=False
+    )
+
+
+def _pointwise(channels: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, 1, bias=False)
+
+
+def _batchnorm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, affine=False)
+
+
+def darts_op(name: str, channels: int) -> nn.Module:
+    """Candidate ``name`` as DARTS' search phase builds it (``model_search.py``: every BN affine=False).
+
+    sep_conv: (ReLU, depthwise k, pointwise, BN) twice; dil_conv: ReLU, depthwise k at
+    dilation 2, pointwise, BN; pools: stride 1, padding not counted, then BN; skip:
+    identity; none: zero. Input and output (B, c, H, W).
+    """
+    spec = OP_SPECS[name]
+    if name.startswith("sep_conv"):
+        stack = []
+        for _ in range(2):
+            stack += [
+                nn.ReLU(),
+                _depthwise(channels, spec.kernel),
+                _pointwise(channels),
+                _batchnorm(channels),
+            ]
+        return nn.Sequential(*stack)
+    if name.startswith("dil_conv"):
+        return nn.Sequential(
+            nn.ReLU(),
+            _depthwise(channels, spec.kernel, spec.dilation),
+            _pointwise(channels),
+            _batchnorm(channels),
+        )
+    if name == "avg_pool_3x3":
+        return nn.Sequential(
+            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), _batchnorm(channels)
+        )
+    if name == "max_pool_3x3":
+        return nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), _batchnorm(channels))
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "none":
+        return Zero()
+    raise ValueError(f"unknown op {name!r}")
+
+
+def _affine_of(bn: nn.BatchNorm2d) -> tuple:
+    """Inference-mode BN as (scale, shift) per channel: y = x * scale + shift."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    return scale, -bn.running_mean * scale
+
+
+def fold_darts_op(module: nn.Module, weight: float) -> nn.Module:
+    """Inference form of a ``darts_op`` times its mixing ``weight``, every BN folded into the layer before it.
+
+    Exact against ``weight * module.eval()(x)``: a pointwise conv followed by BN becomes
+    one conv with a bias; pooling followed by BN gets a per-channel (depthwise 1x1)
+    affine. ``weight`` is folded into the last layer. Returns a fresh module.
+    """
+    if isinstance(module, Zero):
+        return Zero()
+    if isinstance(module, nn.Identity):
+        return _Scale(weight)
+    layers, folded = list(module), []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.BatchNorm2d):
+            continue
+        following = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(following, nn.BatchNorm2d):
+            scale, shift = _affine_of(following)
+            if isinstance(layer, nn.Conv2d):  # a pointwise conv: scale its rows, add the shift as bias
+                conv = nn.Conv2d(layer.in_channels, layer.out_channels, 1, bias=True)
+                conv.weight.data = layer.weight.detach() * scale.view(-1, 1, 1, 1)
+            else:  # a pool: keep it, then a per-channel affine
+                folded.append(_copy_layer(layer))
+                channels = scale.numel()
+                conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
+                conv.weight.data = scale.view(-1, 1, 1, 1).clone()
+            conv.bias.data = shift.clone()
+            folded.append(conv)
+        else:
+            folded.append(_copy_layer(layer))
+    last = folded[-1]
+    last.weight.data = last.weight.data * weight
+    last.bias.data = last.bias.data * weight
+    return nn.Sequential(*folded)
+
+
+def _copy_layer(layer: nn.Module) -> nn.Module:
+    return copy.deepcopy(layer)
+
+
+class _Scale(nn.Module):
+    """Multiply by a fixed scalar (a weighted skip connection)."""
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = float(weight)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.weight

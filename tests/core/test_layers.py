@@ -20,6 +20,8 @@ CELL_CASES = [
         ops=("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "avg_pool_3x3", "max_pool_3x3"),
     ),
     dict(method="nas_lora", ops=("skip_connect",)),
+    dict(method="nas_lora", cell_form="scaled"),
+    dict(method="nas_pc_lora", cell_form="scaled", rank=6, channel_ratio=0.5),
 ]
 
 
@@ -117,6 +119,7 @@ FUSED_CASES = [
     dict(method="nas_pc_lora", targets=("q", "v")),  # a subset: added slice by slice
     dict(method="nas_lora", ops=("sep_conv_3x3", "skip_connect")),  # no max pooling
     dict(method="lora", targets=("k",)),
+    dict(method="nas_pc_lora", cell_form="scaled"),
 ]
 
 

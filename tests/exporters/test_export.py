@@ -105,3 +105,16 @@ def test_plain_sam_checkpoint_needs_its_variant(tmp_path):
     assert manifest["merge"]["report"] is None and manifest["source"]["kind"] == "sam_checkpoint"
     assert verify_parity(out).passed
     assert not list(tmp_path.glob(".art*")), "no temporary directories left behind"
+
+
+def test_a_darts_cell_exports_fused_with_parity(tmp_path):
+    """DARTS' non-linear cell (ReLU, BN folded into the convs, pools) goes through ONNX exactly."""
+    from conftest import make_adapter_dir
+
+    source = make_adapter_dir(tmp_path / "darts", cell_form="darts")
+    out, manifest = export_artifacts(source, tmp_path / "art", ExportSpec(merge="fused"))
+    assert manifest["merge"]["report"]["embedding_rel_error"] <= 1e-5
+    report = verify_parity(out)
+    assert report.passed
+    rows = {(r.backend, r.output): r for r in report.rows}
+    assert rows[("onnxruntime CPU", "image_embeddings")].max_abs < 1e-4
