@@ -45,6 +45,7 @@ class RunSpec:
     progress: dict = field(default_factory=dict)
     normalization: str = "imagenet"
     prompt: str = "none"  # how it was trained: prompt-free, or with box prompts
+    training: dict = field(default_factory=dict)  # the TrainConfig it was trained with (empty: older files)
 
     @property
     def head(self) -> str:
@@ -67,6 +68,7 @@ class RunSpec:
             "base_sha256": self.base_sha256,
             "adapter": self.adapter.to_dict(),
             "progress": self.progress,
+            "training": self.training,
         }
 
     @classmethod
@@ -88,6 +90,7 @@ class RunSpec:
                 base_checkpoint=data.get("base_checkpoint"),
                 base_sha256=data.get("base_sha256"),
                 progress=dict(data.get("progress") or {}),
+                training=dict(data.get("training") or {}),  # files older than the field: none recorded
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source} is damaged: {exc}") from None

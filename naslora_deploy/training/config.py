@@ -7,11 +7,14 @@ defaults live here only. No torch at import time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
 from naslora_deploy.common.options import option
-from naslora_deploy.core.config import METHODS, TARGETS, AdapterConfig
+from naslora_deploy.core.config import CELL_FORMS, METHODS, TARGETS, AdapterConfig
+from naslora_deploy.training.metrics import SALIENCY_PROTOCOLS
+from naslora_deploy.training.schedule import LR_SCHEDULES
 
 PROMPTS = ("none", "box")  # prompt-free, or one box per ground-truth component (training.prompts)
 
@@ -33,7 +36,19 @@ def _ops(text: str) -> List[str]:
 
 @dataclass
 class TrainConfig:
-    """Options of ``naslora-deploy train`` (defaults: the paper's Sec. 4.1)."""
+    """Options of ``naslora-deploy train``.
+
+    The method's hyper-parameters default to the paper's Sec. 4.1: batch 4; Adam
+    for the weights at lr 1e-4, weight decay 1e-4; Adam for alpha at lr 1e-3, weight
+    decay 1e-3; T = 40 epochs, T_B = 10; rank 3 on Q, K and V; channel ratio 2/3;
+    horizontal flips; lambda_seg 1, lambda_cls 2 (``losses``). The paper gives
+    "initial" learning rates but no schedule: ``lr_schedule`` defaults to constant
+    until measured. Choices of ours, not the paper's: the model (the paper's are
+    SAM ViT-H; ``vit_b`` is our default, cheaper to train and deploy), the
+    prompt-free/box modes, ``no_object_weight`` 1.0 (Mask2Former uses 0.1), the
+    ``linear`` cell form (``core.config``) and the ``normalized`` saliency protocol
+    (the standard toolbox's; ``training.metrics``).
+    """
 
     data: str = field(metadata=option("folder with images/ and masks/ (optionally train/ val/ test/)"))
     out: str = field(metadata=option("run directory"))
@@ -53,10 +68,21 @@ class TrainConfig:
         default=10, metadata=option("T_B: epochs of weights-only training before alpha")
     )
     batch_size: int = field(default=4, metadata=option("images per step"))
-    lr: float = field(default=1e-4, metadata=option("weights' learning rate"))
-    weight_decay: float = 1e-4
-    arch_lr: float = field(default=1e-3, metadata=option("alpha's learning rate"))
-    arch_weight_decay: float = 1e-3
+    lr: float = field(default=1e-4, metadata=option("weights' (initial) learning rate"))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=option(
+            "the weights' learning rate over the run's steps: constant, cosine (to zero) or poly (power "
+            "0.9); alpha's stays constant, as in DARTS",
+            choices=LR_SCHEDULES,
+        ),
+    )
+    warmup_steps: int = field(
+        default=0, metadata=option("linear learning-rate warm-up over the first N steps (0: none)")
+    )
+    weight_decay: float = field(default=1e-4, metadata=option("weights' Adam weight decay"))
+    arch_lr: float = field(default=1e-3, metadata=option("alpha's learning rate (constant)"))
+    arch_weight_decay: float = field(default=1e-3, metadata=option("alpha's Adam weight decay"))
     rank: int = field(default=3, metadata=option("LoRA rank r"))
     targets: List[str] = field(
         default_factory=lambda: list(TARGETS),
@@ -72,7 +98,21 @@ class TrainConfig:
             "attention blocks to adapt, e.g. 4,5,6,7,8,9", parse=_blocks, shown="all", metavar="N,N"
         ),
     )
-    channel_ratio: float = 2.0 / 3.0
+    channel_ratio: float = field(
+        default=2.0 / 3.0,
+        metadata=option("nas_pc_lora: share of the rank channels that go through the cell (Table D1)"),
+    )
+    cell_form: str = field(
+        default="linear",
+        metadata=option(
+            "how the cell's candidates are built: linear (one collapsible kernel), scaled or darts",
+            choices=CELL_FORMS,
+        ),
+    )
+    no_object_weight: float = field(
+        default=1.0,
+        metadata=option("multi-class loss: weight of the 'no object' class in the CE (Mask2Former: 0.1)"),
+    )
     joint: bool = field(default=False, metadata=option("update weights and alpha together (Table 9, row 1)"))
     alpha_pass: str = field(
         default="second",
@@ -103,6 +143,14 @@ class TrainConfig:
         default=0, metadata=option("mask queries of the multi-class head (0: one per class)")
     )
     val_fraction: float = field(default=0.1, metadata=option("share held out for validation without val/"))
+    saliency_protocol: str = field(
+        default="normalized",
+        metadata=option(
+            "binary S-alpha, E-phi, F-beta^w and MAE on per-image min-max stretched predictions (the "
+            "standard toolbox's) or on raw probabilities",
+            choices=SALIENCY_PROTOCOLS,
+        ),
+    )
     skip_bad: bool = field(default=False, metadata=option("skip unreadable or unpaired files with a warning"))
     device: str = "auto"  # the CLI's shared --device
     seed: int = field(default=0, metadata=option("seeds adapters, data order and flips"))
@@ -126,8 +174,22 @@ class TrainConfig:
             channel_ratio=self.channel_ratio,
             blocks=self.blocks if self.blocks else "all",
             seed=self.seed,
+            cell_form=self.cell_form,
             **({"ops": tuple(self.ops)} if self.ops else {}),
         )
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (``train_config.json`` and the checkpoints' ``training`` record)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Rebuild from ``to_dict`` output; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        missing = [name for name in ("data", "out") if name not in data]
+        if missing:
+            raise ValueError(f"a training record needs {' and '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def validate(self) -> None:
         """Raise ``ValueError`` on an option that cannot work."""
@@ -139,6 +201,23 @@ class TrainConfig:
             raise ValueError("--epochs and --batch-size must be >= 1")
         if not 0 <= self.search_start:
             raise ValueError("--search-start must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        for name in ("lr", "arch_lr", "weight_decay", "arch_weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.no_object_weight) and self.no_object_weight > 0):
+            raise ValueError(f"--no-object-weight must be a finite number > 0, got {self.no_object_weight!r}")
+        if self.saliency_protocol not in SALIENCY_PROTOCOLS:
+            raise ValueError(
+                f"--saliency-protocol must be one of {', '.join(SALIENCY_PROTOCOLS)}, got "
+                f"{self.saliency_protocol!r}"
+            )
         if self.arch_data not in ARCH_DATA:
             raise ValueError("--arch-data must be train or val")
         if self.alpha_pass not in ALPHA_PASSES:
@@ -155,6 +234,17 @@ class TrainConfig:
                 "(SAM's positional embedding is fixed); resize your images instead"
             )
         self.adapter_config()
+
+
+def recorded_config(directory) -> Optional[TrainConfig]:
+    """The training options saved in a run or checkpoint directory (``best/``, ``last/``).
+
+    ``None`` for checkpoints written before the options were recorded in them.
+    """
+    from naslora_deploy.core.checkpoint import read_spec
+
+    training = read_spec(directory).training
+    return TrainConfig.from_dict(training) if training else None
 
 
 @dataclass

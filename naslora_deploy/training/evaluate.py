@@ -16,7 +16,7 @@ from naslora_deploy.common.imaging import (
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.core.heads import semantic_probabilities, upsample_logits
 from naslora_deploy.training.data.dataset import load_labels
-from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics
+from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics, check_saliency_protocol
 from naslora_deploy.training.prompts import component_boxes, scale_boxes
 
 
@@ -62,15 +62,29 @@ def _box_probabilities(model, batch: torch.Tensor, images: List[np.ndarray], box
 
 
 def evaluate(
-    model, pairs: List[Tuple], classes: ClassSpec, batch_size: int = 4, device="cpu", prompt: str = "none"
+    model,
+    pairs: List[Tuple],
+    classes: ClassSpec,
+    batch_size: int = 4,
+    device="cpu",
+    prompt: str = "none",
+    saliency: str = "normalized",
 ) -> Dict[str, object]:
     """Binary or multi-class metrics of ``model`` over ``pairs`` (see ``metrics``).
 
     ``prompt="box"``: box-prompted, one exact box per ground-truth component (MedSAM's protocol).
+    ``saliency``: the binary saliency figures' protocol, ``normalized`` (standard per-image
+    min-max) or ``raw``; the result records it as ``saliency_protocol``. Multi-class MAE
+    is computed on the predicted class probabilities.
     """
+    check_saliency_protocol(saliency)
     was_training = model.training
     model.eval()
-    metrics = BinaryMetrics() if classes.binary else MultiClassMetrics(classes.num_classes, classes.names)
+    metrics = (
+        BinaryMetrics(saliency=saliency)
+        if classes.binary
+        else MultiClassMetrics(classes.num_classes, classes.names)
+    )
     try:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
@@ -78,10 +92,7 @@ def evaluate(
             labels_of = [load_labels(mask_path, classes) for _, mask_path in chunk]
             boxes = [component_boxes(labels == 1)[0] for labels in labels_of] if prompt == "box" else None
             for prob, labels in zip(predict_probabilities(model, images, device, boxes), labels_of):
-                if classes.binary:
-                    metrics.update(prob, labels)
-                else:
-                    metrics.update(prob.argmax(0), labels)
+                metrics.update(prob, labels)  # binary: (H, W) probability; multi-class: (K, H, W)
     finally:
         model.train(was_training)
     return metrics.results()

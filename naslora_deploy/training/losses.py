@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -91,11 +92,18 @@ def match_queries(
     return matches
 
 
-def multiclass_loss(outputs: Dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def multiclass_loss(
+    outputs: Dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int, no_object_weight: float = 1.0
+) -> torch.Tensor:
     """lambda_seg * (BCE + Dice) on matched queries + lambda_cls * CE over all queries.
 
-    Unmatched queries are trained towards "no object" (index K).
+    Unmatched queries are trained towards "no object" (index K). ``no_object_weight``
+    weights that class in the CE, which is then the weighted mean over queries
+    (``sum w_i * ce_i / sum w_i``, as ``F.cross_entropy`` with class weights and as
+    Mask2Former, whose weight is 0.1); 1.0 is the plain mean.
     """
+    if not (no_object_weight > 0 and math.isfinite(no_object_weight)):
+        raise ValueError(f"no_object_weight must be a finite number > 0, got {no_object_weight!r}")
     matches = match_queries(outputs, labels)
     logits = upsample_logits(outputs["mask_logits"], labels.shape[-1])
     class_logits = outputs["class_logits"]
@@ -110,7 +118,11 @@ def multiclass_loss(outputs: Dict[str, torch.Tensor], labels: torch.Tensor, num_
         seg_logits.append(logits[b, rows_t])
         seg_targets.append(targets.float())
         seg_valid.append((labels[b] != IGNORE_INDEX)[None].expand(len(rows), -1, -1))
-    cls_loss = F.cross_entropy(class_logits.flatten(0, 1), class_targets.flatten())
+    class_weight = None
+    if no_object_weight != 1.0:
+        class_weight = class_logits.new_ones(num_classes + 1)
+        class_weight[num_classes] = no_object_weight
+    cls_loss = F.cross_entropy(class_logits.flatten(0, 1), class_targets.flatten(), weight=class_weight)
     if not seg_logits:
         return LAMBDA_CLS * cls_loss
     seg_loss = bce_dice(torch.cat(seg_logits), torch.cat(seg_targets), torch.cat(seg_valid))

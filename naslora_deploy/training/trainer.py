@@ -7,9 +7,11 @@ pass at the updated weights (``alpha_pass="second"``, Alg. 1 as written), or it
 reuses stage 1's backward (``alpha_pass="same"``: alpha's gradient is taken at the
 weights before their update, a first-order shortcut that costs no extra pass).
 ``joint`` updates both from one backward pass from the first epoch (the paper's
-Table 9, first row). The sample order and flips are
-a pure function of (seed, epoch, index), so a resumed run repeats an
-uninterrupted one exactly.
+Table 9, first row). The sample order and flips (``sampling``) and the weights'
+learning rate (``schedule``; alpha's is constant, as in DARTS) are pure functions
+of (seed, epoch, index) and of the step, so a resumed run repeats an
+uninterrupted one exactly. Each epoch's record in ``metrics.jsonl`` holds the
+learning rates used and, for the NAS methods, the mean op shares (softmax(alpha)).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import contextlib
 import json
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -30,6 +31,7 @@ from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.core.adapters import (
+    adapted_layers,
     add_adapters,
     architecture_parameters,
     attention_blocks,
@@ -60,6 +62,10 @@ from naslora_deploy.training.distributed import (
 from naslora_deploy.training.evaluate import evaluate, headline
 from naslora_deploy.training.losses import binary_loss, box_loss, multiclass_loss
 from naslora_deploy.training.prompts import training_prompts
+from naslora_deploy.training.sampling import epoch_order, flip_batch
+from naslora_deploy.training.schedule import learning_rate, total_steps
+
+__all__ = ["Trainer", "TrainConfig", "train", "epoch_order", "flip_batch", "op_shares", "pick_device"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -71,20 +77,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def epoch_order(count: int, seed: int, epoch: int) -> List[int]:
-    """The shuffled sample order of one epoch, a pure function of (seed, epoch)."""
-    order = list(range(count))
-    random.Random(f"order-{seed}-{epoch}").shuffle(order)
-    return order
-
-
-def flip_batch(batch: dict, seed: int, epoch: int) -> dict:
-    """Random horizontal flip of each sample, decided by (seed, epoch, index)."""
-    for i, index in enumerate(batch["index"].tolist()):
-        if random.Random(f"flip-{seed}-{epoch}-{index}").random() < 0.5:
-            batch["image"][i] = batch["image"][i].flip(-1)
-            batch["labels"][i] = batch["labels"][i].flip(-1)
-    return batch
+def op_shares(sam) -> Dict[str, float]:
+    """Mean softmax(alpha) per candidate op over every adapted (block, projection); {} without a cell."""
+    totals: Dict[str, float] = {}
+    count = 0
+    with torch.no_grad():
+        for _, layer in adapted_layers(sam):
+            for adapter in layer.adapters.values():
+                if not adapter.op_names:
+                    continue
+                for name, weight in zip(adapter.op_names, adapter.op_weights().float().tolist()):
+                    totals[name] = totals.get(name, 0.0) + weight
+                count += 1
+    return {name: total / count for name, total in totals.items()}
 
 
 @contextlib.contextmanager
@@ -157,6 +162,8 @@ class Trainer:
             if self.alphas
             else None
         )
+        per_rank = len(shard(list(range(len(self.splits.split("train")))), self.dist))
+        self.total_steps = total_steps(config.epochs, -(-per_rank // config.batch_size), config.max_steps)
         self.epoch, self.step, self.best = 0, 0, None
         self.history: List[dict] = []
 
@@ -188,6 +195,7 @@ class Trainer:
             base_sha,
             normalization=sam.normalization,
             prompt=c.prompt,
+            training=c.to_dict(),
         )
 
     def _record_base(self, sam, checkpoint):
@@ -261,7 +269,7 @@ class Trainer:
             return box_loss(outputs, targets.to(self.device), valid.to(self.device))
         if self.spec.classes.binary:
             return binary_loss(outputs, labels)
-        return multiclass_loss(outputs, labels, self.spec.classes.num_classes)
+        return multiclass_loss(outputs, labels, self.spec.classes.num_classes, self.config.no_object_weight)
 
     def _box_prompts(self, batch: dict):
         """Jittered boxes of each image's largest components (seeded by seed, epoch, index), their masks."""
@@ -283,11 +291,19 @@ class Trainer:
             return "joint"
         return "weights+alpha" if epoch >= self.config.search_start else "weights"
 
+    def current_lr(self) -> float:
+        """The weights' learning rate of step ``self.step`` (``schedule.learning_rate``)."""
+        c = self.config
+        return learning_rate(self.step, self.total_steps, c.lr, c.lr_schedule, c.warmup_steps)
+
     def train_step(self, batch: dict, arch_batch: Optional[dict], stage: str) -> Dict[str, float]:
-        """One step of Alg. 1; returns the losses."""
+        """One step of Alg. 1 at the scheduled learning rate; returns the losses and ``lr``."""
+        lr = self.current_lr()
+        for group in self.weight_opt.param_groups:
+            group["lr"] = lr
         if stage == "joint" or (stage == "weights+alpha" and self.config.alpha_pass == "same"):
-            return self._one_pass_step(batch, with_alpha=True)
-        result = self._one_pass_step(batch, with_alpha=False)
+            return {**self._one_pass_step(batch, with_alpha=True), "lr": lr}
+        result = {**self._one_pass_step(batch, with_alpha=False), "lr": lr}
         if stage == "weights+alpha":
             with frozen(self.weights):  # stage 2: weights fixed
                 self.arch_opt.zero_grad(set_to_none=True)
@@ -348,7 +364,7 @@ class Trainer:
         train_pairs = self.splits.split("train")
         while self.epoch < c.epochs and not self._out_of_steps():
             epoch, stage = self.epoch, self.stage(self.epoch)
-            started, losses, arch_losses, step_times = time.perf_counter(), [], [], []
+            started, losses, arch_losses, step_times, lrs = time.perf_counter(), [], [], [], []
             order = shard(epoch_order(len(train_pairs), c.seed, epoch), self.dist)
             arch_batches = self._arch_batches(epoch)
             bar = progress_bar(
@@ -365,10 +381,13 @@ class Trainer:
                 step_times.append(time.perf_counter() - t0)
                 self.step += 1
                 losses.append(result["loss"])
+                lrs.append(result["lr"])
                 if "arch_loss" in result:
                     arch_losses.append(result["arch_loss"])
                 bar.set_postfix(
-                    loss=f"{result['loss']:.4f}", lr=c.lr, arch_lr=c.arch_lr if stage != "weights" else 0
+                    loss=f"{result['loss']:.4f}",
+                    lr=f"{result['lr']:.3g}",
+                    arch_lr=c.arch_lr if stage != "weights" else 0,
                 )
                 if writer is not None:
                     writer.add_scalar("train/loss", result["loss"], self.step)
@@ -376,7 +395,7 @@ class Trainer:
                     break
             self.epoch += 1
             self._end_epoch(
-                epoch, stage, losses, arch_losses, step_times, time.perf_counter() - started, writer
+                epoch, stage, losses, arch_losses, step_times, lrs, time.perf_counter() - started, writer
             )
         self._finish()
         return self.out
@@ -392,7 +411,7 @@ class Trainer:
 
         return SummaryWriter(str(self.out / "tensorboard"))
 
-    def _end_epoch(self, epoch, stage, losses, arch_losses, step_times, seconds, writer) -> None:
+    def _end_epoch(self, epoch, stage, losses, arch_losses, step_times, lrs, seconds, writer) -> None:
         val_pairs = self.splits.split("val")
         record = {
             "epoch": epoch,
@@ -400,11 +419,14 @@ class Trainer:
             "stage": stage,
             "train_loss": sum(losses) / max(len(losses), 1),
             "arch_loss": sum(arch_losses) / len(arch_losses) if arch_losses else None,
-            "lr": self.config.lr,
+            "lr": lrs[0] if lrs else self.current_lr(),  # the weights' lr at the epoch's first step
+            "lr_end": lrs[-1] if lrs else self.current_lr(),  # ... and at its last
             "arch_lr": self.config.arch_lr if stage != "weights" else 0.0,
             "step_time_ms": 1000 * sorted(step_times)[len(step_times) // 2] if step_times else None,
             "seconds": seconds,
         }
+        if self.alphas:
+            record["op_shares"] = op_shares(self.model.sam)
         if self.dist.is_main:
             if val_pairs:
                 record["val"] = evaluate(
@@ -414,6 +436,7 @@ class Trainer:
                     self.config.batch_size,
                     self.device,
                     self.config.prompt,
+                    self.config.saliency_protocol,
                 )
             self.history.append(record)
             self._write_epoch(record, writer)
@@ -472,5 +495,5 @@ def train(config: TrainConfig) -> Path:
     trainer = Trainer(config)
     if trainer.dist.is_main:
         trainer.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(trainer.out / "train_config.json", json.dumps(asdict(config), indent=2) + "\n")
+        atomic_write_text(trainer.out / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     return trainer.run()

@@ -80,3 +80,20 @@ def test_image_with_only_ignored_pixels_trains_no_object():
     expected = 2.0 * F.cross_entropy(outputs["class_logits"][0], torch.tensor([2, 2, 2]))
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
     assert np.isfinite(float(loss))
+
+
+def test_no_object_weight_down_weights_the_unmatched_queries_in_the_ce():
+    outputs, labels = _hand_built()
+    outputs["class_logits"][0, 1] = torch.tensor([0.0, 0.0, 1.0])  # an unsure "no object": a larger CE
+    assert dict(zip(*[m.tolist() for m in match_queries(outputs, labels)[0][:2]])) == {0: 1, 2: 0}
+    loss = multiclass_loss(outputs, labels, num_classes=2, no_object_weight=0.1)
+    # matched queries 0 -> class 1, 2 -> class 0 weigh 1; query 1 -> "no object" (2) weighs 0.1
+    per_query = F.cross_entropy(outputs["class_logits"][0], torch.tensor([1, 2, 0]), reduction="none")
+    weights = torch.tensor([1.0, 0.1, 1.0])
+    ce = (weights * per_query).sum() / weights.sum()
+    plain = multiclass_loss(outputs, labels, num_classes=2)
+    plain_ce = per_query.mean()
+    assert float(loss) == pytest.approx(float(plain - 2.0 * plain_ce + 2.0 * ce), rel=1e-6)
+    assert float(loss) < float(plain) - 0.1  # the larger CE counts for less
+    with pytest.raises(ValueError, match="no_object_weight must be a finite number > 0"):
+        multiclass_loss(outputs, labels, num_classes=2, no_object_weight=0.0)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from naslora_deploy.common.errors import CheckpointError
+from naslora_deploy.core.adapters import adapted_layers
 from naslora_deploy.core.checkpoint import load_adapter, read_spec, trainable_state
 from naslora_deploy.core.testing import perturb_adapters
 from naslora_deploy.training.trainer import TrainConfig, Trainer
@@ -290,3 +291,96 @@ def test_compile_wraps_each_encoder_block_and_keeps_the_state_dict(binary_data, 
     assert all(block._compiled_call_impl is not None for block in blocks)  # compiled lazily, on first call
     assert all(block._compiled_call_impl is None for block in plain.model.sam.image_encoder.blocks)
     assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
+
+
+def test_the_new_options_reach_the_optimisers_the_epoch_record_and_every_checkpoint(binary_data, tmp_path):
+    from naslora_deploy.training.config import recorded_config
+
+    run = tmp_path / "run"
+    config = _config(
+        binary_data,
+        run,
+        lr_schedule="cosine",
+        warmup_steps=1,
+        weight_decay=2e-4,
+        arch_weight_decay=5e-3,
+        channel_ratio=1 / 3,
+        cell_form="scaled",
+        no_object_weight=0.1,
+        saliency_protocol="raw",
+    )
+    trainer = Trainer(config)
+    assert trainer.total_steps == 4  # 8 training images, batch 4, 2 epochs
+    assert trainer.weight_opt.param_groups[0]["weight_decay"] == 2e-4
+    assert trainer.arch_opt.param_groups[0]["weight_decay"] == 5e-3
+    adapter = next(iter(next(adapted_layers(trainer.model.sam))[1].adapters.values()))
+    assert adapter.pc_mask.sum() == 1  # 1/3 of rank 3
+    trainer.run()
+    # warm-up step 0: 1e-3; then cosine over 3 steps: progress 0, 1/3, 2/3 -> 1, 0.75, 0.25 of 1e-3
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == pytest.approx([1e-3, 0.75e-3])
+    assert [r["lr_end"] for r in records] == pytest.approx([1e-3, 0.25e-3])
+    assert trainer.weight_opt.param_groups[0]["lr"] == pytest.approx(0.25e-3)
+    assert trainer.arch_opt.param_groups[0]["lr"] == 1e-3  # alpha's rate is constant
+    assert all(r["val"]["saliency_protocol"] == "raw" for r in records)
+    shares = [r["op_shares"] for r in records]
+    assert set(shares[0]) == set(adapter.op_names)
+    assert all(sum(s.values()) == pytest.approx(1.0) for s in shares)
+    assert shares[0] == pytest.approx({name: 1 / 8 for name in adapter.op_names}, abs=1e-3)  # alpha ~ 0
+    assert shares[1] != shares[0]  # epoch 1 searched
+    for checkpoint in ("best", "last"):
+        assert recorded_config(run / checkpoint) == config
+
+
+def test_checkpoints_from_before_the_training_record_still_load(binary_data, tmp_path):
+    from naslora_deploy.training.config import recorded_config
+
+    run = tmp_path / "run"
+    Trainer(_config(binary_data, run, epochs=1, max_steps=1)).run()
+    path = run / "last" / "adapter_config.json"
+    data = json.loads(path.read_text())
+    del data["training"]
+    path.write_text(json.dumps(data))
+    assert read_spec(run / "last").training == {}
+    assert recorded_config(run / "last") is None
+    assert load_adapter(run / "last") is not None
+
+
+def test_the_cli_flags_build_the_same_train_config():
+    from naslora_deploy.cli import cli, fields_of
+
+    argv = ["--data", "d", "--out", "o", "--lr-schedule", "poly", "--warmup-steps", "5"]
+    argv += ["--channel-ratio", "0.5", "--weight-decay", "0", "--arch-weight-decay", "0.01"]
+    argv += ["--no-object-weight", "0.1", "--cell-form", "darts", "--saliency-protocol", "raw"]
+    params = cli.commands["train"].make_context("train", argv).params
+    config = TrainConfig(**fields_of(TrainConfig, params))
+    assert config == TrainConfig(
+        data="d",
+        out="o",
+        lr_schedule="poly",
+        warmup_steps=5,
+        channel_ratio=0.5,
+        weight_decay=0.0,
+        arch_weight_decay=0.01,
+        no_object_weight=0.1,
+        cell_form="darts",
+        saliency_protocol="raw",
+    )
+    assert config.adapter_config().cell_form == "darts"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr_schedule": "step"}, "--lr-schedule must be one of"),
+        ({"warmup_steps": -1}, "--warmup-steps must be >= 0"),
+        ({"weight_decay": -1e-4}, "--weight-decay must be a finite number >= 0"),
+        ({"no_object_weight": 0.0}, "--no-object-weight must be a finite number > 0"),
+        ({"saliency_protocol": "minmax"}, "--saliency-protocol must be one of"),
+        ({"cell_form": "bn"}, "unknown cell_form 'bn'"),
+        ({"channel_ratio": 0.0}, "channel_ratio must be in"),
+    ],
+)
+def test_bad_new_options_are_refused_with_one_line(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, tmp_path / "run", **changes).validate()

@@ -15,6 +15,7 @@ from naslora_deploy.common.imaging import (
     preprocess_mask,
     read_image,
     read_mask,
+    resized_shape,
 )
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.training.data.folder import Pair
@@ -29,7 +30,8 @@ def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:
 
 
 class SegmentationDataset(Dataset):
-    """Items: ``image`` (3, S, S) float32, ``labels`` (S, S) int64 (255 = ignore/padding), ``index``."""
+    """Items: ``image`` (3, S, S) float32, ``labels`` (S, S) int64 (255 = ignore/padding), ``index``,
+    and ``size``: the resized image's (h, w), the valid top-left region before the bottom/right padding."""
 
     def __init__(
         self, pairs: List[Pair], classes: ClassSpec, image_size: int, normalization: str = "imagenet"
@@ -44,6 +46,13 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, mask_path = self.pairs[index]
-        image = preprocess_image(read_image(image_path), self.image_size, self.normalization)
+        raw = read_image(image_path)
+        image = preprocess_image(raw, self.image_size, self.normalization)
         labels = preprocess_mask(load_labels(mask_path, self.classes), self.image_size, IGNORE_INDEX)
-        return {"image": torch.from_numpy(image), "labels": torch.from_numpy(labels), "index": index}
+        size = torch.tensor(resized_shape(*raw.shape[:2], self.image_size), dtype=torch.int64)
+        return {
+            "image": torch.from_numpy(image),
+            "labels": torch.from_numpy(labels),
+            "index": index,
+            "size": size,
+        }

@@ -5,12 +5,19 @@ The photographs and textures are the ones scikit-image's wheel ships as files
 one photograph and fills a random smooth blob with a crop of another, so the
 object is told apart by texture and shape, not by a flat colour. Written as an
 ordinary folder data set (``{train,val,test}/{images,masks}``, masks ``*_mask.png``).
+
+``multiclass=True`` writes a three-class version instead (``CLASS_NAMES``, with a
+``classes.json``): a blob filled with one of the regular textures
+(``BLOB_TEXTURES``) and a rectangle filled with one of ``BOX_PHOTOS``, on a
+background from the remaining photographs; the rectangle is drawn last and
+may cover part of the blob. Masks hold the class index (0, 1, 2).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -33,6 +40,9 @@ PHOTOS = (
     "motorcycle_left.png",
     "hubble_deep_field.jpg",
 )
+CLASS_NAMES = ("background", "blob", "box")
+BLOB_TEXTURES = ("brick.png", "grass.png", "gravel.png")
+BOX_PHOTOS = ("coins.png", "camera.png", "moon.png", "ihc.png")
 
 
 def photo_folder() -> Path:
@@ -41,11 +51,11 @@ def photo_folder() -> Path:
     return Path(skimage.__file__).parent / "data"
 
 
-def load_photos() -> List[np.ndarray]:
-    """Every bundled photograph in ``PHOTOS`` as (H, W, 3) uint8."""
+def load_photos(names: Sequence[str] = PHOTOS) -> List[np.ndarray]:
+    """Every bundled photograph in ``names`` (default: all of ``PHOTOS``) as (H, W, 3) uint8."""
     folder = photo_folder()
     return [
-        np.asarray(Image.open(folder / name).convert("RGB")) for name in PHOTOS if (folder / name).is_file()
+        np.asarray(Image.open(folder / name).convert("RGB")) for name in names if (folder / name).is_file()
     ]
 
 
@@ -83,13 +93,56 @@ def photo_sample(
     return image.astype(np.uint8), inside.astype(np.uint8)
 
 
+def multiclass_photo_sample(
+    rng: np.random.Generator,
+    groups: Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]],
+    size_range: Tuple[int, int] = (192, 320),
+) -> Tuple[np.ndarray, np.ndarray]:
+    """One (H, W, 3) uint8 image and its (H, W) uint8 label map: 0 background, 1 blob, 2 box.
+
+    ``groups``: the photographs of the background, the blob's textures and the box's.
+    """
+    height, width = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
+    background, textures, boxes = groups
+    image = _crop(rng, background[int(rng.integers(len(background)))], height, width)
+    labels = np.zeros((height, width), np.uint8)
+    inside = blob(rng, height, width)
+    image = np.where(
+        inside[..., None], _crop(rng, textures[int(rng.integers(len(textures)))], height, width), image
+    )
+    labels[inside] = 1
+    box_h, box_w = int(rng.uniform(0.2, 0.4) * height), int(rng.uniform(0.2, 0.4) * width)
+    top, left = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+    fill = _crop(rng, boxes[int(rng.integers(len(boxes)))], box_h, box_w)
+    image[top : top + box_h, left : left + box_w] = fill
+    labels[top : top + box_h, left : left + box_w] = 2
+    return image.astype(np.uint8), labels
+
+
 def write_photo_dataset(
-    out, count: int = 24, seed: int = 0, val: Optional[int] = None, test: Optional[int] = None
+    out,
+    count: int = 24,
+    seed: int = 0,
+    val: Optional[int] = None,
+    test: Optional[int] = None,
+    multiclass: bool = False,
 ) -> Path:
-    """Write ``count`` train, ``val`` and ``test`` pairs (default: count/3, at least 2) under ``out``."""
+    """Write ``count`` train, ``val`` and ``test`` pairs (default: count/3, at least 2) under ``out``.
+
+    ``multiclass``: the three-class version (background, blob, box) with a ``classes.json``.
+    """
     out = Path(out)
     rng = np.random.default_rng(seed)
-    photos = load_photos()
+    if multiclass:
+        special = set(BLOB_TEXTURES) | set(BOX_PHOTOS)
+        groups = tuple(
+            load_photos(names)
+            for names in ([n for n in PHOTOS if n not in special], BLOB_TEXTURES, BOX_PHOTOS)
+        )
+        if not all(groups):
+            raise FileNotFoundError(f"scikit-image's sample photographs are missing from {photo_folder()}")
+    else:
+        photos = load_photos()
     default = max(2, count // 3)
     splits = {
         "train": count,
@@ -100,8 +153,15 @@ def write_photo_dataset(
         (out / split / "images").mkdir(parents=True, exist_ok=True)
         (out / split / "masks").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            image, mask = photo_sample(rng, photos)
             stem = f"{split}_{i:04d}"
+            if multiclass:
+                image, labels = multiclass_photo_sample(rng, groups)
+                mask = labels
+            else:
+                image, labels = photo_sample(rng, photos)
+                mask = labels * 255
             Image.fromarray(image).save(out / split / "images" / f"{stem}.png")
-            Image.fromarray(mask * 255).save(out / split / "masks" / f"{stem}_mask.png")
+            Image.fromarray(mask).save(out / split / "masks" / f"{stem}_mask.png")
+    if multiclass:
+        (out / "classes.json").write_text(json.dumps({"names": list(CLASS_NAMES)}, indent=2) + "\n")
     return out

@@ -21,3 +21,21 @@ def test_seeded_folder_data_set_with_texture_inside_a_shape(tmp_path):
         assert np.array_equal(np.asarray(Image.open(image)), np.asarray(Image.open(image_b)))
         labels = np.asarray(Image.open(mask))
         assert set(np.unique(labels)) == {0, 255} and 0.03 < (labels > 0).mean() < 0.6
+
+
+def test_multiclass_version_has_three_classes_and_the_binary_default_stays_binary(tmp_path):
+    multi = write_photo_dataset(tmp_path / "multi", count=3, seed=4, val=1, test=1, multiclass=True)
+    splits = discover(multi)
+    assert splits.classes.names == ["background", "blob", "box"]
+    for _, mask in splits.split("train"):
+        labels = np.asarray(Image.open(mask))
+        assert set(np.unique(labels)) == {0, 1, 2}
+        assert all(0.01 < (labels == c).mean() < 0.9 for c in (0, 1, 2))
+    binary = write_photo_dataset(tmp_path / "binary", count=3, seed=4, val=1, test=2)
+    again = write_photo_dataset(tmp_path / "again", count=3, seed=4, val=1, test=2, multiclass=False)
+    for (image, mask), (image_b, mask_b) in zip(
+        discover(binary).split("test"), discover(again).split("test")
+    ):
+        assert np.array_equal(np.asarray(Image.open(image)), np.asarray(Image.open(image_b)))
+        assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(mask_b)))
+    assert not (binary / "classes.json").exists()
