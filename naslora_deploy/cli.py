@@ -267,16 +267,29 @@ def inspect(adapter, plot, json_target) -> None:
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)"
 )
-@options_from(ExportSpec, only=("calibration", "calibration_images"))
+@options_from(ExportSpec, only=("calibration", "calibration_images", "recover", "recover_decoder"))
 @device_option
 @progress_option
 def merge(
-    adapter, base, allow_base_mismatch, mode, out, calibration, calibration_images, device, progress
+    adapter,
+    base,
+    allow_base_mismatch,
+    mode,
+    out,
+    calibration,
+    calibration_images,
+    recover,
+    recover_decoder,
+    device,
+    progress,
 ) -> None:
     """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity."""
     from naslora_deploy.core.calibration import calibration_images as read_calibration
     from naslora_deploy.core.checkpoint import write_merged
+    from naslora_deploy.exporters.specs import check_recovery
 
+    recover = recover or 0  # unset: ExportSpec's default, none
+    check_recovery(recover, mode, calibration, recover_decoder)  # before the model is loaded
     model = _load(adapter, base, allow_base_mismatch, device)
     spec = model.spec
     images = (
@@ -284,10 +297,54 @@ def merge(
         if calibration
         else None
     )
-    _, report, written = write_merged(model, mode, out, images, source=str(adapter), progress=progress)
+    if recover:
+        _, report, written = _write_recovered(
+            model, mode, out, images, str(adapter), progress, recover_decoder, recover
+        )
+    else:
+        _, report, written = write_merged(model, mode, out, images, source=str(adapter), progress=progress)
     click.echo(report.summary())
     for path in written:
         click.echo(f"wrote {path}")
+
+
+def _write_recovered(model, mode, out, images, source, progress, decoder: bool, steps: int):
+    """``write_merged`` with merge-aware recovery: the same files, the recovered model and its report.
+
+    ``core.checkpoint.write_merged`` takes no merge options yet; this writes what it
+    writes (state dict, multi-class head, ``<stem>.report.json``) from a merge with
+    ``recover``, through its own helpers.
+    """
+    from naslora_deploy.common.io import atomic_write_text
+    from naslora_deploy.core.checkpoint import save_state, sidecar_paths
+    from naslora_deploy.core.merge import merge as run_merge
+    from naslora_deploy.core.recovery import Recovery
+
+    out = Path(out)
+    spec = model.spec
+    merged, report = run_merge(
+        model, mode, images, progress=progress, recover=Recovery(steps, decoder=decoder)
+    )
+    written = [save_state(out, merged.sam.state_dict())]
+    paths = sidecar_paths(out)
+    if model.class_head is not None:
+        head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
+        written.append(save_state(paths["head"], head))
+    description = {
+        "variant": spec.variant,
+        "image_size": spec.image_size,
+        "normalization": spec.normalization,
+        "head": spec.head,
+        "classes": spec.classes.to_dict(),
+        "num_queries": spec.num_queries,
+        "adapter": spec.adapter.to_dict(),
+        "source": source,
+        "checkpoint": out.name,
+        "head_weights": paths["head"].name if model.class_head is not None else None,
+        "merge": report.to_dict(),
+    }
+    written.append(atomic_write_text(paths["report"], json.dumps(description, indent=2) + "\n"))
+    return merged, report, written
 
 
 @cli.command()

@@ -73,6 +73,59 @@ def test_merge_dense_writes_plain_sam_and_the_head(trained_run, tmp_path, capsys
     assert "wrote" in capsys.readouterr().out
 
 
+def test_merge_dense_with_recovery(trained_run, multiclass_data, tmp_path, capsys):
+    out = tmp_path / "recovered.pth"
+    args = [
+        "merge",
+        str(trained_run),
+        "--mode",
+        "dense",
+        "--out",
+        str(out),
+        "--calibration",
+        str(multiclass_data),
+    ]
+    assert main([*args, "--calibration-images", "4", "--recover", "3"]) == 0
+    build_sam("vit_tiny", checkpoint=out)  # plain SAM, strictly
+    report = json.loads((tmp_path / "recovered.report.json").read_text())
+    recovery = report["merge"]["recovery"]
+    assert recovery["steps"] == 3 and recovery["images"] == 2 and not recovery["decoder"]
+    assert "odd positions" in report["merge"]["measured_on"] and "none" in report["merge"]["mask_iou"]
+    assert (tmp_path / "recovered.head.safetensors").is_file()
+    assert "recovery: 3 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--recover", "-1"], "--recover must be a whole number of steps >= 0, got '-1'"),
+        (["--recover", "ten"], "--recover must be a whole number of steps >= 0, got 'ten'"),
+        (["--recover", "5"], "--recover distils on unlabelled images: give them with --calibration"),
+        (["--recover", "5", "--calibration", "."], None),  # with --mode fused below
+        (["--recover-decoder"], "--recover-decoder needs --recover STEPS"),
+    ],
+    ids=["negative", "not-a-number", "no-calibration", "fused", "decoder-alone"],
+)
+@pytest.mark.parametrize("command", ["merge", "export"])
+def test_bad_recover_values_give_one_line(command, extra, message, tmp_path):
+    mode = ["--mode" if command == "merge" else "--merge", "fused" if message is None else "dense"]
+    target = ["--out", str(tmp_path / ("x.pth" if command == "merge" else "art"))]
+    result = _cli(command, "/nonexistent-adapter", *mode, *target, *extra)
+    assert result.returncode == 2
+    assert (message or "--recover tunes the dense fold; use it with the dense merge") in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_export_spec_recovery_fields():
+    from naslora_deploy.exporters.specs import ExportSpec
+
+    spec = ExportSpec(calibration="images", recover=20, recover_decoder=True)
+    assert ExportSpec.from_manifest({"export": spec.to_dict()}) == spec
+    assert ExportSpec.from_manifest({"export": {"format": "onnx"}}).recover == 0  # older manifests
+    with pytest.raises(ValueError, match="--recover tunes the dense fold"):
+        ExportSpec(merge="fused", calibration="images", recover=20)
+
+
 def test_merge_fused(trained_run, tmp_path):
     out = tmp_path / "fused.safetensors"
     assert main(["merge", str(trained_run), "--mode", "fused", "--out", str(out)]) == 0

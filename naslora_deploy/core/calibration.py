@@ -3,12 +3,17 @@
 ``merge`` takes a (N, 3, S, S) tensor, a callable returning batches, or any
 re-iterable of batches; ``calibration_batches`` turns each into one re-callable,
 checked batch iterator. ``calibration_images`` reads them from an image folder.
+
+Held-out rule (``split_positions``): where a merge fits anything on the
+calibration images (a least-squares fold, a recovery), the images at even
+positions of the stream (0th, 2nd, 4th, ...) fit and those at odd positions
+(1st, 3rd, ...) measure, so the reported fidelity is never in sample.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -38,8 +43,14 @@ def calibration_images(folder, count: int, image_size: int, normalization: str =
     )
 
 
-def calibration_batches(calibration: Calibration, image_size: int) -> Callable[[], Iterator[torch.Tensor]]:
-    """Normalise the accepted calibration forms into a re-callable batch iterator that checks shapes."""
+def calibration_batches(
+    calibration: Calibration, image_size: int, dtype: Optional[torch.dtype] = None, device=None
+) -> Callable[[], Iterator[torch.Tensor]]:
+    """Normalise the accepted calibration forms into a re-callable batch iterator that checks shapes.
+
+    Each (N, 3, S, S) batch is moved to ``device`` and cast to ``dtype`` (the
+    model's), so a float64 model gets float64 images.
+    """
     if isinstance(calibration, torch.Tensor):
         tensor = calibration
 
@@ -67,8 +78,33 @@ def calibration_batches(calibration: Calibration, image_size: int) -> Callable[[
                     f"got {shape}"
                 )
             count += 1
-            yield batch
+            yield batch.to(device=device, dtype=dtype or batch.dtype)
         if count == 0:
             raise ValueError("calibration gave no images")
 
     return batches
+
+
+def split_positions(
+    batches: Callable[[], Iterable[torch.Tensor]], parity: int
+) -> Callable[[], Iterator[torch.Tensor]]:
+    """The images of ``batches`` at even (``parity`` 0) or odd (1) positions of the whole stream.
+
+    Positions count images, not batches, across all batches of one pass; each
+    yielded batch is the (possibly empty, then skipped) matching part of one input batch.
+    """
+
+    def chosen() -> Iterator[torch.Tensor]:
+        position = 0
+        for batch in batches():
+            keep = [i for i in range(batch.shape[0]) if (position + i) % 2 == parity]
+            position += batch.shape[0]
+            if keep:
+                yield batch[keep]
+
+    return chosen
+
+
+def count_images(batches: Callable[[], Iterable[torch.Tensor]]) -> int:
+    """How many images one pass of ``batches`` gives."""
+    return sum(batch.shape[0] for batch in batches())

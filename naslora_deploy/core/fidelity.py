@@ -1,23 +1,26 @@
 """Measure how closely a merged model follows the unmerged one.
 
-Two figures, both measured on real forward passes:
+Three figures, all measured on real forward passes:
 - per adapted projection, the relative error of the merged branch against the
   unmerged adapter branch, on the very inputs that projection sees;
 - on the image embeddings, the error relative to the embeddings themselves and
   relative to the adapters' whole effect (unmerged minus base SAM), the honest
-  figure: it says what share of the adaptation a merge loses.
+  figure: it says what share of the adaptation a merge loses;
+- task level (where the model has a head, ``Heads``): the IoU between the merged
+  and the unmerged model's predicted masks (probability > 0.5), per image, averaged.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from naslora_deploy.core.adapters import adapters_disabled
+from naslora_deploy.core.heads import semantic_probabilities, upsample_logits
 from naslora_deploy.core.layers import AdaptedQKV
 
 Key = Tuple[int, str]
@@ -31,10 +34,65 @@ class Fidelity:
     embedding_rel_error: float
     embedding_rel_error_of_adaptation: Optional[float]
     branch_errors: Dict[Key, Tuple[float, float]]  # (relative error, branch RMS)
+    mask_iou: Dict[str, float] = field(default_factory=dict)  # prompt -> mean IoU merged vs unmerged
 
 
-def probe_images(image_size: int, count: int = 2, seed: int = 0, device=None) -> torch.Tensor:
-    """Seeded, spatially correlated (N, 3, S, S) images at SAM's normalised scale.
+@dataclass
+class Heads:
+    """The segmentation models around the unmerged and merged SAMs, for task-level fidelity.
+
+    ``prompts``: ``"none"`` (prompt-free) and/or ``"box"`` (one fixed box per image,
+    ``fixed_box``; binary heads only).
+    """
+
+    unmerged: object  # SegmentationModel
+    merged: object  # SegmentationModel
+    prompts: List[str] = field(default_factory=lambda: ["none"])
+
+
+def fixed_box(image_size: int) -> torch.Tensor:
+    """The (1, 4) box a box-trained model is measured with: the central 3/4 of the input square.
+
+    Calibration images carry no labels, so there is no object box; both models
+    get the same box, which is what an agreement figure needs.
+    """
+    low, high = image_size / 8, image_size * 7 / 8
+    return torch.tensor([[low, low, high, high]])
+
+
+def predicted_masks(head, embeddings: torch.Tensor, prompt: str) -> torch.Tensor:
+    """(B, H, W) boolean masks (binary: foreground; multi-class: argmax label) at the input size."""
+    size = head.image_size
+    if prompt == "box":
+        boxes = [fixed_box(size).to(embeddings) for _ in range(embeddings.shape[0])]
+        logits = head.decode_boxes(embeddings, boxes)["mask_logits"]
+    else:
+        outputs = head.decode(embeddings)
+        logits = outputs["mask_logits"]
+        if "class_logits" in outputs:
+            prob = semantic_probabilities(
+                upsample_logits(logits.float(), size), outputs["class_logits"].float()
+            )
+            return prob.argmax(1)
+    return upsample_logits(logits.float(), size)[:, 0] > 0.0  # sigmoid > 0.5
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of two same-shaped masks: boolean foregrounds, or label maps (mean over the labels present).
+
+    Two empty foregrounds agree completely (1.0).
+    """
+    if a.dtype == torch.bool:
+        union = int((a | b).sum())
+        return 1.0 if union == 0 else int((a & b).sum()) / union
+    labels = torch.unique(torch.cat([a.flatten(), b.flatten()]))
+    return sum(mask_iou(a == k, b == k) for k in labels.tolist()) / len(labels)
+
+
+def probe_images(
+    image_size: int, count: int = 2, seed: int = 0, device=None, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """Seeded, spatially correlated (N, 3, S, S) images at SAM's normalised scale (float32 by default).
 
     A sum of smooth random fields at several scales plus a few flat-coloured
     rectangles: neighbouring tokens are correlated, as in real photographs, which
@@ -51,7 +109,7 @@ def probe_images(image_size: int, count: int = 2, seed: int = 0, device=None) ->
             w, h = torch.randint(image_size // 8, image_size // 3, (2,), generator=generator).tolist()
             colour = torch.randn(3, 1, 1, generator=generator)
             images[n, :, y0 : y0 + h, x0 : x0 + w] = colour
-    return images.to(device) if device is not None else images
+    return images.to(device=device, dtype=dtype or images.dtype)
 
 
 def measure_fidelity(
@@ -60,11 +118,13 @@ def measure_fidelity(
     layers: Dict[int, AdaptedQKV],
     candidates: Dict[int, Callable[[torch.Tensor], torch.Tensor]],
     image_batches: Iterable[torch.Tensor],
+    heads: Optional[Heads] = None,
 ) -> Fidelity:
     """Run the unmerged, merged and base models on the same images and compare.
 
     ``candidates[i](x)`` gives the merged model's (..., T*dim) branch for block
     ``i`` on that block's qkv input ``x``; the unmerged branch is the adapter's.
+    ``heads``: also compare the predicted masks (``Fidelity.mask_iou``).
     """
     sums: Dict[Key, list] = {}
 
@@ -86,17 +146,26 @@ def measure_fidelity(
 
         return hook
 
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
     err_sq = ref_sq = adapt_sq = 0.0
     images = 0
+    ious: Dict[str, List[float]] = {prompt: [] for prompt in (heads.prompts if heads else [])}
     handles = [layer.register_forward_hook(hook_for(i)) for i, layer in layers.items()]
     try:
         for batch in image_batches:
-            for image in batch.to(device).split(1):
-                unmerged = model.image_encoder(image).double()
+            for image in batch.to(parameter).split(1):
+                unmerged_embedding = model.image_encoder(image)
+                merged_embedding = merged.image_encoder(image)
+                unmerged, merged_out = unmerged_embedding.double(), merged_embedding.double()
                 with adapters_disabled(model):
                     base = model.image_encoder(image).double()
-                merged_out = merged.image_encoder(image).double()
+                for prompt, values in ious.items():
+                    values.append(
+                        mask_iou(
+                            predicted_masks(heads.merged, merged_embedding, prompt)[0],
+                            predicted_masks(heads.unmerged, unmerged_embedding, prompt)[0],
+                        )
+                    )
                 err_sq += float((merged_out - unmerged).pow(2).sum())
                 ref_sq += float(unmerged.pow(2).sum())
                 adapt_sq += float((unmerged - base).pow(2).sum())
@@ -110,6 +179,7 @@ def measure_fidelity(
         embedding_rel_error=_ratio(err_sq, ref_sq),
         embedding_rel_error_of_adaptation=None if adapt_sq == 0.0 else math.sqrt(err_sq / adapt_sq),
         branch_errors=branch_errors,
+        mask_iou={prompt: sum(v) / len(v) for prompt, v in ious.items() if v},
     )
 
 

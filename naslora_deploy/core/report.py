@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from naslora_deploy.common.io import atomic_write_text
 
@@ -28,8 +28,35 @@ class ProjectionFidelity:
 
 
 @dataclass
+class RecoveryReport:
+    """What merge-aware recovery did (``merge(..., recover=STEPS)``).
+
+    loss_before / loss_after: the distillation loss on the fitting images (relative
+    squared error of the image embeddings, plus that of the mask logits when the
+    decoder was tuned), before the first and after the last step.
+    """
+
+    steps: int
+    lr: float
+    batch_size: int
+    decoder: bool
+    images: int
+    loss_before: float
+    loss_after: float
+    seconds: float
+    decoder_lr: Optional[float] = None
+
+
+@dataclass
 class MergeReport:
-    """What a merge did and how much it changed, all measured, nothing assumed."""
+    """What a merge did and how much it changed, all measured, nothing assumed.
+
+    fitted_on: the images the folds (and any recovery) were fitted on, or "nothing".
+    measured_on: the images every figure below was measured on (held out from the fit).
+    mask_iou: prompt ("none", "box") -> mean IoU between the merged and the unmerged
+        model's predicted masks (empty where the merged model has no head).
+    recovery: set where merge-aware recovery ran; the figures are after it.
+    """
 
     mode: str
     method: str
@@ -40,6 +67,9 @@ class MergeReport:
     embedding_rel_error_of_adaptation: Optional[float]
     projections: List[ProjectionFidelity] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    fitted_on: str = "nothing"
+    mask_iou: Dict[str, float] = field(default_factory=dict)
+    recovery: Optional[RecoveryReport] = None
 
     @property
     def max_branch_rel_error(self) -> float:
@@ -66,6 +96,8 @@ class MergeReport:
         data = dict(data)
         data.pop("max_branch_rel_error", None)
         data["projections"] = [ProjectionFidelity(**p) for p in data.get("projections", [])]
+        if data.get("recovery") is not None:
+            data["recovery"] = RecoveryReport(**data["recovery"])
         return cls(**data)
 
     def summary(self) -> str:
@@ -76,13 +108,27 @@ class MergeReport:
             else f"{self.embedding_rel_error_of_adaptation:.3e}"
         )
         lines = [
-            f"merge {self.mode} ({self.method}, fold: {self.fold}), measured on {self.measured_on}, "
-            f"{self.images} image(s)",
+            f"merge {self.mode} ({self.method}, fold: {self.fold})",
+            f"  fitted on {self.fitted_on}; measured on {self.measured_on}, {self.images} image(s)",
+        ]
+        if self.recovery is not None:
+            r = self.recovery
+            lines.append(
+                f"  recovery: {r.steps} steps (lr {r.lr:g}, batch {r.batch_size}, "
+                f"{'encoder factors + decoder' if r.decoder else 'encoder factors'}) on {r.images} image(s): "
+                f"distillation loss {r.loss_before:.3e} -> {r.loss_after:.3e} ({r.seconds:.0f} s)"
+            )
+        lines += [
             f"  image embeddings: rel. error {self.embedding_rel_error:.3e}; "
             f"error / adapters' effect on embeddings {adaptation}",
             f"  adapter branches: max rel. error {self.max_branch_rel_error:.3e} over "
             f"{len(self.projections)} projections",
         ]
+        for prompt, iou in self.mask_iou.items():
+            lines.append(
+                f"  predicted masks ({'prompt-free' if prompt == 'none' else prompt}): "
+                f"IoU merged vs unmerged {iou:.4f}"
+            )
         worst = (
             sorted(self.projections, key=lambda p: -p.branch_rel_error)[:5]
             if self.max_branch_rel_error

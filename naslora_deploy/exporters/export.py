@@ -54,6 +54,7 @@ def load_source(
     """An adapter run/checkpoint directory (merged here) or a plain SAM checkpoint file."""
     from naslora_deploy.core.heads import SegmentationModel
     from naslora_deploy.core.merge import merge
+    from naslora_deploy.core.recovery import Recovery
 
     source = Path(source)
     if source.is_dir():
@@ -67,7 +68,10 @@ def load_source(
             calibration = calibration_images(
                 spec.calibration, spec.calibration_images, trained.spec.image_size, trained.spec.normalization
             )
-        model, report = merge(trained, spec.merge, calibration=calibration, progress=progress)
+        recover = Recovery(steps=spec.recover, decoder=spec.recover_decoder)
+        model, report = merge(
+            trained, spec.merge, calibration=calibration, progress=progress, recover=recover
+        )
         description = {
             "kind": "adapter",
             "path": str(source.resolve()),

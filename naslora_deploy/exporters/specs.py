@@ -19,6 +19,29 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 TWO_GB = 2 * 1024**3
 
 
+def recovery_steps(text: str) -> int:
+    """``--recover STEPS`` from the command line: a whole number >= 0, or one clear ``ValueError``."""
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise ValueError(f"--recover must be a whole number of steps >= 0, got {text!r}")
+    return steps
+
+
+def check_recovery(steps, merge: str, calibration, decoder: bool = False) -> None:
+    """Raise ``ValueError`` (one line) unless ``--recover STEPS`` makes sense with the other options."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"--recover must be a whole number of steps >= 0, got {steps!r}")
+    if steps and merge != "dense":
+        raise ValueError("--recover tunes the dense fold; use it with the dense merge (fused is exact)")
+    if steps and not calibration:
+        raise ValueError("--recover distils on unlabelled images: give them with --calibration FOLDER")
+    if decoder and not steps:
+        raise ValueError("--recover-decoder needs --recover STEPS")
+
+
 @dataclass
 class EngineSpec:
     """How to build a TensorRT engine: precision, batch profile, workspace and timing cache."""
@@ -63,6 +86,20 @@ class ExportSpec:
         metadata=option("image folder for the dense merge's least-squares fold (and its measurement)"),
     )
     calibration_images: int = field(default=16, metadata=option("how many calibration images to use"))
+    recover: int = field(
+        default=0,
+        metadata=option(
+            "dense merge: tune the folded low-rank factors for STEPS steps by distillation from the unmerged "
+            "model on the calibration images, then merge exactly (plain SAM; needs --calibration)",
+            metavar="STEPS",
+            parse=recovery_steps,
+            shown="0",
+        ),
+    )
+    recover_decoder: bool = field(
+        default=False,
+        metadata=option("with --recover: also tune the mask decoder (and distil its mask logits)"),
+    )
     external_threshold: int = TWO_GB
     engine: EngineSpec = field(default_factory=EngineSpec)
 
@@ -77,6 +114,7 @@ class ExportSpec:
             )
         if self.point_slots < 1:
             raise ValueError("--point-slots must be >= 1")
+        check_recovery(self.recover, self.merge, self.calibration, self.recover_decoder)
         if isinstance(self.engine, dict):  # read back from a manifest
             self.engine = EngineSpec(**self.engine)
 
