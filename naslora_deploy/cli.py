@@ -298,53 +298,15 @@ def merge(
         else None
     )
     if recover:
-        _, report, written = _write_recovered(
-            model, mode, out, images, str(adapter), progress, recover_decoder, recover
-        )
+        from naslora_deploy.core.recovery import Recovery, write_recovered
+
+        recovery = Recovery(recover, decoder=recover_decoder)
+        _, report, written = write_recovered(model, out, images, recovery, str(adapter), progress)
     else:
         _, report, written = write_merged(model, mode, out, images, source=str(adapter), progress=progress)
     click.echo(report.summary())
     for path in written:
         click.echo(f"wrote {path}")
-
-
-def _write_recovered(model, mode, out, images, source, progress, decoder: bool, steps: int):
-    """``write_merged`` with merge-aware recovery: the same files, the recovered model and its report.
-
-    ``core.checkpoint.write_merged`` takes no merge options yet; this writes what it
-    writes (state dict, multi-class head, ``<stem>.report.json``) from a merge with
-    ``recover``, through its own helpers.
-    """
-    from naslora_deploy.common.io import atomic_write_text
-    from naslora_deploy.core.checkpoint import save_state, sidecar_paths
-    from naslora_deploy.core.merge import merge as run_merge
-    from naslora_deploy.core.recovery import Recovery
-
-    out = Path(out)
-    spec = model.spec
-    merged, report = run_merge(
-        model, mode, images, progress=progress, recover=Recovery(steps, decoder=decoder)
-    )
-    written = [save_state(out, merged.sam.state_dict())]
-    paths = sidecar_paths(out)
-    if model.class_head is not None:
-        head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
-        written.append(save_state(paths["head"], head))
-    description = {
-        "variant": spec.variant,
-        "image_size": spec.image_size,
-        "normalization": spec.normalization,
-        "head": spec.head,
-        "classes": spec.classes.to_dict(),
-        "num_queries": spec.num_queries,
-        "adapter": spec.adapter.to_dict(),
-        "source": source,
-        "checkpoint": out.name,
-        "head_weights": paths["head"].name if model.class_head is not None else None,
-        "merge": report.to_dict(),
-    }
-    written.append(atomic_write_text(paths["report"], json.dumps(description, indent=2) + "\n"))
-    return merged, report, written
 
 
 @cli.command()

@@ -116,6 +116,16 @@ def test_bad_recover_values_give_one_line(command, extra, message, tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_export_with_recovery(binary_adapter, binary_data, tmp_path, capsys):
+    out = tmp_path / "art"
+    args = ["export", str(binary_adapter), "--out", str(out), "--calibration", str(binary_data)]
+    assert main([*args, "--calibration-images", "4", "--recover", "2"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["recover"] == 2 and manifest["merge"]["mode"] == "dense"
+    assert manifest["merge"]["report"]["recovery"]["steps"] == 2
+    assert "recovery: 2 steps" in capsys.readouterr().out
+
+
 def test_export_spec_recovery_fields():
     from naslora_deploy.exporters.specs import ExportSpec
 

@@ -50,7 +50,14 @@ from naslora_deploy.core.report import MergeReport, ProjectionFidelity
 
 Batches = Callable[[], Iterable[torch.Tensor]]
 
-__all__ = ["merge", "dense_copy", "least_squares_folds", "constant_response_folds", "FITS"]
+__all__ = [
+    "merge",
+    "dense_copy",
+    "dense_candidates",
+    "least_squares_folds",
+    "constant_response_folds",
+    "FITS",
+]
 
 
 def merge(

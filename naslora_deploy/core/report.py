@@ -33,7 +33,9 @@ class RecoveryReport:
 
     loss_before / loss_after: the distillation loss on the fitting images (relative
     squared error of the image embeddings, plus that of the mask logits when the
-    decoder was tuned), before the first and after the last step.
+    decoder was tuned), before the first and after the last step. lr, decoder_lr:
+    relative step sizes (``core.recovery.Recovery``). kept_fold: the loss did not
+    fall, so the plain fold was kept.
     """
 
     steps: int
@@ -45,6 +47,7 @@ class RecoveryReport:
     loss_after: float
     seconds: float
     decoder_lr: Optional[float] = None
+    kept_fold: bool = False
 
 
 @dataclass
@@ -114,9 +117,10 @@ class MergeReport:
         if self.recovery is not None:
             r = self.recovery
             lines.append(
-                f"  recovery: {r.steps} steps (lr {r.lr:g}, batch {r.batch_size}, "
+                f"  recovery: {r.steps} steps (rel. lr {r.lr:g}, batch {r.batch_size}, "
                 f"{'encoder factors + decoder' if r.decoder else 'encoder factors'}) on {r.images} image(s): "
                 f"distillation loss {r.loss_before:.3e} -> {r.loss_after:.3e} ({r.seconds:.0f} s)"
+                + ("; the loss did not fall: the plain fold was kept" if r.kept_fold else "")
             )
         lines += [
             f"  image embeddings: rel. error {self.embedding_rel_error:.3e}; "

@@ -111,3 +111,28 @@ def test_recovering_the_decoder_needs_a_segmentation_model(adapted_factory):
     sam = adapted_factory("nas_pc_lora")
     with pytest.raises(ValueError, match="needs a segmentation model"):
         merge(sam, "dense", calibration=probe_images(256, 2), recover=Recovery(steps=2, decoder=True))
+
+
+def test_recovery_that_makes_the_fit_worse_keeps_the_plain_fold(adapted_factory):
+    sam = adapted_factory("nas_pc_lora", seed=3)
+    calibration = probe_images(256, 4, seed=43)
+    plain, _ = merge(sam, "dense", calibration=calibration)
+    merged, report = merge(sam, "dense", calibration=calibration, recover=Recovery(steps=3, lr=3.0))
+    assert report.recovery.kept_fold and report.recovery.loss_after >= report.recovery.loss_before
+    assert "plain fold was kept" in report.summary()
+    for (name, a), b in zip(plain.state_dict().items(), merged.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_recovery_steps_are_relative_to_the_factors_size(adapted_factory):
+    """Factors 50x smaller (as after a short training) recover at the same default step."""
+    from naslora_deploy.core.testing import perturb_adapters
+
+    sam = adapted_factory("nas_pc_lora", seed=0)
+    perturb_adapters(sam, seed=7, b_std=1e-3)
+    calibration = probe_images(256, 6, seed=50)
+    _, plain = merge(sam, "dense", calibration=calibration)
+    _, recovered = merge(sam, "dense", calibration=calibration, recover=10)
+    r = recovered.recovery
+    assert not r.kept_fold and r.loss_after < 0.8 * r.loss_before  # an absolute step made it 18x worse
+    assert recovered.embedding_rel_error < 0.95 * plain.embedding_rel_error
