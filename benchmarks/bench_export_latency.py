@@ -39,7 +39,7 @@ def encoders(variant: str):
     perturb_adapters(adapted, seed=1)
     layers = dict(adapted_layers(adapted))
     with torch.no_grad():
-        dense, _ = dense_copy(adapted, layers, constant_response_folds(layers))
+        dense = dense_copy(adapted, layers, constant_response_folds(layers))
         for index, layer in layers.items():
             adapted.image_encoder.blocks[index].attn.qkv = layer.fused()
     return {"plain": plain.image_encoder, "dense": dense.image_encoder, "fused": adapted.image_encoder}

@@ -56,7 +56,7 @@ def test_vit_b_dense_merge_exports_as_plain_sam(tmp_path):
 
     layers = dict(adapted_layers(adapted))
     with torch.no_grad():
-        merged, _ = dense_copy(adapted, layers, constant_response_folds(layers))
+        merged = dense_copy(adapted, layers, constant_response_folds(layers))
     image = torch.zeros(1, 3, 1024, 1024)
     paths = {
         name: module_to_onnx(
