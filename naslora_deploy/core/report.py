@@ -122,17 +122,19 @@ class MergeReport:
                 f"distillation loss {r.loss_before:.3e} -> {r.loss_after:.3e} ({r.seconds:.0f} s)"
                 + ("; the loss did not fall: the plain fold was kept" if r.kept_fold else "")
             )
-        lines += [
+        lines.append(
             f"  image embeddings: rel. error {self.embedding_rel_error:.3e}; "
-            f"error / adapters' effect on embeddings {adaptation}",
-            f"  adapter branches: max rel. error {self.max_branch_rel_error:.3e} over "
-            f"{len(self.projections)} projections",
-        ]
+            f"error / adapters' effect on embeddings {adaptation}"
+        )
         for prompt, iou in self.mask_iou.items():
             lines.append(
-                f"  predicted masks ({'prompt-free' if prompt == 'none' else prompt}): "
+                f"  predicted masks ({'prompt-free' if prompt == 'none' else prompt + ' prompt'}): "
                 f"IoU merged vs unmerged {iou:.4f}"
             )
+        lines.append(
+            f"  adapter branches: max rel. error {self.max_branch_rel_error:.3e} over "
+            f"{len(self.projections)} projections"
+        )
         worst = (
             sorted(self.projections, key=lambda p: -p.branch_rel_error)[:5]
             if self.max_branch_rel_error
