@@ -26,7 +26,7 @@ from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.core.config import MERGE_MODES
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
-from naslora_deploy.training.config import PROMPTS, DemoConfig, TrainConfig
+from naslora_deploy.training.config import PROMPTS, SALIENCY_PROTOCOLS, DemoConfig, TrainConfig
 
 BACKENDS = RUNTIME_BACKENDS + ("torch",)  # torch: built by exporters.torch_backend and handed to the runtime
 
@@ -210,10 +210,27 @@ def train(**options) -> None:
     type=click.Choice(PROMPTS),
     help="none, or a box per ground-truth component (default: as trained)",
 )
+@click.option(
+    "--saliency-protocol",
+    type=click.Choice(SALIENCY_PROTOCOLS),
+    default="normalized",
+    show_default=True,
+    help="saliency figures on per-image min-max stretched (the standard) or raw probabilities",
+)
 @device_option
 @json_option
 def evaluate(
-    adapter, base, allow_base_mismatch, data, split, batch_size, skip_bad, prompt, device, json_target
+    adapter,
+    base,
+    allow_base_mismatch,
+    data,
+    split,
+    batch_size,
+    skip_bad,
+    prompt,
+    saliency_protocol,
+    device,
+    json_target,
 ) -> None:
     """Metrics of a trained adapter on a data set (IoU, Dice, BER... or mIoU)."""
     from naslora_deploy.training.data.folder import discover
@@ -230,7 +247,8 @@ def evaluate(
     if not pairs:
         raise NasloraError(f"{data} has no {split} split")
     prompt = prompt or model.spec.prompt
-    metrics = run_evaluation(model, pairs, classes, batch_size, next(model.parameters()).device, prompt)
+    device = next(model.parameters()).device
+    metrics = run_evaluation(model, pairs, classes, batch_size, device, prompt, saliency_protocol)
     say(
         json_target,
         f"{adapter} on {data} ({split}, {len(pairs)} images, prompt {prompt}):\n{format_metrics(metrics)}",

@@ -441,3 +441,16 @@ def test_box_prompted_training_and_evaluation(binary_data, tmp_path):
         results[prompt] = json.loads(out.read_text())
     assert results[None]["prompt"] == "box" and results[None]["metrics"] == results["box"]["metrics"]
     assert results["none"]["metrics"]["iou"] != results["box"]["metrics"]["iou"]  # two protocols, two figures
+
+
+def test_eval_names_its_saliency_protocol(binary_adapter, binary_data, tmp_path):
+    figures = {}
+    for protocol in ("normalized", "raw"):
+        out = tmp_path / f"{protocol}.json"
+        args = ["eval", str(binary_adapter), "--data", str(binary_data), "--json", str(out)]
+        assert main(args + ["--saliency-protocol", protocol, "--device", "cpu"]) == 0
+        metrics = json.loads(out.read_text())["metrics"]
+        assert metrics["saliency_protocol"] == protocol
+        figures[protocol] = metrics
+    assert figures["raw"]["iou"] == figures["normalized"]["iou"]  # thresholded figures do not change
+    assert figures["raw"]["mae"] != figures["normalized"]["mae"]  # the stretched ones do
