@@ -315,13 +315,14 @@ def merge(
         if calibration
         else None
     )
-    if recover:
-        from naslora_deploy.core.recovery import Recovery, write_recovered
+    options = {}
+    if recover:  # check_recovery made sure the mode is dense
+        from naslora_deploy.core.recovery import Recovery
 
-        recovery = Recovery(recover, decoder=recover_decoder)
-        _, report, written = write_recovered(model, out, images, recovery, str(adapter), progress)
-    else:
-        _, report, written = write_merged(model, mode, out, images, source=str(adapter), progress=progress)
+        options["recover"] = Recovery(recover, decoder=recover_decoder)
+    _, report, written = write_merged(
+        model, mode, out, images, source=str(adapter), progress=progress, **options
+    )
     click.echo(report.summary())
     for path in written:
         click.echo(f"wrote {path}")

@@ -226,23 +226,31 @@ def sidecar_paths(out: Path) -> dict:
     return {"report": Path(f"{stem}.report.json"), "head": Path(f"{stem}.head.safetensors")}
 
 
-def write_merged(model, mode: str, out, calibration=None, source: str = "", progress: Optional[bool] = False):
+def write_merged(
+    model,
+    mode: str,
+    out,
+    calibration=None,
+    source: str = "",
+    progress: Optional[bool] = False,
+    **merge_options,
+):
     """Merge a trained ``SegmentationModel`` and write it; returns (merged model, report, paths).
 
     dense: ``out`` is a plain SAM state dict (loads with ``sam_model_registry``);
     fused: ``out`` holds the fused model's state. The fidelity report (plus what
     the model is) goes to ``<stem>.report.json``; a multi-class class head and
-    queries to ``<stem>.head.safetensors``.
+    queries to ``<stem>.head.safetensors``. ``merge_options`` (e.g. ``recover``) go to ``merge``.
     """
     from naslora_deploy.core.merge import merge
 
     out = Path(out)
     spec = model.spec
-    merged, report = merge(model, mode, calibration=calibration, progress=progress)
+    merged, report = merge(model, mode, calibration=calibration, progress=progress, **merge_options)
     written = [save_state(out, merged.sam.state_dict())]
     paths = sidecar_paths(out)
     if model.class_head is not None:
-        head = {f"class_head.{k}": v for k, v in model.class_head.state_dict().items()}
+        head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
         written.append(save_state(paths["head"], head))
     description = {
         "variant": spec.variant,

@@ -14,10 +14,8 @@ by measurement; see their comment.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -252,40 +250,3 @@ def recover_dense(
         kept_fold=kept,
     )
     return merged, report
-
-
-def write_recovered(model, out, calibration, recovery: Recovery, source: str = "", progress=False):
-    """``checkpoint.write_merged(model, "dense", ...)`` with recovery: the same files, recovered.
-
-    Returns (merged model, report, written paths). ``write_merged`` takes no merge
-    options; this writes what it writes (the plain SAM state dict, a multi-class
-    head, ``<stem>.report.json``) through its helpers. Once ``write_merged`` passes
-    merge options on, this reduces to one call of it.
-    """
-    from naslora_deploy.common.io import atomic_write_text
-    from naslora_deploy.core.checkpoint import save_state, sidecar_paths
-    from naslora_deploy.core.merge import merge
-
-    out = Path(out)
-    spec = model.spec
-    merged, report = merge(model, "dense", calibration, progress=progress, recover=recovery)
-    written = [save_state(out, merged.sam.state_dict())]
-    paths = sidecar_paths(out)
-    if model.class_head is not None:
-        head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
-        written.append(save_state(paths["head"], head))
-    description = {
-        "variant": spec.variant,
-        "image_size": spec.image_size,
-        "normalization": spec.normalization,
-        "head": spec.head,
-        "classes": spec.classes.to_dict(),
-        "num_queries": spec.num_queries,
-        "adapter": spec.adapter.to_dict(),
-        "source": source,
-        "checkpoint": out.name,
-        "head_weights": paths["head"].name if model.class_head is not None else None,
-        "merge": report.to_dict(),
-    }
-    written.append(atomic_write_text(paths["report"], json.dumps(description, indent=2) + "\n"))
-    return merged, report, written
