@@ -35,9 +35,9 @@ from naslora_deploy.training.evaluate import evaluate
 from naslora_deploy.training.trainer import train
 
 try:
-    from timing import write_record
+    from timing import mean_and_std, write_record
 except ImportError:
-    from benchmarks.timing import write_record
+    from benchmarks.timing import mean_and_std, write_record
 
 ARMS = (("nas_pc_lora", "linear"), ("nas_pc_lora", "scaled"), ("nas_pc_lora", "darts"), ("lora", "linear"))
 BINARY = ClassSpec()
@@ -99,10 +99,9 @@ def summarise(rows: List[dict]) -> List[dict]:
     table = []
     for (method, form), members in groups.items():
         entry = {"method": method, "cell_form": form, "seeds": len(members)}
-        for key in ("iou", "dice", "dense_iou", "dense_embedding_rel_error", "train_s"):
-            values = [m[key] for m in members]
-            entry[f"{key}_mean"] = statistics.fmean(values)
-            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry.update(
+            mean_and_std(members, ("iou", "dice", "dense_iou", "dense_embedding_rel_error", "train_s"))
+        )
         if "final_op_shares" in members[0]:
             entry["final_op_shares"] = {
                 op: statistics.fmean(m["final_op_shares"][op] for m in members) for op in OP_NAMES

@@ -51,9 +51,9 @@ from naslora_deploy.training.prompts import component_boxes
 from naslora_deploy.training.trainer import train
 
 try:
-    from timing import write_record
+    from timing import mean_and_std, write_record
 except ImportError:
-    from benchmarks.timing import write_record
+    from benchmarks.timing import mean_and_std, write_record
 
 BINARY = ClassSpec()
 PROMPT = "box"
@@ -185,11 +185,11 @@ def summarise(rows: List[dict]) -> List[dict]:
     table = []
     for form, members in groups.items():
         entry = {"form": form, "seeds": len(members)}
-        for key in ("iou", "mask_iou_vs_unmerged", "calibration_embedding_rel_error", "seconds"):
-            values = [m[key] for m in members if m.get(key) is not None]
-            if values:
-                entry[f"{key}_mean"] = statistics.fmean(values)
-                entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry.update(
+            mean_and_std(
+                members, ("iou", "mask_iou_vs_unmerged", "calibration_embedding_rel_error", "seconds")
+            )
+        )
         gaps = [unmerged[m["seed"]] - m["iou"] for m in members if m["seed"] in unmerged]
         entry["iou_gap_to_unmerged_mean"] = statistics.fmean(gaps) if gaps else None
         if form.startswith("nas dense"):

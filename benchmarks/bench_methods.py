@@ -14,7 +14,6 @@ the fused and the dense merge. Prints mean +- std and writes benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +32,9 @@ from naslora_deploy.training.evaluate import evaluate
 from naslora_deploy.training.trainer import train
 
 try:
-    from timing import write_record
+    from timing import mean_and_std, write_record
 except ImportError:
-    from benchmarks.timing import write_record
+    from benchmarks.timing import mean_and_std, write_record
 
 METHODS = ("none", "lora", "nas_lora", "nas_pc_lora")
 BINARY = ClassSpec()
@@ -92,10 +91,7 @@ def summarise(rows: List[dict]) -> List[dict]:
     table = []
     for (method, prompt, form), members in groups.items():
         entry = {"method": method, "prompt": prompt, "form": form, "seeds": len(members)}
-        for key in ("iou", "dice", "train_s"):
-            values = [m[key] for m in members]
-            entry[f"{key}_mean"] = statistics.fmean(values)
-            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry.update(mean_and_std(members, ("iou", "dice", "train_s")))
         table.append(entry)
     return table
 

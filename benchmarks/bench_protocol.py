@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +32,9 @@ from naslora_deploy.training.evaluate import evaluate
 from naslora_deploy.training.trainer import train
 
 try:
-    from timing import write_record
+    from timing import mean_and_std, write_record
 except ImportError:
-    from benchmarks.timing import write_record
+    from benchmarks.timing import mean_and_std, write_record
 
 TABLES = ("schedule", "no_object")
 SCHEDULES = ("constant", "cosine", "poly")
@@ -96,10 +95,7 @@ def summarise(rows: List[dict]) -> List[dict]:
     table = []
     for (name, arm), members in groups.items():
         entry = {"table": name, "arm": arm, "seeds": len(members)}
-        for key in FIGURES[name] + ("train_s",):
-            values = [m[key] for m in members]
-            entry[f"{key}_mean"] = statistics.fmean(values)
-            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry.update(mean_and_std(members, FIGURES[name] + ("train_s",)))
         table.append(entry)
     return table
 

@@ -56,6 +56,17 @@ def machine() -> dict:
     }
 
 
+def mean_and_std(members: List[dict], keys) -> dict:
+    """``{key}_mean`` and ``{key}_std`` (sample std, 0 for one value) of each key over runs; None skipped."""
+    figures = {}
+    for key in keys:
+        values = [m[key] for m in members if m.get(key) is not None]
+        if values:
+            figures[f"{key}_mean"] = statistics.fmean(values)
+            figures[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return figures
+
+
 def write_record(path: Path, rows: List[dict], extra: Optional[dict] = None) -> None:
     """Write the rows, the settings in ``extra`` and the machine description as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
