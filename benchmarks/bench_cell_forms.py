@@ -110,6 +110,19 @@ def summarise(rows: List[dict]) -> List[dict]:
     return table
 
 
+def recorded_runs(args) -> List[dict]:
+    """The runs of an earlier, interrupted record at ``args.out`` made with the same settings."""
+    if not args.out.exists():
+        return []
+    record = json.loads(args.out.read_text())
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "out")}
+    earlier = {k: v for k, v in record.get("args", {}).items() if k not in ("resume", "out")}
+    if earlier != settings:
+        raise SystemExit(f"{args.out} was recorded with other settings ({earlier}); drop --resume or --out")
+    print(f"resuming: {len(record['runs'])} run(s) from {args.out}")
+    return list(record["runs"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -129,10 +142,14 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "cell_forms_litemedsam.json"
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs already in --out when its settings are these"
+    )
     args = parser.parse_args()
     arms = [tuple(arm.split(":")) for arm in args.arms.split(",")]
     started = time.perf_counter()
-    rows: List[dict] = []
+    rows: List[dict] = recorded_runs(args) if args.resume else []
+    done = {(r["method"], r["cell_form"], r["seed"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = write_photo_dataset(
@@ -141,6 +158,8 @@ def main() -> None:
         test = discover(data, check=False).split("test")
         for seed in range(args.seeds):
             for method, form in arms:  # arms alternate within a seed: machine drift hits them alike
+                if (method, form, seed) in done:
+                    continue
                 rows.append(run_arm(args, data, root, method, form, seed, test))
                 print(
                     f"  done {method} {form} seed {seed} ({time.perf_counter() - started:.0f} s)", flush=True

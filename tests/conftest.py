@@ -144,3 +144,15 @@ def run_without(body: str, blocked=("torch",)):
 def run_without_torch(body: str):
     """Run ``body`` in a fresh interpreter where torch cannot be imported."""
     return run_without(body, ("torch",))
+
+
+@pytest.fixture(scope="session")
+def hostile_ctx(binary_adapter, binary_artifacts, binary_data, multiclass_data, photo):
+    """What every hostile row may build on (tests/hostile; copy before damaging: ``harness.copy_into``)."""
+    return {
+        "adapter": binary_adapter,
+        "artifacts": binary_artifacts,
+        "binary_data": binary_data,
+        "multiclass_data": multiclass_data,
+        "photo": photo,
+    }

@@ -155,6 +155,9 @@ class TrainConfig:
     device: str = "auto"  # the CLI's shared --device
     seed: int = field(default=0, metadata=option("seeds adapters, data order and flips"))
     resume: bool = field(default=False, metadata=option("continue from OUT/last/"))
+    overwrite: bool = field(
+        default=False, metadata=option("replace the run in a non-empty --out (only the files a run writes)")
+    )
     max_steps: Optional[int] = field(default=None, metadata=option("stop after this many steps (smoke runs)"))
     workers: int = field(default=0, metadata=option("data loader worker processes"))
     bf16: Optional[bool] = None
