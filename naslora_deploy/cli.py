@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 import warnings
@@ -23,6 +24,7 @@ import click
 from naslora_deploy import __version__
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.common.options import bound_error, check_device
 from naslora_deploy.core.config import MERGE_MODES
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
@@ -32,6 +34,26 @@ BACKENDS = RUNTIME_BACKENDS + ("torch",)  # torch: built by exporters.torch_back
 
 
 # ----- options generated from dataclass fields ----------------------------------------------------
+class Bounded(click.ParamType):
+    """An int or float within ``low``..``high`` and finite: the click side of ``common.options`` bounds."""
+
+    def __init__(self, kind: type, low=None, high=None, open_low: bool = False) -> None:
+        self.kind, self.low, self.high, self.open_low = kind, low, high, open_low
+        self.name = kind.__name__
+
+    def convert(self, value, param, ctx):
+        """The number, or click's usage error naming the option and the allowed range."""
+        flag = param.opts[0] if param is not None else "value"
+        try:
+            number = value if isinstance(value, self.kind) else self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{flag} must be {'a whole number' if self.kind is int else 'a number'}, got {value!r}")
+        error = bound_error(flag, number, self.low, self.high, self.open_low)
+        if error:  # click names the option itself: "Invalid value for '--count': must be >= 1, got 0"
+            self.fail(error[len(flag) + 1 :])
+        return number
+
+
 def _option_for(field: dataclasses.Field, hint) -> Callable:
     meta = field.metadata["cli"]
     flag = meta["flag"] or "--" + field.name.replace("_", "-")
@@ -56,6 +78,8 @@ def _option_for(field: dataclasses.Field, hint) -> Callable:
         )
     default = None if required else field.default
     click_type = click.Choice(meta["choices"]) if meta["choices"] else kind
+    if kind in (int, float) and not meta["choices"]:  # finite, and within the field's declared bounds
+        click_type = Bounded(kind, meta["low"], meta["high"], meta["open_low"])
     return click.option(
         flag,
         field.name,
@@ -102,7 +126,13 @@ progress_option = click.option(
     default=None,
     help="progress bars (default: on a terminal only; logs get one line per event)",
 )
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    callback=lambda ctx, param, value: check_device(value),
+    help="auto, cpu, cuda, cuda:N or mps",
+)
 json_option = click.option(
     "--json", "json_target", metavar="FILE", help="write the results as JSON to FILE ('-': stdout)"
 )
@@ -203,7 +233,7 @@ def train(**options) -> None:
 @click.option(
     "--split", type=click.Choice(("train", "val", "test")), help="default: test, else val, else train"
 )
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--batch-size", type=Bounded(int, 1), default=4, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="skip unreadable or unpaired files with a warning")
 @click.option(
     "--prompt",
@@ -285,6 +315,7 @@ def inspect(adapter, plot, json_target) -> None:
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)"
 )
+@click.option("--force", is_flag=True, help="replace an earlier merge at --out (never any other file)")
 @options_from(ExportSpec, only=("calibration", "calibration_images", "recover", "recover_decoder"))
 @device_option
 @progress_option
@@ -294,6 +325,7 @@ def merge(
     allow_base_mismatch,
     mode,
     out,
+    force,
     calibration,
     calibration_images,
     recover,
@@ -302,12 +334,16 @@ def merge(
     progress,
 ) -> None:
     """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity."""
+    from naslora_deploy.common.outputs import check_output_files, json_field
     from naslora_deploy.core.calibration import calibration_images as read_calibration
-    from naslora_deploy.core.checkpoint import write_merged
+    from naslora_deploy.core.checkpoint import sidecar_paths, write_merged
     from naslora_deploy.exporters.specs import check_recovery
 
     recover = recover or 0  # unset: ExportSpec's default, none
     check_recovery(recover, mode, calibration, recover_decoder)  # before the model is loaded
+    sidecars = sidecar_paths(out)  # an earlier merge's report names its checkpoint
+    earlier = json_field(sidecars["report"], "checkpoint") == out.name
+    check_output_files([out, *sidecars.values()], kind="merged checkpoint", earlier=earlier, replace=force)
     model = _load(adapter, base, allow_base_mismatch, device)
     spec = model.spec
     images = (
@@ -330,20 +366,25 @@ def merge(
 
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="artifact directory")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="artifact directory (new or empty)"
+)
+@click.option(
+    "--force", is_flag=True, help="replace an earlier artifact directory at --out (never another folder)"
+)
 @click.option("--model", help="variant of a SAM checkpoint file (vit_b, vit_l, vit_h, vit_tiny)")
 @options_from(ExportSpec)
 @options_from(EngineSpec)
 @base_options
 @progress_option
-def export(source, out, model, base, allow_base_mismatch, progress, **options) -> None:
+def export(source, out, force, model, base, allow_base_mismatch, progress, **options) -> None:
     """ONNX / TensorRT / Triton artifacts from an adapter directory or a SAM checkpoint file."""
     from naslora_deploy.core.report import MergeReport
     from naslora_deploy.exporters.export import export as run_export
 
     spec = export_spec_from(options)
     artifacts, manifest, repository = run_export(
-        source, out, spec, model, base, allow_base_mismatch, progress
+        source, out, spec, model, base, allow_base_mismatch, progress, force=force
     )
     report = (manifest["merge"] or {}).get("report")
     if report:
@@ -365,14 +406,22 @@ def export(source, out, model, base, allow_base_mismatch, progress, **options) -
 @click.option(
     "--images", type=click.Path(path_type=Path), help="image folder (default: seeded generated images)"
 )
-@click.option("--count", type=int, default=2, show_default=True, help="images to compare on")
+@click.option("--count", type=Bounded(int, 1), default=2, show_default=True, help="images to compare on")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tolerance", type=float, help="max abs error allowed on the embeddings (fp32 default 1e-4)")
+@click.option(
+    "--tolerance",
+    type=Bounded(float, 0, open_low=True),
+    help="max abs error allowed on the embeddings (fp32 default 1e-4)",
+)
 @click.option(
     "--against-plain-sam", is_flag=True, help="structure and latency against plain build_sam(variant)"
 )
 @click.option(
-    "--repeats", type=int, default=30, show_default=True, help="alternating latency runs (medians are quoted)"
+    "--repeats",
+    type=Bounded(int, 1),
+    default=30,
+    show_default=True,
+    help="alternating latency runs (medians are quoted)",
 )
 @json_option
 @progress_option
@@ -395,25 +444,44 @@ def verify(
         raise click.exceptions.Exit(1)
 
 
+def _numbers(flag: str, text: str, counts: Tuple[int, ...], form: str) -> List[float]:
+    """Comma-separated finite numbers, as many as one of ``counts``, or one clear ``ValueError``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{flag} {text!r}: give {form} as finite numbers")
+    return values
+
+
 def _points(text: Optional[str]) -> Optional[List[Tuple[float, ...]]]:
     if not text:
         return None
-    points = []
-    for item in text.split(";"):
-        values = [float(v) for v in item.split(",")]
-        if len(values) not in (2, 3):
-            raise ValueError(f"--points item {item!r}: give x,y or x,y,label (label 1 object, 0 background)")
-        points.append(tuple(values))
+    points = [tuple(_numbers("--points", item, (2, 3), "x,y or x,y,label")) for item in text.split(";")]
+    if any(len(p) == 3 and p[2] not in (0.0, 1.0) for p in points):
+        raise ValueError(f"--points {text!r}: a label is 1 (object) or 0 (background)")
     return points
 
 
 def _box(text: Optional[str]) -> Optional[List[float]]:
     if not text:
         return None
-    values = [float(v) for v in text.split(",")]
-    if len(values) != 4:
-        raise ValueError(f"--box {text!r}: give x0,y0,x1,y1")
-    return values
+    x0, y0, x1, y1 = _numbers("--box", text, (4,), "x0,y0,x1,y1")
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"--box {text!r}: x1 must exceed x0 and y1 must exceed y0")
+    return [x0, y0, x1, y1]
+
+
+def _batch_sizes(ctx, param, text: str) -> List[int]:
+    """``--batch-sizes 1,4``: whole numbers >= 1, or click's usage error."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"give comma-separated whole numbers >= 1, got {text!r}")
+    return sizes
 
 
 @cli.command()
@@ -429,25 +497,46 @@ def _box(text: Optional[str]) -> Optional[List[float]]:
 @runtime_options
 @progress_option
 def predict(artifacts, inputs, out, points, box, backend, device, progress) -> None:
-    """Segment images (files, folders or globs) with an artifact directory; no torch needed."""
-    from naslora_deploy.runtime.predict import expand_inputs, predict_files
+    """Segment images (files, folders or globs) with an artifact directory; no torch needed.
 
+    Outputs are named after each input's path (``x.png`` -> ``x.png_mask.png``) and
+    results.jsonl is appended to; unusable inputs are listed and make the exit code 1.
+    """
+    from naslora_deploy.runtime.predict import check_out, gather_inputs, predict_files
+
+    prompts = _points(points), _box(box)
+    found = gather_inputs(inputs)
+    if not found.files:
+        _report_skipped(found.problems if len(found.problems) > 1 else [])
+        raise NasloraError(f"nothing to segment: {_failed(found.problems)}")
+    check_out(out, found.files, found.folders)  # before the artifacts are opened
     segmenter = _segmenter(artifacts, backend, device)
-    files = expand_inputs(inputs)
-    click.echo(f"backend: {segmenter.backend_name}; {len(files)} image(s)")
-    done, errors = predict_files(segmenter, files, out, _points(points), _box(box), progress)
-    for error in errors:
-        click.echo(f"naslora-deploy predict: skipped {error}", err=True)
+    click.echo(f"backend: {segmenter.backend_name}; {len(found.files)} image(s)")
+    done, errors = predict_files(segmenter, found.files, out, *prompts, progress)
+    _report_skipped(found.problems + errors)
     click.echo(f"wrote masks, overlays and results.jsonl for {done} image(s) to {out}")
-    if errors:
+    if found.problems or errors:
+        click.echo(f"naslora-deploy predict: error: {_failed(found.problems + errors)}", err=True)
         raise click.exceptions.Exit(1)
+
+
+def _report_skipped(problems: List[str]) -> None:
+    for problem in problems:
+        click.echo(f"naslora-deploy predict: skipped {problem}", err=True)
+
+
+def _failed(problems: List[str]) -> str:
+    """One line for the inputs that could not be used: the problem itself, or how many (listed above)."""
+    return problems[0] if len(problems) == 1 else f"{len(problems)} inputs could not be used (listed above)"
 
 
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--batch-sizes", default="1", show_default=True, help="comma-separated batch sizes")
-@click.option("--runs", type=int, default=20, show_default=True)
-@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option(
+    "--batch-sizes", default="1", show_default=True, callback=_batch_sizes, help="comma-separated batch sizes"
+)
+@click.option("--runs", type=Bounded(int, 1), default=20, show_default=True)
+@click.option("--warmup", type=Bounded(int, 0), default=3, show_default=True)
 @runtime_options
 @json_option
 def bench(artifacts, batch_sizes, runs, warmup, backend, device, json_target) -> None:
@@ -458,7 +547,7 @@ def bench(artifacts, batch_sizes, runs, warmup, backend, device, json_target) ->
     if len(artifacts) > 2:
         raise ValueError("bench compares at most two artifact directories (A B)")
     segmenters = [_segmenter(a, backend, device) for a in artifacts]
-    rows = run_bench(segmenters, [int(b) for b in batch_sizes.split(",")], runs, warmup)
+    rows = run_bench(segmenters, batch_sizes, runs, warmup)
     say(json_target, format_rows(rows))
     emit_json(json_target, rows)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
-from naslora_deploy.core.checkpoint import WEIGHTS_NAME, read_spec, resolve_checkpoint_dir
+from naslora_deploy.core.checkpoint import WEIGHTS_NAME, load_weights, read_spec, resolve_checkpoint_dir
 
 # the block's path in the encoder (SAM ViT: blocks.i; TinyViT: layers.l.blocks.j) and the projection
 ALPHA_KEY = re.compile(r"image_encoder\.(.+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
@@ -28,15 +28,13 @@ SHORT_NAMES = {
 
 def searched_weights(directory) -> Tuple[List[str], Dict[Tuple[int, str], np.ndarray]]:
     """(op names, {(block, projection): softmax(alpha)}) read from a checkpoint directory."""
-    from safetensors.numpy import load_file
-
     directory = resolve_checkpoint_dir(directory)
     spec = read_spec(directory)
     if not spec.adapter.has_cell:
         raise NasloraError(
             f"{directory} holds {spec.adapter.method} adapters: there is no searched architecture to inspect"
         )
-    state = load_file(str(directory / WEIGHTS_NAME))
+    state = load_weights(directory / WEIGHTS_NAME, "numpy")
     found = {}
     for key, value in state.items():
         match = ALPHA_KEY.search(key)

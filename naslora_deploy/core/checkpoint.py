@@ -12,10 +12,12 @@ Directories are replaced atomically: a reader sees the old one or the new one.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Iterator, List, Optional, Union
 
 import torch
 
@@ -172,11 +174,9 @@ def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = Fa
     The base SAM checkpoint is ``base_checkpoint`` or the recorded one; its
     sha256 must match the recorded one unless ``allow_base_mismatch``.
     """
-    from safetensors.torch import load_file
-
     from naslora_deploy.core.adapters import add_adapters
     from naslora_deploy.core.heads import SegmentationModel
-    from naslora_deploy.core.variants import build_sam, first_mismatch
+    from naslora_deploy.core.variants import build_sam
 
     directory = resolve_checkpoint_dir(directory)
     spec = read_spec(directory)
@@ -196,18 +196,137 @@ def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = Fa
                 "use it anyway"
             )
     sam = build_sam(spec.variant, base, pretrained=False)  # exactly the recorded base
+    if base is not None:
+        check_finite(sam.state_dict(), f"base checkpoint {base}")
     add_adapters(sam, spec.adapter)
     model = SegmentationModel(sam, spec.classes.num_classes, spec.num_queries)
-    try:
-        state = load_file(str(directory / WEIGHTS_NAME))
-    except Exception as exc:  # safetensors raises several types on damaged files
-        raise CheckpointError(f"cannot read {directory / WEIGHTS_NAME}: {first_line(exc)}") from None
-    mismatch = first_mismatch(trainable_state(model), state)
-    if mismatch:
-        raise CheckpointError(f"{directory / WEIGHTS_NAME} does not fit its {CONFIG_NAME}: {mismatch}")
-    model.load_state_dict(state, strict=False)
+    load_trainable(model, directory / WEIGHTS_NAME, f"its {CONFIG_NAME}")
     model.spec = spec
     return model.to(device).eval()
+
+
+def load_weights(path: Union[str, Path], framework: str = "pt") -> dict:
+    """A ``.safetensors`` file's tensors (``framework`` ``pt`` or ``numpy``); a damaged file is one
+    ``CheckpointError`` line (safetensors raises several types on truncated or foreign files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; pass a complete checkpoint directory")
+    try:
+        if framework == "numpy":
+            from safetensors.numpy import load_file
+        else:
+            from safetensors.torch import load_file
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read {path} ({first_line(exc)}): it is truncated or not a safetensors file; "
+            "use an intact checkpoint"
+        ) from None
+
+
+def check_finite(state: Dict[str, torch.Tensor], source) -> None:
+    """Refuse weights holding NaN or infinity: they export and run, but every mask comes out empty."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{source} holds NaN or infinite values (in {name}); the weights are damaged, "
+                "use a healthy checkpoint"
+            )
+
+
+def load_trainable(model, path: Path, described_by: str = "the model") -> None:
+    """Load a checkpoint's trainable state into ``model`` after checking that it reads, fits and is finite."""
+    from naslora_deploy.core.variants import first_mismatch
+
+    state = load_weights(path)
+    mismatch = first_mismatch(trainable_state(model), state)
+    if mismatch:
+        raise CheckpointError(f"{path} does not fit {described_by}: {mismatch}")
+    check_finite(state, path)
+    model.load_state_dict(state, strict=False)
+
+
+def resumable_checkpoint(out: Path) -> Path:
+    """The checkpoint ``--resume`` continues from: ``out/last``, or ``.last.old`` left by a kill mid-swap."""
+    for name in ("last", ".last.old"):
+        if (Path(out) / name / TRAINING_STATE_NAME).is_file():
+            return Path(out) / name
+    raise CheckpointError(f"--resume: {out} has no complete last/ checkpoint to resume from")
+
+
+RESUME_HELP = "it is damaged: resume from an intact run or train into a new --out"
+# what ``Trainer.training_state`` writes: key -> (check, what it must be); arch_opt and best may be None
+TRAINING_STATE_SCHEMA = {
+    "weight_opt": (lambda v: isinstance(v, dict), "an optimiser state"),
+    "arch_opt": (lambda v: v is None or isinstance(v, dict), "an optimiser state or None"),
+    "epoch": (lambda v: isinstance(v, int) and v >= 0, "an epoch number"),
+    "step": (lambda v: isinstance(v, int) and v >= 0, "a step number"),
+    "torch_rng": (lambda v: isinstance(v, torch.Tensor) and v.dtype == torch.uint8, "a torch RNG state"),
+    "python_rng": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3, "a Python RNG state"),
+}
+
+
+def load_training_state(path: Union[str, Path], device="cpu") -> dict:
+    """Read ``training_state.pt`` (tensors and plain types only) and check its keys and types."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated zip, foreign pickle, refused globals: several types
+        raise CheckpointError(
+            f"cannot read {path} ({first_line(exc)}): it is truncated or was not written by naslora-deploy; "
+            "resume from an intact run or train into a new --out"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state; {RESUME_HELP}")
+    for key, (check, expected) in TRAINING_STATE_SCHEMA.items():
+        if key not in state and key != "arch_opt":
+            raise CheckpointError(f"{path} has no {key!r}; {RESUME_HELP}")
+        if key in state and not check(state[key]):
+            raise CheckpointError(f"{path}: {key!r} is not {expected}; {RESUME_HELP}")
+    return state
+
+
+@contextlib.contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """Restoring optimisers and RNGs from ``path``: their own errors become one ``CheckpointError`` line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not fit this run ({first_line(exc)}); {RESUME_HELP}") from None
+
+
+def read_jsonl(path: Path) -> List[dict]:
+    """The records of a JSON-lines file (none if it is absent); a damaged line is a ``CheckpointError``."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path} line {number} is not a JSON object; {RESUME_HELP}")
+        records.append(record)
+    return records
+
+
+def source_sha256(path: Union[str, Path]) -> str:
+    """What an export was made from, as one sha256: a checkpoint file's own, or for an adapter
+    run or checkpoint directory a digest of its resolved checkpoint's config and weights."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_of(path)
+    directory = resolve_checkpoint_dir(path)
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        file = directory / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} not found; pass a complete checkpoint directory")
+        digest.update(f"{name} {sha256_of(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def save_state(path: Path, state: dict) -> Path:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.errors import NasloraError, first_line
 
 
 @dataclass
@@ -65,13 +65,65 @@ class ClassSpec:
 
     @classmethod
     def from_classes_json(cls, path: Path) -> "ClassSpec":
-        """Read a data set's ``classes.json``: {"names": [...], "palette": [[r, g, b], ...]}."""
+        """Read a data set's ``classes.json``: {"names": [...], "palette": [[r, g, b], ...]}.
+
+        Every problem (not JSON, ``names`` not a list of distinct non-empty strings, a
+        palette that is not one [r, g, b] of 0..255 per name) is one ``NasloraError`` line.
+        """
         try:
-            data = json.loads(Path(path).read_text())
-            names = data["names"]
-            return cls(len(names), list(names), data.get("palette"))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise NasloraError(
-                f'{path}: not a valid classes.json ({exc}); expected {{"names": [...], "palette": [[r, g, '
-                f"b], ...]}}"
+                f"{path}: cannot read it as JSON ({first_line(exc, 120)}); {CLASSES_JSON_FORM}"
             ) from None
+        problem = classes_json_problem(data)
+        if problem:
+            raise NasloraError(f"{path}: {problem}; {CLASSES_JSON_FORM}")
+        return cls(len(data["names"]), list(data["names"]), data.get("palette"))
+
+
+CLASSES_JSON_FORM = (
+    'expected {"names": ["background", "lesion", ...], "palette": [[r, g, b], ...] (optional)}'
+)
+
+
+def _json_kind(value: object) -> str:
+    """A JSON value's kind in words, for messages."""
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _names_problem(names: object) -> Optional[str]:
+    if not isinstance(names, list):
+        return f'"names" is {_json_kind(names)}, not a list of class names'
+    if not 1 <= len(names) <= 254:
+        return f'"names" lists {len(names)} classes; give 1 (binary) to 254'
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            return f'"names"[{i}] is {_json_kind(name)}, not a class name (a non-empty string)'
+    repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    return f'"names" lists {repeated!r} twice; class names must differ' if repeated is not None else None
+
+
+def _palette_problem(palette: object, count: int) -> Optional[str]:
+    if palette is None:
+        return None
+    if not isinstance(palette, list) or len(palette) != count:
+        kind = _json_kind(palette)
+        return f'"palette" must be a list of {count} [r, g, b] colours, one per name; it is {kind}'
+    for i, colour in enumerate(palette):
+        valid = isinstance(colour, list) and len(colour) == 3
+        if not valid or not all(type(c) is int and 0 <= c <= 255 for c in colour):
+            return f'"palette"[{i}] is {json.dumps(colour)[:40]}, not [r, g, b] with whole numbers 0..255'
+    return None
+
+
+def classes_json_problem(data: object) -> Optional[str]:
+    """What is wrong with a parsed ``classes.json`` (one phrase), or None when it is valid."""
+    if not isinstance(data, dict):
+        return f"the top level is {_json_kind(data)}, not an object"
+    if "names" not in data:
+        return '"names" is missing'
+    return _names_problem(data["names"]) or _palette_problem(data.get("palette"), len(data["names"]))

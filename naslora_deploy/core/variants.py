@@ -178,12 +178,15 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
 
 
 def first_mismatch(expected: Dict[str, torch.Tensor], found: Dict[str, torch.Tensor]) -> Optional[str]:
-    """Describe the first key that is missing, unexpected or of another shape, or None."""
+    """Describe the first key that is missing, unexpected, of another shape or of another kind
+    (integer weights where floats belong: loading would cast them without a word), or None."""
     for key, tensor in expected.items():
         if key not in found:
             return f"missing key {key!r}"
         if tuple(found[key].shape) != tuple(tensor.shape):
             return f"key {key!r} has shape {list(found[key].shape)}, expected {list(tensor.shape)}"
+        if found[key].is_floating_point() != tensor.is_floating_point():
+            return f"key {key!r} holds {found[key].dtype} values, expected {tensor.dtype}"
     for key in found:
         if key not in expected:
             return f"unexpected key {key!r}"

@@ -4,6 +4,8 @@ The directory holds ``image_encoder.onnx``, ``mask_decoder.onnx``, optionally
 ``prompt_decoder.onnx`` and TensorRT engines, and ``manifest.json`` describing
 all of it (sha256 of every file included). It is filled in a temporary
 directory and swapped in whole: a failed export leaves nothing half-written.
+Where it may go is ``common.outputs``' policy: a new or empty folder, or an
+earlier artifact directory with ``force`` (never a user's folder or file).
 ``export`` also writes a Triton model repository (``format="triton"``).
 """
 
@@ -20,6 +22,7 @@ from naslora_deploy import __version__
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import atomic_write_text, sha256_of, write_directory
+from naslora_deploy.common.outputs import prepare_artifact_dir, prepare_triton_dir
 from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
 from naslora_deploy.exporters.specs import ExportSpec
@@ -52,6 +55,7 @@ def load_source(
     progress: Optional[bool] = False,
 ) -> ExportSource:
     """An adapter run/checkpoint directory (merged here) or a plain SAM checkpoint file."""
+    from naslora_deploy.core.checkpoint import check_finite, source_sha256
     from naslora_deploy.core.heads import SegmentationModel
     from naslora_deploy.core.merge import merge
     from naslora_deploy.core.recovery import Recovery
@@ -60,7 +64,8 @@ def load_source(
     if source.is_dir():
         from naslora_deploy.core.checkpoint import load_adapter
 
-        trained = load_adapter(source, base, allow_base_mismatch)
+        sha256 = source_sha256(source)  # before loading: what the artifacts were made from
+        trained = load_adapter(source, base, allow_base_mismatch)  # refuses non-finite weights
         calibration = None
         if spec.calibration:
             from naslora_deploy.core.calibration import calibration_images
@@ -77,6 +82,7 @@ def load_source(
             "path": str(source.resolve()),
             "base": str(base) if base else None,
             "spec": trained.spec.to_dict(),
+            "sha256": sha256,
         }
         return ExportSource(model.eval(), trained.spec.variant, description, report.to_dict())
     if not source.is_file():
@@ -89,8 +95,15 @@ def load_source(
         )
     from naslora_deploy.core.variants import build_sam
 
+    sha256 = source_sha256(source)
     model = SegmentationModel(build_sam(variant, source)).eval()
-    description = {"kind": "sam_checkpoint", "path": str(source.resolve()), "variant": variant}
+    check_finite(model.sam.state_dict(), f"checkpoint {source}")
+    description = {
+        "kind": "sam_checkpoint",
+        "path": str(source.resolve()),
+        "variant": variant,
+        "sha256": sha256,
+    }
     return ExportSource(model, variant, description, None)
 
 
@@ -160,11 +173,15 @@ def export_artifacts(
     base=None,
     allow_base_mismatch=False,
     progress: Optional[bool] = False,
+    force: bool = False,
 ) -> Tuple[Path, dict]:
     """Export ``source`` into the artifact directory ``out``; returns (out, manifest).
 
-    ``format="triton"`` writes the ONNX artifacts here; ``export`` adds the repository.
+    ``out`` must be new, empty or (with ``force``) an earlier artifact directory
+    (``common.outputs``); it is checked before any work. ``format="triton"`` writes
+    the ONNX artifacts here; ``export`` adds the repository.
     """
+    folder = prepare_artifact_dir(out, replace=force)  # links resolved: a link's target is written
     if spec.format == "trt":
         import_tensorrt()  # fail before any work, with install help
     loaded = load_source(source, spec, variant, base, allow_base_mismatch, progress)
@@ -181,7 +198,7 @@ def export_artifacts(
         manifest.update(_manifest(loaded, spec, files, engines))
         atomic_write_text(tmp / names.MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
-    write_directory(Path(out), write)
+    write_directory(folder, write)
     return Path(out), manifest
 
 
@@ -193,19 +210,21 @@ def export(
     base=None,
     allow_base_mismatch=False,
     progress: Optional[bool] = False,
+    force: bool = False,
 ) -> Tuple[Path, dict, Optional[Path]]:
     """``naslora-deploy export``: artifacts in ``out``, or for ``triton`` artifacts in
     ``out/artifacts`` and a model repository in ``out/model_repository``.
 
+    ``force``: replace an earlier export in ``out`` (never anything else).
     Returns (artifact directory, manifest, Triton repository or None).
     """
+    common = (spec, variant, base, allow_base_mismatch, progress)
     if spec.format != "triton":
-        return (*export_artifacts(source, out, spec, variant, base, allow_base_mismatch, progress), None)
+        return (*export_artifacts(source, out, *common, force=force), None)
     from naslora_deploy.exporters.triton import artifacts_to_triton
 
-    artifacts, manifest = export_artifacts(
-        source, Path(out) / "artifacts", spec, variant, base, allow_base_mismatch, progress
-    )
+    prepare_triton_dir(out, replace=force)
+    artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", *common, force=True)
     repository = artifacts_to_triton(
         artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch
     )

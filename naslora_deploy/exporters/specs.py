@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from naslora_deploy.common.options import option
+from naslora_deploy.common.options import check_bounds, option
 from naslora_deploy.core.config import MERGE_MODES
 
 FORMATS = ("onnx", "trt", "triton")
@@ -48,11 +48,13 @@ class EngineSpec:
 
     precision: str = "fp16"
     min_batch: int = 1
-    opt_batch: int = field(default=1, metadata=option("TensorRT profile: batch to tune for"))
-    max_batch: int = field(default=8, metadata=option("TensorRT profile (and Triton): largest batch"))
+    opt_batch: int = field(default=1, metadata=option("TensorRT profile: batch to tune for", low=1))
+    max_batch: int = field(default=8, metadata=option("TensorRT profile (and Triton): largest batch", low=1))
     workspace_gb: Optional[float] = field(
         default=None,
-        metadata=option("TensorRT workspace limit in GB (Jetson: keep it small)", flag="--workspace"),
+        metadata=option(
+            "TensorRT workspace limit in GB (Jetson: keep it small)", flag="--workspace", low=0, open_low=True
+        ),
     )
     timing_cache: Optional[str] = field(
         default=None, metadata=option("TensorRT timing cache file, reused across builds")
@@ -61,6 +63,7 @@ class EngineSpec:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown engine precision {self.precision!r}; choose fp32, fp16 or bf16")
+        check_bounds(self)
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ValueError("batch profile must satisfy 1 <= min <= opt <= max")
 
@@ -78,14 +81,17 @@ class ExportSpec:
     precision: str = field(
         default="fp32", metadata=option("ONNX: fp32 or fp16; engines: fp32, fp16 or bf16", choices=PRECISIONS)
     )
-    opset: int = field(default=17, metadata=option("ONNX opset"))
+    opset: int = field(
+        default=17,
+        metadata=option("ONNX opset (what torch's exporter and our graphs support)", low=14, high=20),
+    )
     prompts: bool = field(default=False, metadata=option("also export the promptable decoder"))
-    point_slots: int = field(default=4, metadata=option("point prompt slots (plus two for a box)"))
+    point_slots: int = field(default=4, metadata=option("point prompt slots (plus two for a box)", low=1))
     calibration: Optional[str] = field(
         default=None,
         metadata=option("image folder for the dense merge's least-squares fold (and its measurement)"),
     )
-    calibration_images: int = field(default=16, metadata=option("how many calibration images to use"))
+    calibration_images: int = field(default=16, metadata=option("how many calibration images to use", low=1))
     recover: int = field(
         default=0,
         metadata=option(
@@ -112,8 +118,7 @@ class ExportSpec:
             raise ValueError(
                 f"precision {self.precision!r}: ONNX files are fp32 or fp16; engines fp32, fp16 or bf16"
             )
-        if self.point_slots < 1:
-            raise ValueError("--point-slots must be >= 1")
+        check_bounds(self)
         check_recovery(self.recover, self.merge, self.calibration, self.recover_decoder)
         if isinstance(self.engine, dict):  # read back from a manifest
             self.engine = EngineSpec(**self.engine)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from naslora_deploy.common import contract as names
+from naslora_deploy.common.errors import NasloraError, first_line
 from naslora_deploy.exporters.fast_attention import use_sdpa
 from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph
 from naslora_deploy.runtime import Segmenter
@@ -39,11 +40,10 @@ class TorchBackend:
         self.on_gpu = self.device.type == "cuda"
 
     @classmethod
-    def for_artifacts(cls, manifest: dict, device: Optional[str] = None) -> "TorchBackend":
-        """The PyTorch model an artifact directory was exported from, rebuilt and merged the same way."""
-        from naslora_deploy.exporters.export import rebuild_source
-
-        return cls(rebuild_source(manifest).model, device)
+    def for_artifacts(cls, manifest: dict, device: Optional[str] = None, directory=None) -> "TorchBackend":
+        """The PyTorch model an artifact directory was exported from, rebuilt and merged the same way
+        (after checking that its source is the one exported: ``rebuild_verified``)."""
+        return cls(rebuild_verified(manifest, directory).model, device)
 
     def encode(self, images: np.ndarray):
         with torch.no_grad():
@@ -61,10 +61,57 @@ class TorchBackend:
         return {n: o.float().cpu().numpy() for n, o in zip(names.PROMPT_OUTPUTS, outs)}
 
 
+def check_source_unchanged(manifest: dict, directory=None) -> None:
+    """The export source must still have the sha256 recorded at export (else it rebuilds another model)."""
+    from naslora_deploy.core.checkpoint import source_sha256
+
+    where = directory or "these artifacts"
+    described = manifest["source"]
+    path = Path(described["path"])
+    if not path.exists():
+        raise NasloraError(
+            f"the export source {path} of {where} is gone; the PyTorch model cannot be rebuilt without it"
+        )
+    recorded = described.get("sha256")
+    if recorded is None:
+        raise NasloraError(
+            f"{where} record no sha256 of their export source {path}, so the rebuilt PyTorch model cannot "
+            "be checked against it; re-export the artifacts"
+        )
+    found = source_sha256(path)
+    if found != recorded:
+        raise NasloraError(
+            f"the export source {path} changed since {where} were exported (sha256 {found[:12]}..., "
+            f"recorded {recorded[:12]}...); re-export the artifacts from it"
+        )
+
+
+def rebuild_verified(manifest: dict, directory=None):
+    """``rebuild_source`` after ``check_source_unchanged``; the model must take the manifest's image size."""
+    from naslora_deploy.exporters.export import ExportSpec, rebuild_source
+
+    try:
+        ExportSpec.from_manifest(manifest)
+    except (TypeError, ValueError) as exc:
+        raise NasloraError(
+            f"the 'export' section of {Path(directory or '.') / names.MANIFEST_NAME} is damaged "
+            f"({first_line(exc)}); "
+            "export the artifacts again"
+        ) from None
+    check_source_unchanged(manifest, directory)
+    source = rebuild_source(manifest)
+    if source.model.image_size != manifest["image_size"]:
+        raise NasloraError(
+            f"{directory or 'the manifest'} says image_size {manifest['image_size']}, but its source model "
+            f"takes {source.model.image_size} (the manifest was changed); re-export the artifacts"
+        )
+    return source
+
+
 def open_segmenter(artifact_dir, backend: str = "auto", device: Optional[str] = None) -> Segmenter:
     """``Segmenter.open`` for the runtime's own backends, plus ``torch`` (built here and handed in)."""
     if backend != "torch":
         return Segmenter.open(artifact_dir, backend, device)
     directory = Path(artifact_dir)
     manifest = read_manifest(directory)
-    return Segmenter(directory, manifest, TorchBackend.for_artifacts(manifest, device))
+    return Segmenter(directory, manifest, TorchBackend.for_artifacts(manifest, device, directory))

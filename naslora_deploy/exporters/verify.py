@@ -22,10 +22,11 @@ import torch
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.exporters.export import ExportSpec, export_graphs, rebuild_source
+from naslora_deploy.exporters.export import ExportSpec, export_graphs
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
-from naslora_deploy.runtime.backends import available_providers, ort_session
-from naslora_deploy.runtime.manifest import read_manifest
+from naslora_deploy.exporters.torch_backend import rebuild_verified
+from naslora_deploy.runtime.backends import available_providers, open_graph, ort_session
+from naslora_deploy.runtime.manifest import artifact_file, read_manifest
 
 TOLERANCES = {"fp32": {names.IMAGE_EMBEDDINGS: 1e-4, "decoder": 1e-3}}
 
@@ -123,7 +124,7 @@ def verify_parity(
     """Compare every ONNX backend available here (and TensorRT engines) with PyTorch."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    source = rebuild_source(manifest)
+    source = rebuild_verified(manifest, directory)
     images = verification_images(manifest, images_dir, count, seed)
     expected = torch_outputs(source.model, images)
     tolerances = TOLERANCES.get(manifest["onnx_precision"], {})
@@ -131,8 +132,8 @@ def verify_parity(
     decoder_tol = tolerances.get("decoder")
     report = ParityReport()
     for provider in progress_bar(available_providers(), "verify: onnxruntime providers", progress):
-        encoder = ort_session(directory / names.onnx_file(names.IMAGE_ENCODER), provider)
-        decoder = ort_session(directory / names.onnx_file(names.MASK_DECODER), provider)
+        encoder = open_graph(directory, manifest, names.IMAGE_ENCODER, provider)
+        decoder = open_graph(directory, manifest, names.MASK_DECODER, provider)
         embeddings = encoder.run(None, {names.IMAGE: images})[0]
         tag = f"onnxruntime {provider.replace('ExecutionProvider', '')}"
         report.rows.append(
@@ -174,7 +175,9 @@ def verify_engines(
     }
     rows = []
     for name, feed in feeds.items():
-        engine = polygraphy_trt.EngineFromBytes(load_engine_bytes(directory / names.engine_file(name)))
+        engine_file = artifact_file(directory, manifest, names.engine_file(name))
+        sidecar = artifact_file(directory, manifest, names.engine_file(name) + ".json")
+        engine = polygraphy_trt.EngineFromBytes(load_engine_bytes(engine_file, sidecar))
         outputs = Comparator.run([polygraphy_trt.TrtRunner(engine, name=name)], data_loader=[feed])[0][1][0]
         for output, got in outputs.items():
             tol = tolerances.get(names.IMAGE_EMBEDDINGS if output == names.IMAGE_EMBEDDINGS else "decoder")
@@ -195,7 +198,7 @@ def plain_sam_proof(directory, repeats: int = 10) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         files = export_graphs(plain, spec, Path(tmp))
         artifact_encoder, plain_encoder = (
-            directory / names.onnx_file(names.IMAGE_ENCODER),
+            artifact_file(directory, manifest, names.onnx_file(names.IMAGE_ENCODER)),
             files[names.IMAGE_ENCODER],
         )
         structure = compare_signatures(graph_signature(artifact_encoder), graph_signature(plain_encoder))

@@ -18,6 +18,7 @@ import numpy as np
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.runtime.manifest import artifact_file, check_image_input, is_listed
 
 RUNTIME_BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
@@ -64,6 +65,54 @@ def ort_session(path: Path, providers):
     )
 
 
+def open_graph(directory: Path, manifest: dict, graph: str, providers):
+    """A session on one of the artifact's listed graphs, checked against the manifest.
+
+    The file must be listed (``artifact_file``); onnxruntime's own refusals (a
+    damaged graph, external data outside the directory) and a graph that does not
+    fit the manifest (image size, head) become one ``NasloraError`` line.
+    """
+    path = artifact_file(directory, manifest, names.onnx_file(graph))
+    try:
+        session = ort_session(path, providers)
+    except NasloraError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, ...)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NasloraError(
+            f"onnxruntime cannot load {path} ({text[:200]}); export the artifacts again"
+        ) from None
+    check_graph(
+        manifest,
+        path,
+        graph,
+        [i.shape for i in session.get_inputs()],
+        [o.name for o in session.get_outputs()],
+    )
+    return session
+
+
+def check_graph(manifest: dict, path, graph: str, input_shapes, output_names) -> None:
+    """A graph's inputs and outputs against the manifest: its image size, its binary or multi-class head."""
+    if graph == names.IMAGE_ENCODER:
+        check_image_input(manifest, path, input_shapes[0] if input_shapes else None)
+    slots = manifest.get("prompt_point_slots")
+    if graph == names.PROMPT_DECODER and slots and len(input_shapes) > 1:
+        found = input_shapes[1][1] if len(input_shapes[1]) > 1 else None
+        if isinstance(found, int) and found != slots:
+            raise NasloraError(
+                f"the manifest says {slots} prompt point slots, but {path} has {found} "
+                "(the manifest was changed); export the artifacts again"
+            )
+    if graph == names.MASK_DECODER:
+        expected = names.decoder_outputs(manifest["head"] == "multiclass")
+        if tuple(output_names) != tuple(expected):
+            raise NasloraError(
+                f"{path} has outputs {', '.join(output_names)}, but the manifest's head {manifest['head']!r} "
+                f"needs {', '.join(expected)} (the manifest was changed); export the artifacts again"
+            )
+
+
 def available_providers() -> List[str]:
     """The onnxruntime execution providers installed here, best first."""
     import onnxruntime as ort
@@ -86,9 +135,9 @@ class OnnxRuntimeBackend:
                 f"onnxruntime provider {missing[0]} is not available here (have: {', '.join(available)})"
             )
         self.sessions = {
-            graph: ort_session(directory / names.onnx_file(graph), chosen)
+            graph: open_graph(directory, manifest, graph, chosen)
             for graph in names.GRAPHS
-            if (directory / names.onnx_file(graph)).is_file()
+            if is_listed(manifest, names.onnx_file(graph))
         }
         used = self.sessions[names.IMAGE_ENCODER].get_providers()[0]
         self.on_gpu = used != "CPUExecutionProvider"
@@ -143,12 +192,15 @@ class TensorRTBackend:
         self.engines, self.contexts, self.buffers = {}, {}, {}
         self.stream = self._check(cudart.cudaStreamCreate())
         for name in names.GRAPHS:
-            path = directory / names.engine_file(name)
-            if not path.is_file():
+            if not (directory / names.engine_file(name)).is_file():
                 continue
-            engine = runtime.deserialize_cuda_engine(load_engine_bytes(path))
+            path = artifact_file(directory, manifest, names.engine_file(name))
+            sidecar = artifact_file(directory, manifest, names.engine_file(name) + ".json")
+            engine = runtime.deserialize_cuda_engine(load_engine_bytes(path, sidecar))
             if engine is None:
                 raise NasloraError(f"TensorRT could not load {path}; rebuild it on this machine")
+            if name == names.IMAGE_ENCODER:
+                check_image_input(manifest, path, tuple(engine.get_tensor_shape(names.IMAGE)))
             self.engines[name] = engine
             self.contexts[name] = engine.create_execution_context()
             self._allocate(name, engine, self._max_batch(engine))

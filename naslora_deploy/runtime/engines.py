@@ -84,17 +84,20 @@ def check_engine_compatibility(
         )
 
 
-def read_sidecar(engine: Path) -> dict:
-    """Read an engine's sidecar; a missing one is an error (it says what the engine is)."""
-    path = sidecar_path(Path(engine))
+def read_sidecar(engine: Path, path: Optional[Path] = None) -> dict:
+    """Read an engine's sidecar (default: beside it); a missing, unreadable or non-object one is an error."""
+    path = Path(path) if path is not None else sidecar_path(Path(engine))
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise NasloraError(
             f"{path} not found: every engine needs the sidecar written beside it by the export"
         ) from None
-    except json.JSONDecodeError as exc:
-        raise NasloraError(f"{path} is damaged ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NasloraError(f"{path} is damaged ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict):
+        raise NasloraError(f"{path} is damaged (a JSON {type(data).__name__}, not an object)")
+    return data
 
 
 def import_tensorrt():
@@ -102,9 +105,16 @@ def import_tensorrt():
     return lazy_import("tensorrt", message=INSTALL_HELP)
 
 
-def load_engine_bytes(engine: Path) -> bytes:
-    """Check the sidecar against this machine, then return the engine's bytes."""
+def load_engine_bytes(engine: Path, sidecar: Optional[Path] = None) -> bytes:
+    """Check the sidecar against this machine, then return the engine's bytes.
+
+    ``engine`` and ``sidecar`` (default: beside the engine) are paths the caller
+    checked (``runtime.manifest.artifact_file``): listed in the manifest and hashed.
+    """
     trt = import_tensorrt()
-    sidecar = read_sidecar(engine)
-    check_engine_compatibility(sidecar, trt.__version__, current_gpu(), str(engine))
-    return Path(engine).read_bytes()
+    recorded = read_sidecar(engine, sidecar)
+    check_engine_compatibility(recorded, trt.__version__, current_gpu(), str(engine))
+    try:
+        return Path(engine).read_bytes()
+    except OSError as exc:
+        raise NasloraError(f"cannot read {engine} ({exc.strerror}); export it again") from None

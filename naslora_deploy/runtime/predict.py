@@ -1,35 +1,157 @@
-"""``naslora-deploy predict``: masks, overlays and ``results.jsonl`` for files, folders or globs."""
+"""``naslora-deploy predict``: masks, overlays and ``results.jsonl`` for files, folders or globs.
+
+Output names keep the whole input name and mirror the inputs' layout below the
+deepest folder they share: one folder ``photos/`` (or files from one folder) gives
+``x.png_mask.png`` and ``x.png_overlay.png`` for ``photos/x.png`` (``x.jpg`` beside it
+gets ``x.jpg_mask.png``); ``a/imgs b/imgs`` give ``a/imgs/x.png_mask.png`` and
+``b/imgs/x.png_mask.png``. So no two inputs of a run share an output.
+
+``results.jsonl`` is a log that runs append to: one JSON line per image, written
+in one ``O_APPEND`` write under a lock (concurrent runs into one ``--out`` lose
+nothing), after its mask and overlay are in place; each record names its
+``mask`` and ``overlay`` (relative to ``--out``). A rerun replaces the masks of the
+images it segments again and adds new records: the last record of a file is
+the current one. ``--out`` may not be (or lie inside) a folder given as input,
+nor be the folder of an input file (``check_out``).
+
+Inputs that cannot be used are reported, one line each, never skipped silently:
+in a folder, entries that are not images of a supported type (a GIF, a
+sub-folder, a broken link or link loop; hidden entries are ignored), a folder
+without images, a glob that matches nothing or matches a folder.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IMAGE_SUFFIXES, overlay, save_png
-from naslora_deploy.common.io import atomic_write
+from naslora_deploy.common.io import append_line
+from naslora_deploy.common.outputs import prepare_write_folder, refusal
 from naslora_deploy.common.progress import progress as progress_bar
 
+RESULTS_NAME = "results.jsonl"
+SUPPORTED = ", ".join(IMAGE_SUFFIXES)
 
-def expand_inputs(inputs: Iterable[str]) -> List[Path]:
-    """Files, folders (their images, sorted) and globs, in order, without duplicates."""
-    found: List[Path] = []
+
+@dataclass
+class Inputs:
+    """What ``gather_inputs`` found: image files in order, one line per unusable input, input folders."""
+
+    files: List[Path] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+    folders: List[Path] = field(default_factory=list)
+
+
+def _not_an_image(path: Path) -> Optional[str]:
+    """Why a folder entry or glob match is no image file (None if it is one)."""
+    if path.is_symlink() and not path.exists():
+        return f"{path}: a broken link or a link loop"
+    if path.is_dir():
+        return f"{path}: a folder, not an image (give it as an input of its own)"
+    if not path.is_file():
+        return f"{path}: not a regular file"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return f"{path}: not a supported image type (supported: {SUPPORTED})"
+    return None
+
+
+def _folder(path: Path, found: Inputs) -> None:
+    try:
+        children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError as exc:
+        found.problems.append(f"{path}: the folder cannot be read ({exc.strerror or exc})")
+        return
+    found.folders.append(path)
+    images = [p for p in children if _not_an_image(p) is None]
+    found.problems += [problem for problem in map(_not_an_image, children) if problem]
+    if not images:
+        found.problems.append(f"{path}: no images in this folder (supported: {SUPPORTED})")
+    found.files += images
+
+
+def _glob(pattern: str, found: Inputs) -> None:
+    matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
+    if not matches:
+        found.problems.append(f"{pattern}: no such file, folder or matching glob")
+    for match in matches:
+        if match.is_file():
+            found.files.append(match)
+        else:
+            found.problems.append(_not_an_image(match) or f"{match}: not an image")
+
+
+def gather_inputs(inputs: Iterable[str]) -> Inputs:
+    """Files, folders (their images, sorted) and globs, in order, each file once.
+
+    A file given by name is taken whatever its suffix (the reader decides);
+    everything else that is no image is a line in ``problems``.
+    """
+    found = Inputs()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            _folder(path, found)
         elif path.is_file():
-            found.append(path)
+            found.files.append(path)
+        elif os.path.lexists(path):
+            found.problems.append(_not_an_image(path) or f"{path}: not an image")
         else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
-            if not matches:
-                raise NasloraError(f"{item}: no such file, folder or matching glob")
-            found += matches
-    return list(dict.fromkeys(found))
+            _glob(item, found)
+    unique: Dict[str, Path] = {}
+    for path in found.files:
+        unique.setdefault(os.path.realpath(path), path)
+    found.files = list(unique.values())
+    return found
+
+
+def expand_inputs(inputs: Iterable[str]) -> List[Path]:
+    """The image files of ``inputs`` (``gather_inputs``); any unusable input is a one-line error."""
+    found = gather_inputs(inputs)
+    if found.problems:
+        raise NasloraError(found.problems[0])
+    return found.files
+
+
+def common_folder(files: List[Path]) -> Path:
+    """The deepest folder that holds every file (directly or below)."""
+    return Path(os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
+
+
+def output_names(files: List[Path]) -> Dict[Path, str]:
+    """Each file's output stem: its path below ``common_folder`` (suffix kept), unique per file."""
+    if not files:
+        return {}
+    root = common_folder(files)
+    return {f: Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files}
+
+
+def check_out(out, files: List[Path], folders: Iterable[Path] = ()) -> Path:
+    """Refuse an ``--out`` that is a file, lies in (or is) an input folder, or holds inputs directly.
+
+    ``folders``: the folders given as inputs (``--out`` may not be one or lie below one);
+    ``--out`` may neither be the folder of an input file nor the folder all inputs share
+    (the masks would land among the images). Returns ``out``.
+    """
+    out = prepare_write_folder(out, avoid=folders, flag="predict --out")
+    beside = {Path(os.path.realpath(f)).parent for f in files}
+    if files:
+        beside.add(common_folder(files).resolve())
+    if Path(out).resolve() in beside:
+        raise refusal(
+            "predict --out",
+            out,
+            "holds input images (itself or in its sub-folders)",
+            "masks would be written among them: give a folder outside the inputs",
+        )
+    return Path(out)
 
 
 def predict_files(
@@ -41,8 +163,9 @@ def predict_files(
     """
     from naslora_deploy.runtime.segmenter import load_image
 
-    out.mkdir(parents=True, exist_ok=True)
-    records, errors = [], []
+    out = check_out(out, files)
+    names = output_names(files)
+    done, errors = 0, []
     for path in progress_bar(files, "predict", progress if len(files) > 1 else False):
         try:
             image = load_image(path)
@@ -50,21 +173,27 @@ def predict_files(
         except (NasloraError, ValueError) as exc:
             errors.append(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
             continue
-        mask_png = result.class_map if result.class_map is not None else (result.mask * 255).astype(np.uint8)
-        save_png(out / f"{path.stem}_mask.png", mask_png)
-        save_png(out / f"{path.stem}_overlay.png", overlay(image, result.mask, result.class_map))
-        records.append(
-            {
-                "file": str(path),
-                "width": result.size[1],
-                "height": result.size[0],
-                "area": result.area,
-                "area_fraction": result.area / float(result.size[0] * result.size[1]),
-                "class_areas": result.class_areas,
-                "score": result.score,
-                "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
-            }
-        )
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(out / "results.jsonl", lambda tmp: tmp.write_text(text))
-    return len(records), errors
+        _write_outputs(out, names[path], path, image, result)
+        done += 1
+    return done, errors
+
+
+def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result) -> None:
+    """The mask and the overlay (each atomic), then the record (one appended line)."""
+    mask_png = result.class_map if result.class_map is not None else (result.mask * 255).astype(np.uint8)
+    mask, shown = f"{name}_mask.png", f"{name}_overlay.png"
+    save_png(out / mask, mask_png)
+    save_png(out / shown, overlay(image, result.mask, result.class_map))
+    record = {
+        "file": str(path),
+        "mask": mask,
+        "overlay": shown,
+        "width": result.size[1],
+        "height": result.size[0],
+        "area": result.area,
+        "area_fraction": result.area / float(result.size[0] * result.size[1]),
+        "class_areas": result.class_areas,
+        "score": result.score,
+        "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+    append_line(out / RESULTS_NAME, json.dumps(record))

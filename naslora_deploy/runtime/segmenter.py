@@ -21,11 +21,12 @@ import numpy as np
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import (
+    check_resizable,
+    image_array,
     postprocess_probabilities,
     preprocess_image,
     read_image,
     resized_shape,
-    to_rgb_uint8,
 )
 from naslora_deploy.runtime.backends import Backend, open_backend
 from naslora_deploy.runtime.manifest import read_manifest
@@ -98,6 +99,13 @@ class Segmenter:
         """Which backend (and execution provider) runs the model."""
         return self.backend.name
 
+    def _load(self, image: ImageInput) -> np.ndarray:
+        """A path or an array, checked and converted (``load_image``), that resizes to the model's input."""
+        array = load_image(image)
+        source = image if isinstance(image, (str, Path)) else "the image array"
+        check_resizable(*array.shape[:2], self.image_size, source)
+        return array
+
     def _batch(self, images: List[np.ndarray]) -> np.ndarray:
         if self._input.shape[0] != len(images):
             self._input = np.zeros((len(images), 3, self.image_size, self.image_size), np.float32)
@@ -110,13 +118,15 @@ class Segmenter:
     ) -> Segmentation:
         """Segment one image; with ``points`` ((x, y, label), or (x, y) = positive) or ``box``, prompted."""
         if points is not None or box is not None:
-            return self._segment_prompted(load_image(image), points, box)
+            return self._segment_prompted(self._load(image), points, box)
         return self.segment_batch([image])[0]
 
     def segment_batch(self, images: Sequence[ImageInput]) -> List[Segmentation]:
         """Segment several images in one encoder / decoder pass (prompt-free)."""
         start = time.perf_counter()
-        arrays = [load_image(image) for image in images]
+        if len(images) == 0:
+            raise NasloraError("segment_batch got no images; give at least one path or array")
+        arrays = [self._load(image) for image in images]
         batch = self._batch(arrays)
         t_pre = time.perf_counter()
         embeddings = self.backend.encode(batch)
@@ -212,9 +222,11 @@ class Segmenter:
 
 
 def load_image(image: ImageInput) -> np.ndarray:
-    """A path or an array as (H, W, 3) uint8 (gray, RGBA and 16-bit are converted)."""
+    """A path or an array as (H, W, 3) uint8 (gray, RGBA, 16-bit and float are converted).
+
+    Anything else (an empty, NaN, wrongly shaped or non-numeric array; an unreadable
+    file) is one ``ImageReadError`` line (a ``NasloraError``) naming the file or the array.
+    """
     if isinstance(image, (str, Path)):
         return read_image(image)
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"an image must be a path or a numpy array, got {type(image).__name__}")
-    return to_rgb_uint8(image)
+    return image_array(image, "the image array")

@@ -93,6 +93,7 @@ def _train_config(config: DemoConfig, data: Path, out: Path, method: str) -> Tra
         alpha_pass="same",
         seed=config.seed,
         progress=config.progress,
+        overwrite=True,  # OUT/runs/METHOD is the demo's own: a rerun replaces the run it wrote before
     )
 
 

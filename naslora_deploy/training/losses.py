@@ -10,11 +10,22 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IGNORE_INDEX
 from naslora_deploy.core.heads import upsample_logits
 
 LAMBDA_SEG = 1.0
 LAMBDA_CLS = 2.0
+
+
+def require_finite(loss: torch.Tensor, step: int, lr: float, arch_lr: float) -> torch.Tensor:
+    """``loss`` if finite; else stop the run (one line) before the optimiser spreads NaN into the weights."""
+    if not torch.isfinite(loss.detach()).all():
+        raise NasloraError(
+            f"the training loss became {loss.item()} at step {step}: the run diverged; lower --lr (now "
+            f"{lr:g}) or --arch-lr (now {arch_lr:g}); checkpoints of earlier epochs are kept"
+        )
+    return loss
 
 
 def bce_dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

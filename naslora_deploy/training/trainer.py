@@ -29,6 +29,7 @@ from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IGNORE_INDEX
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.common.outputs import prepare_run_dir
 from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.core.adapters import (
     adapted_layers,
@@ -60,7 +61,7 @@ from naslora_deploy.training.distributed import (
     shutdown,
 )
 from naslora_deploy.training.evaluate import evaluate, headline
-from naslora_deploy.training.losses import binary_loss, box_loss, multiclass_loss
+from naslora_deploy.training.losses import binary_loss, box_loss, multiclass_loss, require_finite
 from naslora_deploy.training.prompts import training_prompts
 from naslora_deploy.training.sampling import epoch_order, flip_batch
 from naslora_deploy.training.schedule import learning_rate, total_steps
@@ -136,7 +137,6 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.out = Path(config.out)
         self.bf16 = self.device.type == "cuda" if config.bf16 is None else config.bf16
         self.splits: DataSplits = discover(
             config.data, config.classes, config.val_fraction, config.seed, config.skip_bad
@@ -147,6 +147,7 @@ class Trainer:
             raise NasloraError(
                 "--prompt box trains the binary head (one mask per box); this data set is multi-class"
             )
+        self.out = prepare_run_dir(config, main=self.dist.is_main)  # refuse (or --overwrite) a used --out
         self.spec = self._build_model()
         self.weights = weight_parameters(self.model.sam) + (
             list(self.model.class_head.parameters()) if self.model.class_head is not None else []
@@ -215,32 +216,25 @@ class Trainer:
     # ----- resume -------------------------------------------------------------------
     def resume(self) -> None:
         """Restore weights, both optimisers, epoch, step, best score and RNG state from ``last/``."""
-        from safetensors.torch import load_file
+        from naslora_deploy.core import checkpoint as saved
 
-        last = self.out / "last"
-        if not (last / TRAINING_STATE_NAME).is_file():
-            old = self.out / ".last.old"
-            if (old / TRAINING_STATE_NAME).is_file():
-                last = old
-            else:
-                raise NasloraError(f"--resume: {self.out} has no complete last/ checkpoint to resume from")
+        last = saved.resumable_checkpoint(self.out)  # last/ (or .last.old/) holding a training state
         spec = read_spec(last)
         if spec.adapter != self.spec.adapter or spec.variant != self.spec.variant:
             raise NasloraError(
                 f"--resume: {last} was trained with other model/adapter options; use a new --out"
             )
-        self.model.load_state_dict(load_file(str(last / WEIGHTS_NAME)), strict=False)
-        state = torch.load(last / TRAINING_STATE_NAME, map_location=self.device, weights_only=True)
-        self.weight_opt.load_state_dict(state["weight_opt"])
-        if self.arch_opt is not None and state.get("arch_opt"):
-            self.arch_opt.load_state_dict(state["arch_opt"])
-        self.epoch, self.step, self.best = state["epoch"], state["step"], state.get("best")
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(_tuple_state(state["python_rng"]))
-        metrics = self.out / "metrics.jsonl"
-        if metrics.is_file():
-            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            self.history = [line for line in lines if line.get("epoch", 0) < self.epoch]
+        saved.load_trainable(self.model, last / WEIGHTS_NAME, "this run's model")  # damaged: CheckpointError
+        state = saved.load_training_state(last / TRAINING_STATE_NAME, self.device)
+        with saved.restoring(last / TRAINING_STATE_NAME):
+            self.weight_opt.load_state_dict(state["weight_opt"])
+            if self.arch_opt is not None and state.get("arch_opt"):
+                self.arch_opt.load_state_dict(state["arch_opt"])
+            self.epoch, self.step, self.best = state["epoch"], state["step"], state.get("best")
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(_tuple_state(state["python_rng"]))
+        records = saved.read_jsonl(self.out / "metrics.jsonl")
+        self.history = [r for r in records if r.get("epoch", 0) < self.epoch]
 
     def training_state(self) -> dict:
         """Optimisers, counters and RNG state for ``last/training_state.pt``."""
@@ -291,6 +285,9 @@ class Trainer:
             return "joint"
         return "weights+alpha" if epoch >= self.config.search_start else "weights"
 
+    def finite(self, loss: torch.Tensor) -> torch.Tensor:
+        return require_finite(loss, self.step + 1, self.current_lr(), self.config.arch_lr)
+
     def current_lr(self) -> float:
         """The weights' learning rate of step ``self.step`` (``schedule.learning_rate``)."""
         c = self.config
@@ -307,7 +304,7 @@ class Trainer:
         if stage == "weights+alpha":
             with frozen(self.weights):  # stage 2: weights fixed
                 self.arch_opt.zero_grad(set_to_none=True)
-                arch_loss = self.loss(arch_batch if arch_batch is not None else batch)
+                arch_loss = self.finite(self.loss(arch_batch if arch_batch is not None else batch))
                 arch_loss.backward()
                 average_gradients(self.alphas, self.dist)
                 self.arch_opt.step()
@@ -325,7 +322,7 @@ class Trainer:
             self.weight_opt.zero_grad(set_to_none=True)
             if with_alpha:
                 self.arch_opt.zero_grad(set_to_none=True)
-            loss = self.loss(batch)
+            loss = self.finite(self.loss(batch))
             loss.backward()
             average_gradients(params, self.dist)
             self.weight_opt.step()
@@ -494,6 +491,5 @@ def train(config: TrainConfig) -> Path:
     """Run a whole training job; returns the run directory."""
     trainer = Trainer(config)
     if trainer.dist.is_main:
-        trainer.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(trainer.out / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     return trainer.run()

@@ -1,5 +1,7 @@
 """Image and mask reading, and SAM preprocessing, in numpy + Pillow."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -47,16 +49,25 @@ def test_unreadable_image_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "raw, expected",
+    "raw, lossy, expected",
     [
-        (np.array([[0, 255], [255, 0]]), [[0, 1], [1, 0]]),
-        (np.array([[0, 1], [1, 0]]), [[0, 1], [1, 0]]),
-        (np.array([[0, 65535], [40000, 3]]), [[0, 1], [1, 0]]),
-        (np.array([[4, 250], [131, 120]]), [[0, 1], [1, 0]]),  # JPEG-noisy 0/255
+        (np.array([[0, 255], [255, 0]]), False, [[0, 1], [1, 0]]),
+        (np.array([[0, 1], [1, 0]]), False, [[0, 1], [1, 0]]),
+        (np.array([[0, 100], [100, 0]]), False, [[0, 1], [1, 0]]),  # 0/k: foreground = non-zero
+        (np.array([[0, 65535], [40000, 3]]), False, [[0, 1], [1, 0]]),  # grey levels reaching 65535
+        (np.array([[4, 250], [131, 120]]), True, [[0, 1], [1, 0]]),  # JPEG-noisy 0/255
+        (np.array([[7, 7], [7, 7]]), False, [[1, 1], [1, 1]]),  # one value: all foreground
     ],
 )
-def test_binarize(raw, expected):
-    np.testing.assert_array_equal(binarize_mask(raw), expected)
+def test_binarize(raw, lossy, expected):
+    np.testing.assert_array_equal(binarize_mask(raw, lossy=lossy), expected)
+
+
+@pytest.mark.parametrize("values", [(0, 1, 2), (0, 100, 200), (3, 9)])
+def test_label_maps_are_not_binary_masks(values):
+    raw = np.array([values])
+    with pytest.raises(ImageReadError, match=r"m.png: a binary mask .* holds " + ", ".join(map(str, values))):
+        binarize_mask(raw, source="m.png")
 
 
 def test_palette_and_colour_masks(tmp_path):
@@ -90,3 +101,76 @@ def test_postprocess_inverts_the_padding():
     prob[:, :32] = 1.0
     out = postprocess_probabilities(prob, (100, 50), 64)
     assert out.shape == (100, 50) and out.min() > 0.99
+
+
+@pytest.fixture
+def fresh_notes(monkeypatch):
+    """Forget the conversion notes already given, so this test sees its own."""
+    from naslora_deploy.common import imaging
+
+    monkeypatch.setattr(imaging, "_SAID", set())
+
+
+def test_float_tiff_in_0_255_is_read_as_8_bit(tmp_path, fresh_notes):
+    values = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(values, mode="F").save(tmp_path / "f.tif")
+    with pytest.warns(UserWarning, match="float image data with values above 1: read as 0..255"):
+        out = read_image(tmp_path / "f.tif")
+    np.testing.assert_array_equal(out[:, :, 0], np.round(values).astype(np.uint8))
+    unit = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(unit, mode="F").save(tmp_path / "u.tif")
+    assert read_image(tmp_path / "u.tif")[:, :, 0].max() == 255  # 0..1 floats: times 255, silently
+
+
+def test_12_bit_data_in_a_16_bit_png_uses_its_bit_depth(tmp_path, fresh_notes):
+    data = (np.arange(64).reshape(8, 8) * 65).astype(np.uint16)  # 0..4095
+    Image.fromarray(data).save(tmp_path / "twelve.png")
+    with pytest.warns(UserWarning, match="using 12 bits"):
+        out = read_image(tmp_path / "twelve.png")[:, :, 0]
+    np.testing.assert_array_equal(out, (data * (255.0 / 4095) + 0.5).astype(np.uint8))
+
+
+def test_decompression_bomb_and_degenerate_shapes_name_the_file(tmp_path):
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # ~50 KB on disk, 400 megapixels
+    with pytest.raises(ImageReadError, match=r"bomb.png: the image has 400,000,000 pixels, above"):
+        read_image(tmp_path / "bomb.png")
+    Image.new("1", (10000, 9000)).save(tmp_path / "big.png")  # Pillow would only warn
+    with pytest.raises(ImageReadError, match=r"big.png: .*89,478,485-pixel limit"):
+        read_mask(tmp_path / "big.png")
+    Image.fromarray(np.zeros((1, 2000), np.uint8)).save(tmp_path / "thin.png")
+    with pytest.raises(ImageReadError, match=r"thin.png: 2000x1 pixels is too thin"):
+        read_image(tmp_path / "thin.png")
+
+
+@pytest.mark.parametrize(
+    "array, phrase",
+    [
+        (np.zeros((0, 0), np.uint8), "no pixels"),
+        (np.full((4, 4), np.nan, np.float32), "NaN or infinite"),
+        (np.full((4, 4, 3), -1, np.int32), "outside 0..65535"),
+        (np.zeros((4, 4, 2), np.uint8), "got shape (4, 4, 2)"),
+        (np.zeros((2, 3, 4, 3), np.uint8), "got shape"),
+        (np.zeros((4, 4), np.complex64), "not an image"),
+    ],
+)
+def test_bad_arrays_are_one_line(array, phrase):
+    from naslora_deploy.common.imaging import image_array
+
+    with pytest.raises(ImageReadError, match=re.escape(phrase)):
+        image_array(array)
+
+
+def test_masks_with_nan_or_fractions_are_refused(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5]], np.float32), mode="F").save(tmp_path / "frac.tif")
+    with pytest.raises(ImageReadError, match="frac.tif: the mask holds fractional values"):
+        read_mask(tmp_path / "frac.tif")
+
+
+def test_conversion_notes_are_said_once(fresh_notes):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            binarize_mask(np.array([[0, 100]]))
+    assert len(caught) == 1 and "0 and 100" in str(caught[0].message)

@@ -44,10 +44,11 @@ def test_predict_folder_with_one_corrupt_file(artifacts, binary_data, tmp_path):
     good = sorted(p for p in folder.iterdir() if p.name != "broken.png")
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [r["file"] for r in records] == [str(p) for p in good]
-    for path in good:
-        mask = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}_mask.png"))
+    for path, record in zip(good, records):  # outputs keep the whole input name: x.png -> x.png_mask.png
+        assert record["mask"] == f"{path.name}_mask.png" and record["overlay"] == f"{path.name}_overlay.png"
+        mask = np.asarray(Image.open(tmp_path / "out" / record["mask"]))
         assert mask.shape == np.asarray(Image.open(path)).shape[:2] and set(np.unique(mask)) <= {0, 255}
-        assert (tmp_path / "out" / f"{path.stem}_overlay.png").is_file()
+        assert (tmp_path / "out" / record["overlay"]).is_file()
     assert set(records[0]["timings_ms"]) == {"pre", "encoder", "decoder", "post"}
 
 

@@ -1,5 +1,7 @@
 """The torch-free runtime: backends, pre/post-processing parity, prompts, bad input."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -82,8 +84,43 @@ def test_image_kinds_and_batches(binary_artifacts, photo):
     results = seg.segment_batch([photo, gray, rgba, sixteen])
     assert [r.size for r in results] == [photo.shape[:2]] * 4
     assert _iou(results[0].mask, results[2].mask) == 1.0  # RGBA drops alpha
-    with pytest.raises(ValueError, match="must be a path or a numpy array"):
+    with pytest.raises(NasloraError, match="must be a path or a numpy array"):
         seg.segment(42)
+
+
+@pytest.mark.parametrize(
+    "array, phrase",
+    [
+        (np.zeros((0, 0), np.uint8), "0x0 pixels"),
+        (np.full((8, 8, 3), np.nan, np.float32), "NaN or infinite"),
+        (np.full((8, 8), 70000, np.int32), "outside 0..65535"),
+        (np.zeros((8,), np.uint8), "got shape (8,)"),
+        (np.zeros((8, 8, 2), np.uint8), "got shape (8, 8, 2)"),
+        (np.zeros((1, 2000), np.uint8), "too thin"),
+    ],
+)
+def test_bad_arrays_are_refused_at_the_entry(binary_artifacts, array, phrase):
+    seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
+    with pytest.raises(NasloraError, match=re.escape(phrase)) as caught:
+        seg.segment(array)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("the image array: ")
+
+
+def test_other_dtypes_are_converted(binary_artifacts, photo):
+    seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
+    reference = seg.segment(photo).probability
+    for array in (photo.astype(np.int32), photo.astype(np.float64) / 255.0, photo[:, :, :1]):
+        result = seg.segment(array)
+        assert result.mask.shape == photo.shape[:2] and np.isfinite(result.probability).all()
+    np.testing.assert_allclose(seg.segment(photo.astype(np.int32)).probability, reference)
+
+
+def test_a_thin_file_is_named(binary_artifacts, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((1, 2000), np.uint8)).save(tmp_path / "thin.png")
+    with pytest.raises(NasloraError, match=r"thin.png: 2000x1 pixels is too thin"):
+        Segmenter.open(binary_artifacts, backend="onnxruntime").segment(tmp_path / "thin.png")
 
 
 def test_multiclass_results(multiclass_artifacts, photo):

@@ -374,11 +374,12 @@ def test_the_cli_flags_build_the_same_train_config():
     [
         ({"lr_schedule": "step"}, "--lr-schedule must be one of"),
         ({"warmup_steps": -1}, "--warmup-steps must be >= 0"),
-        ({"weight_decay": -1e-4}, "--weight-decay must be a finite number >= 0"),
-        ({"no_object_weight": 0.0}, "--no-object-weight must be a finite number > 0"),
+        ({"weight_decay": -1e-4}, "--weight-decay must be >= 0"),
+        ({"weight_decay": float("nan")}, "--weight-decay must be a finite number"),
+        ({"no_object_weight": 0.0}, "--no-object-weight must be > 0"),
         ({"saliency_protocol": "minmax"}, "--saliency-protocol must be one of"),
         ({"cell_form": "bn"}, "unknown cell_form 'bn'"),
-        ({"channel_ratio": 0.0}, "channel_ratio must be in"),
+        ({"channel_ratio": 0.0}, "--channel-ratio must be > 0 and <= 1"),
     ],
 )
 def test_bad_new_options_are_refused_with_one_line(tmp_path, changes, message):

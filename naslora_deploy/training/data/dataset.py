@@ -4,29 +4,20 @@ from __future__ import annotations
 
 from typing import List
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from naslora_deploy.common.imaging import (
     IGNORE_INDEX,
-    binarize_mask,
     preprocess_image,
     preprocess_mask,
     read_image,
-    read_mask,
     resized_shape,
 )
 from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.training.data.folder import Pair
+from naslora_deploy.training.data.folder import Pair, load_labels
 
-
-def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:
-    """A mask file as class indices: 0/1 for binary, 0..K-1 for multi-class, 255 ignored."""
-    raw = read_mask(mask_path, classes.palette_lookup())
-    if classes.binary:
-        return binarize_mask(raw)
-    return raw
+__all__ = ["SegmentationDataset", "load_labels"]  # load_labels: re-exported for its callers
 
 
 class SegmentationDataset(Dataset):

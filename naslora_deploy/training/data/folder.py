@@ -11,7 +11,15 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.imaging import IGNORE_INDEX, IMAGE_SUFFIXES, ImageReadError, read_image, read_mask
+from naslora_deploy.common.imaging import (
+    IGNORE_INDEX,
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    binarize_mask,
+    read_binary_mask,
+    read_image,
+    read_mask,
+)
 from naslora_deploy.core.classes import ClassSpec
 
 MASK_SUFFIXES = (
@@ -96,11 +104,24 @@ def resolve_classes(root: Path, num_classes: Optional[int]) -> ClassSpec:
     return ClassSpec(num_classes or 1)
 
 
+def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:
+    """A mask file as class indices: 0/1 for binary, 0..K-1 for multi-class, 255 ignored.
+
+    Binary masks follow ``imaging.binarize_mask`` (0/k: foreground = non-zero; JPEG or
+    0..255 grey: above half range; label maps such as 0/1/2 are refused, naming the file).
+    """
+    if not classes.binary:
+        return read_mask(mask_path, classes.palette_lookup())
+    if classes.palette is None:
+        return read_binary_mask(mask_path)
+    return binarize_mask(read_mask(mask_path, classes.palette_lookup()), source=mask_path)
+
+
 def check_pair(pair: Pair, classes: ClassSpec) -> None:
-    """Read both files fully; raise ImageReadError naming the file on any problem."""
+    """Read both files fully, as training will; raise ImageReadError naming the file on any problem."""
     image_path, mask_path = pair
     image = read_image(image_path)
-    raw = read_mask(mask_path, classes.palette_lookup())
+    raw = load_labels(mask_path, classes)
     if raw.shape != image.shape[:2]:
         raise ImageReadError(
             f"{mask_path}: mask is {raw.shape[1]}x{raw.shape[0]} but its image is "

@@ -1,6 +1,7 @@
 """Folder data sets: pairing, splits, classes, and bad files caught before training."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -101,3 +102,58 @@ def test_missing_folders(tmp_path):
     with pytest.raises(NasloraError, match="masks not found"):
         discover(tmp_path)
     shutil.rmtree(tmp_path / "images")
+
+
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        ('{"names": "background"}', "\"names\" is the string 'background', not a list"),
+        ('{"names": [{"id": 0}, "glass"]}', '"names"[0] is an object, not a class name'),
+        ('{"names": ["bg", "bg"]}', "lists 'bg' twice"),
+        ('{"names": []}', "lists 0 classes"),
+        ('["bg", "glass"]', "the top level is a list"),
+        ('{"classes": ["bg"]}', '"names" is missing'),
+        ('{"names": ["bg", "glass"], "palette": [[0, 0, 0]]}', '"palette" must be a list of 2'),
+        ('{"names": ["bg", "glass"], "palette": [[0, 0, 0], [300, 0, 0]]}', '"palette"[1] is [300, 0, 0]'),
+        ("{not json", "cannot read it as JSON"),
+    ],
+)
+def test_bad_classes_json_is_one_line(tmp_path, content, phrase):
+    _write(tmp_path, "x")
+    (tmp_path / "classes.json").write_text(content)
+    with pytest.raises(NasloraError, match=re.escape(phrase)) as caught:
+        discover(tmp_path)
+    assert "classes.json: " in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_binary_label_maps_are_refused_or_skipped_by_name(tmp_path):
+    _write(tmp_path, "good")
+    _write(tmp_path, "three", mask_value=2)
+    mask = np.asarray(Image.open(tmp_path / "masks" / "three.png")).copy()
+    mask[0, 0] = 1
+    Image.fromarray(mask).save(tmp_path / "masks" / "three.png")
+    with pytest.raises(NasloraError, match=r"three.png: a binary mask .* holds 0, 1, 2; .*--classes N"):
+        discover(tmp_path)
+    with pytest.warns(UserWarning, match="three.png"):
+        splits = discover(tmp_path, skip_bad=True, val_fraction=0.0)
+    assert [p[0].name for p in splits.split("train")] == ["good.png"]
+
+
+def test_zero_and_k_masks_mark_every_non_zero_pixel(tmp_path):
+    from naslora_deploy.training.data.dataset import load_labels
+
+    _write(tmp_path, "k", mask_value=100)
+    splits = discover(tmp_path, val_fraction=0.0)
+    labels = load_labels(tmp_path / "masks" / "k.png", splits.classes)
+    assert labels.sum() == 36 and set(np.unique(labels)) == {0, 1}
+
+
+def test_decompression_bomb_is_skipped_by_name(tmp_path):
+    _write(tmp_path, "good")
+    _write(tmp_path, "bomb")
+    Image.new("1", (20000, 20000)).save(tmp_path / "images" / "bomb.png")
+    with pytest.raises(NasloraError, match=r"bomb.png: the image has 400,000,000 pixels.*--skip-bad"):
+        discover(tmp_path)
+    with pytest.warns(UserWarning, match="bomb.png"):
+        splits = discover(tmp_path, skip_bad=True, val_fraction=0.0)
+    assert len(splits.split("train")) == 1 and "bomb.png" in splits.skipped[0]
