@@ -94,7 +94,12 @@ def run_form(args, data: Path, root: Path, form: str) -> dict:
             trainer.step += 1
             if stage != "weights":
                 steps.append({"step": trainer.step, "loss": result["loss"], **step_figures(adapters, start)})
-    return {"cell_form": form, "cells": len(adapters), "seconds": time.perf_counter() - started, "steps": steps}
+    return {
+        "cell_form": form,
+        "cells": len(adapters),
+        "seconds": time.perf_counter() - started,
+        "steps": steps,
+    }
 
 
 def print_form(entry: dict) -> None:
@@ -135,7 +140,10 @@ def main() -> None:
             print_form(rows[-1])
             write_record(args.out, rows, {"args": vars(args) | {"out": str(args.out)}})
     medians = {r["cell_form"]: statistics.median(s["grad_abs_median"] for s in r["steps"]) for r in rows}
-    print("median |d loss / d alpha| over search steps: " + ", ".join(f"{k} {v:.2e}" for k, v in medians.items()))
+    print(
+        "median |d loss / d alpha| over search steps: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in medians.items())
+    )
     print(f"wrote {args.out}")
 
 

@@ -99,7 +99,11 @@ def agreement(probs: List[np.ndarray], reference: List[np.ndarray]) -> float:
 
 
 def train_run(args, data: Path, root: Path, method: str, seed: int, max_steps=None, epochs=None):
-    """Train one box-prompted LiteMedSAM run; returns (model, seconds)."""
+    """Train one box-prompted LiteMedSAM run; returns (its final checkpoint, seconds).
+
+    The final one (``last/``), not the best on validation: every arm then has had exactly
+    its steps, and a noisy pick among epochs on two validation images cannot favour one arm.
+    """
     config = TrainConfig(
         data=str(data),
         out=str(root / f"{method}-{seed}"),
@@ -115,7 +119,7 @@ def train_run(args, data: Path, root: Path, method: str, seed: int, max_steps=No
         progress=False,
     )
     started = time.perf_counter()
-    model = load_adapter(train(config))
+    model = load_adapter(train(config) / "last")
     return model, time.perf_counter() - started
 
 
