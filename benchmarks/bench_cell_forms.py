@@ -2,13 +2,14 @@
 
 LiteMedSAM (real pretrained weights) fine-tuned with box prompts on the demo's real-photograph
 task (scikit-image's bundled photographs), equal steps, several seeds (adapter init,
-order, flips). For each run: test IoU/Dice of the trained model and of its dense merge
+order, flips). For each run: test IoU/Dice of the final checkpoint (and of the best on
+validation, beside it) and of its dense merge
 (least squares on 4 calibration photographs), the merge's embedding error, the
 searched op shares (mean softmax(alpha) over blocks and q, k, v) at the end and, where
 the trainer logs them, after every epoch (the alpha trajectory). Prints mean +- std and
 writes benchmarks/results/cell_forms_litemedsam.json.
 
-    python benchmarks/bench_cell_forms.py                 # 3 seeds, about 20 minutes on an idle 2-core CPU
+    python benchmarks/bench_cell_forms.py                 # 3 seeds, about 15 minutes on an idle 2-core CPU
     python benchmarks/bench_cell_forms.py --seeds 1 --epochs 2 --images 4 --test-images 2   # smoke run
 """
 
@@ -65,17 +66,23 @@ def run_arm(args, data: Path, root: Path, method: str, form: str, seed: int, tes
     started = time.perf_counter()
     run = train(config)
     seconds = time.perf_counter() - started
-    model = load_adapter(run)
+    # the final checkpoint: every arm has had exactly its steps (best-on-2-validation-images would
+    # pick an epoch per arm by noise); the best one's figures are kept beside it
+    model = load_adapter(run / "last")
     assert model.sam.adapter_config.cell_form == form, "the trainer did not pass the cell form on"
-    row = {"method": method, "cell_form": form, "seed": seed, "train_s": seconds}
+    row = {"method": method, "cell_form": form, "seed": seed, "train_s": seconds, "checkpoint": "last"}
     row |= _scores(evaluate(model, test, BINARY, batch_size=4, prompt=args.prompt), "")
+    row |= _scores(
+        evaluate(load_adapter(run / "best"), test, BINARY, batch_size=4, prompt=args.prompt), "best_"
+    )
+    row["val_by_epoch"] = _val_scores(run)
     calibration = calibration_images(data, 4, 256, "minmax")
     merged, report = merge(model, "dense", calibration=calibration)
     row |= _scores(evaluate(merged, test, BINARY, batch_size=4, prompt=args.prompt), "dense_")
     row["dense_embedding_rel_error"] = report.embedding_rel_error
     row["dense_rel_error_of_adaptation"] = report.embedding_rel_error_of_adaptation
     if method != "lora":
-        ops, weights = searched_weights(run)
+        ops, weights = searched_weights(run / "last")
         row["final_op_shares"] = dict(zip(ops, operation_shares(weights).tolist()))
         row["op_share_trajectory"] = _trajectory(run)
     return row
@@ -83,6 +90,12 @@ def run_arm(args, data: Path, root: Path, method: str, form: str, seed: int, tes
 
 def _scores(metrics: dict, prefix: str) -> dict:
     return {f"{prefix}iou": metrics["iou"], f"{prefix}dice": metrics["dice"]}
+
+
+def _val_scores(run: Path) -> List[float]:
+    """The validation score the trainer recorded after each epoch (what picks ``best/``)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return [r.get("val", {}).get("iou") for r in records]
 
 
 def _trajectory(run: Path) -> List[dict]:
@@ -100,7 +113,9 @@ def summarise(rows: List[dict]) -> List[dict]:
     for (method, form), members in groups.items():
         entry = {"method": method, "cell_form": form, "seeds": len(members)}
         entry.update(
-            mean_and_std(members, ("iou", "dice", "dense_iou", "dense_embedding_rel_error", "train_s"))
+            mean_and_std(
+                members, ("iou", "dice", "best_iou", "dense_iou", "dense_embedding_rel_error", "train_s")
+            )
         )
         if "final_op_shares" in members[0]:
             entry["final_op_shares"] = {

@@ -14,12 +14,9 @@ Targets (issue 12): dense test IoU within 0.5 IoU points (0.005) of unmerged; ma
 Read them beside the "adapters off" row: where switching the adapters off also meets them, the
 adapters learned too little for the merge to be tested.
 
-    python benchmarks/bench_merge.py                  # 3 seeds, about 30 min on an idle 2-core CPU (*)
+    python benchmarks/bench_merge.py                  # 3 seeds: 37 min on a (partly shared) 2-core CPU
     python benchmarks/bench_merge.py --seeds 1 --images 4 --test-images 2 --epochs 1 --recover-steps 2 \\
         --calibration 4 --out /tmp/merge_smoke.json  # a smoke run: 9.5 min on a shared, busy 2-core CPU
-
-(*) estimated, not timed: about 600 LiteMedSAM forward-pass equivalents per seed (training
-steps count 6, evaluation 1), at about 1 s each as bench_methods' record implies for this CPU.
 """
 
 from __future__ import annotations
