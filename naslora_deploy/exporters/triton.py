@@ -30,13 +30,33 @@ def _tensors(kind: str, values: List[dict]) -> str:
     return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
 
 
+QUEUE_DELAY_US = 100  # how long Triton may hold a request to fill a larger batch
+
+
+def dynamic_batching(max_batch: int, queue_delay_us: int = QUEUE_DELAY_US) -> str:
+    """The ``dynamic_batching`` block: requests are merged up to ``max_batch``, preferring powers of two.
+
+    Empty for ``max_batch`` 1, where there is nothing to merge. (Ensembles take no such
+    block: their steps batch on their own.)
+    """
+    if max_batch <= 1:
+        return ""
+    preferred = sorted({size for size in (2, 4, 8, 16, 32, 64) if size < max_batch} | {max_batch})
+    sizes = ", ".join(str(size) for size in preferred)
+    return (
+        f"dynamic_batching {{\n  preferred_batch_size: [ {sizes} ]\n"
+        f"  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
+    )
+
+
 def model_config(name: str, entry: dict, backend: str, max_batch: int) -> str:
-    """``config.pbtxt`` of one ONNX / TensorRT model."""
+    """``config.pbtxt`` of one ONNX / TensorRT model, with dynamic batching up to ``max_batch``."""
     platform = "tensorrt_plan" if backend == "tensorrt" else "onnxruntime_onnx"
     return (
         f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch}\n'
         + _tensors("input", entry["inputs"])
         + _tensors("output", entry["outputs"])
+        + dynamic_batching(max_batch)
         + "instance_group [ { kind: KIND_AUTO count: 1 } ]\n"
     )
 

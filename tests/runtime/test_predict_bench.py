@@ -123,6 +123,8 @@ def test_triton_repository_configs_match_the_onnx_files(binary_adapter, tmp_path
         onnx_file = repository / model / "1" / "model.onnx"
         signature = io_signature(onnx_file)
         assert config.name == model and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+        assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
+        assert config.dynamic_batching.max_queue_delay_microseconds > 0
         for kind in ("inputs", "outputs"):
             tensors = config.input if kind == "inputs" else config.output
             assert [t.name for t in tensors] == [v["name"] for v in signature[kind]]
@@ -135,3 +137,12 @@ def test_triton_repository_configs_match_the_onnx_files(binary_adapter, tmp_path
     assert [s.model_name for s in steps] == ["naslora_image_encoder", "naslora_mask_decoder"]
     assert dict(steps[0].output_map) == {"image_embeddings": "image_embeddings"}
     assert [o.name for o in ensemble.output] == ["low_res_logits", "mask_logits"]
+    assert not ensemble.HasField("dynamic_batching")  # Triton refuses it on ensembles
+
+
+def test_dynamic_batching_prefers_powers_of_two_up_to_the_largest_batch():
+    from naslora_deploy.exporters.triton import dynamic_batching
+
+    assert dynamic_batching(1) == ""
+    assert "preferred_batch_size: [ 2, 4, 6 ]" in dynamic_batching(6)
+    assert "preferred_batch_size: [ 2, 4, 8, 16 ]" in dynamic_batching(16)
