@@ -84,3 +84,9 @@ def copy_into(source: Path, tmp: Path, name: Optional[str] = None) -> Path:
     else:
         shutil.copy2(source, target)
     return target
+
+
+def train_argv(ctx: dict, out: Path, *extra: str) -> List[str]:
+    """``train`` of vit_tiny on the session's binary data set into ``out``, plus ``extra`` options."""
+    data = str(ctx["binary_data"])
+    return ["train", "--data", data, "--model", "vit_tiny", "--out", str(out), "--no-progress", *extra]

@@ -9,26 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import Attack, check_attack, copy_into
+from harness import Attack, check_attack, copy_into, train_argv
 
 
 def train(*extra):
     """``train`` on the binary set into a fresh run directory, plus ``extra``."""
 
-    def argv(tmp: Path, ctx: dict):
-        return [
-            "train",
-            "--data",
-            str(ctx["binary_data"]),
-            "--model",
-            "vit_tiny",
-            "--out",
-            str(tmp / "run"),
-            "--no-progress",
-            *extra,
-        ]
-
-    return argv
+    return lambda tmp, ctx: train_argv(ctx, tmp / "run", *extra)
 
 
 def nothing_written(tmp: Path, ctx: dict) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import Attack, check_attack, copy_into
+from harness import Attack, check_attack, copy_into, train_argv
 from PIL import Image
 
 from naslora_deploy.runtime.manifest import read_manifest
@@ -308,21 +308,7 @@ def train_into(build, *extra):
     def argv(tmp: Path, ctx: dict):
         out = build(tmp, ctx)
         remember(tmp, "")
-        return [
-            "train",
-            "--data",
-            str(ctx["binary_data"]),
-            "--model",
-            "vit_tiny",
-            "--epochs",
-            "1",
-            "--max-steps",
-            "1",
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ]
+        return train_argv(ctx, out, "--epochs", "1", "--max-steps", "1", *extra)
 
     return argv
 
