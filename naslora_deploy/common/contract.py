@@ -6,6 +6,7 @@ names; the runtime backends and ``verify`` feed and read them by these names.
 """
 
 MANIFEST_NAME = "manifest.json"
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # a checkpoint directory's spec (core.checkpoint)
 MANIFEST_FORMAT = "naslora-deploy-artifacts/1"
 
 IMAGE_ENCODER = "image_encoder"

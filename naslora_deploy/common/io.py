@@ -119,7 +119,7 @@ def pid_running(pid: int) -> bool:
     return True
 
 
-def temp_dir_name(final: Path, pid: int) -> str:
+def temp_dir_name(final: Path, pid: Union[int, str]) -> str:
     """The name of ``write_directory``'s temporary folder for ``final`` in process ``pid``."""
     return f".{final.name}.tmp-{pid}"
 
@@ -131,7 +131,7 @@ def clean_stale_temp_dirs(final: Union[str, Path]) -> list:
     this process's own leftover is stale too.
     """
     final = Path(final)
-    pattern = re.compile(re.escape(f".{final.name}.tmp-") + r"(\d+)")
+    pattern = re.compile(re.escape(temp_dir_name(final, "")) + r"(\d+)")
     removed = []
     if not final.parent.is_dir():
         return removed

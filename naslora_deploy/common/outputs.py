@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Set, Union
 
-from naslora_deploy.common.contract import MANIFEST_FORMAT, MANIFEST_NAME
+from naslora_deploy.common.contract import ADAPTER_CONFIG_NAME, MANIFEST_FORMAT, MANIFEST_NAME
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import clean_stale_temp_dirs
 
@@ -39,7 +39,6 @@ RUN_CONFIG = "train_config.json"
 RUN_FILES = (RUN_CONFIG, "base_model.safetensors", "metrics.jsonl", "run_summary.json")
 RUN_FOLDERS = ("best", "last", ".best.old", ".last.old", "tensorboard")
 RUN_NAMES = RUN_FILES + RUN_FOLDERS
-CHECKPOINT_CONFIG = "adapter_config.json"  # core.checkpoint.CONFIG_NAME (that module needs torch)
 
 TRITON_NAMES = ("artifacts", "model_repository")  # what export --format triton writes into its --out
 _TEMP = re.compile(r"\..+\.(tmp(-\d+)?|old)")  # write_directory's and atomic_write's temporary names
@@ -183,7 +182,7 @@ def is_run_dir(folder: PathLike) -> bool:
     folder = Path(folder)
     if (folder / RUN_CONFIG).is_file() or (folder / "base_model.safetensors").is_file():
         return True
-    return any((folder / name / CHECKPOINT_CONFIG).is_file() for name in RUN_FOLDERS)
+    return any((folder / name / ADAPTER_CONFIG_NAME).is_file() for name in RUN_FOLDERS)
 
 
 def prepare_run_dir(config, main: bool = True) -> Path:

@@ -22,12 +22,13 @@ from typing import Dict, Iterator, List, Optional, Union
 import torch
 
 from naslora_deploy import __version__
+from naslora_deploy.common.contract import ADAPTER_CONFIG_NAME
 from naslora_deploy.common.errors import CheckpointError, first_line
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.core.config import AdapterConfig
 
-CONFIG_NAME = "adapter_config.json"
+CONFIG_NAME = ADAPTER_CONFIG_NAME
 WEIGHTS_NAME = "adapter_model.safetensors"
 TRAINING_STATE_NAME = "training_state.pt"
 FORMAT = "naslora-deploy-adapter/1"

@@ -70,8 +70,9 @@ def _folder(path: Path, found: Inputs) -> None:
         found.problems.append(f"{path}: the folder cannot be read ({exc.strerror or exc})")
         return
     found.folders.append(path)
-    images = [p for p in children if _not_an_image(p) is None]
-    found.problems += [problem for problem in map(_not_an_image, children) if problem]
+    verdicts = [(child, _not_an_image(child)) for child in children]  # one look at each entry
+    images = [child for child, problem in verdicts if problem is None]
+    found.problems += [problem for _, problem in verdicts if problem]
     if not images:
         found.problems.append(f"{path}: no images in this folder (supported: {SUPPORTED})")
     found.files += images
@@ -110,14 +111,6 @@ def gather_inputs(inputs: Iterable[str]) -> Inputs:
         unique.setdefault(os.path.realpath(path), path)
     found.files = list(unique.values())
     return found
-
-
-def expand_inputs(inputs: Iterable[str]) -> List[Path]:
-    """The image files of ``inputs`` (``gather_inputs``); any unusable input is a one-line error."""
-    found = gather_inputs(inputs)
-    if found.problems:
-        raise NasloraError(found.problems[0])
-    return found.files
 
 
 def common_folder(files: List[Path]) -> Path:
