@@ -145,6 +145,26 @@ class Segmenter:
             result.timings = {k: 1000.0 * v for k, v in timings.items()}
         return results
 
+    def dense_maps(self, images: Sequence[ImageInput]) -> List[np.ndarray]:
+        """Prompt-free maps at each image's original size, from one encoder / decoder pass.
+
+        Binary: (H, W) float32 foreground logits; multi-class: (K, H, W) float32
+        class probabilities (``semantic_probabilities``). What tiling blends.
+        """
+        if len(images) == 0:
+            raise NasloraError("dense_maps got no images; give at least one path or array")
+        arrays = [self._load(image) for image in images]
+        outputs = self.backend.decode(self.backend.encode(self._batch(arrays)))
+        maps = []
+        for i, array in enumerate(arrays):
+            logits = outputs[names.MASK_LOGITS][i : i + 1]
+            if self.multiclass:
+                dense = semantic_probabilities(logits, outputs[names.CLASS_LOGITS][i : i + 1])[0]
+            else:
+                dense = logits[0, 0]
+            maps.append(postprocess_probabilities(dense, array.shape[:2], self.image_size).astype(np.float32))
+        return maps
+
     def _postprocess(self, outputs: Dict[str, np.ndarray], index: int, size: Tuple[int, int]) -> Segmentation:
         logits = outputs[names.MASK_LOGITS][index : index + 1]
         if not self.multiclass:
