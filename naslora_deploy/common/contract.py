@@ -29,12 +29,22 @@ DECODER_INPUTS = (IMAGE_EMBEDDINGS,)
 BINARY_DECODER_OUTPUTS = (LOW_RES_LOGITS, MASK_LOGITS)
 MULTICLASS_DECODER_OUTPUTS = (LOW_RES_LOGITS, MASK_LOGITS, CLASS_LOGITS)
 
-# prompt_decoder: embeddings + N fixed point slots (B, N, 2) / (B, N) -> one mask, its low-res logits, IoU
+# prompt_decoder: embeddings (E, C, h, w) + K prompts of N points (K, N, 2) / (K, N), E = 1 (shared by
+# the K prompts) or E = K -> all of SAM's mask tokens: (K, M, 4h, 4w) low-res logits and (K, M) IoU
+# predictions (M = 4: mask 0 is the single-mask output, masks 1-3 the multimask outputs)
 POINT_COORDS = "point_coords"
 POINT_LABELS = "point_labels"
 IOU_PREDICTIONS = "iou_predictions"
 PROMPT_INPUTS = (IMAGE_EMBEDDINGS, POINT_COORDS, POINT_LABELS)
-PROMPT_OUTPUTS = (MASK_LOGITS, LOW_RES_LOGITS, IOU_PREDICTIONS)
+PROMPT_OUTPUTS = (LOW_RES_LOGITS, IOU_PREDICTIONS)
+# dynamic axes of the prompt decoder: embeddings per image, prompts per call, points per prompt
+PROMPT_AXES = {
+    IMAGE_EMBEDDINGS: {0: "images"},
+    POINT_COORDS: {0: "batch", 1: "points"},
+    POINT_LABELS: {0: "batch", 1: "points"},
+    LOW_RES_LOGITS: {0: "batch"},
+    IOU_PREDICTIONS: {0: "batch"},
+}
 
 
 def decoder_outputs(multiclass: bool) -> tuple:

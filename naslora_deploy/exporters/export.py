@@ -131,9 +131,8 @@ def export_graphs(
             names.decoder_outputs(model.class_head is not None),
         ),
     }
-    if spec.prompts:
-        slots = spec.point_slots + 2  # the last two slots take a box (labels 2, 3) or padding (-1)
-        prompts = (embeddings, torch.zeros(1, slots, 2), torch.full((1, slots), -1.0))
+    if spec.prompts:  # traced with 2 prompts of 3 points on one embedding; all three axes stay dynamic
+        prompts = (embeddings, torch.zeros(2, 3, 2), torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, -1.0]]))
         graphs[names.PROMPT_DECODER] = (
             PromptDecoderGraph(model.sam),
             prompts,
@@ -141,9 +140,16 @@ def export_graphs(
             names.PROMPT_OUTPUTS,
         )
     for name, (module, example, inputs, outputs) in progress_bar(graphs.items(), "export: ONNX", progress):
+        axes = names.PROMPT_AXES if name == names.PROMPT_DECODER else None
         with batch_dynamic(model.sam.image_encoder):
             path = module_to_onnx(
-                module, example, directory / names.onnx_file(name), inputs, outputs, **common
+                module,
+                example,
+                directory / names.onnx_file(name),
+                inputs,
+                outputs,
+                dynamic_axes=axes,
+                **common,
             )
         if spec.format != "trt" and spec.precision == "fp16":
             path = onnx_to_fp16(path, path, spec.external_threshold)

@@ -6,7 +6,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -28,16 +28,20 @@ def module_to_onnx(
     dynamic_batch: bool = True,
     opset: int = 17,
     external_threshold: int = TWO_GB,
+    dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None,
 ) -> Path:
     """Export ``module`` to ``path`` (atomically), then check and shape-infer it.
 
-    The batch axis (dim 0 of every input and output) is dynamic when asked.
+    The batch axis (dim 0 of every input and output) is dynamic when asked;
+    ``dynamic_axes`` (name -> {axis: name}) replaces that default where a graph
+    has other dynamic axes (the prompt decoder's images, prompts and points).
     Models whose tensors exceed ``external_threshold`` bytes keep their weights
     in ``<name>.data`` beside the graph (ONNX protobufs stop at 2 GB).
     """
     import onnx
 
-    dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]} if dynamic_batch else None
+    if dynamic_axes is None and dynamic_batch:
+        dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
         with torch.no_grad(), warnings.catch_warnings():
@@ -59,10 +63,11 @@ def module_to_onnx(
     with torch.no_grad():
         outputs = module(*example_inputs)
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    for value, tensor in zip(model.graph.output, outputs):  # static output shapes, batch named
+    for value, tensor in zip(model.graph.output, outputs):  # static output shapes, dynamic axes named
+        named = (dynamic_axes or {}).get(value.name, {})
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if axis == 0 and dynamic_batch:
-                dim.dim_param = "batch"
+            if axis in named:
+                dim.dim_param = named[axis]
             else:
                 dim.dim_value = int(tensor.shape[axis])
     return save_onnx(model, path, external_threshold)

@@ -59,6 +59,7 @@ class EngineSpec:
     timing_cache: Optional[str] = field(
         default=None, metadata=option("TensorRT timing cache file, reused across builds")
     )
+    max_points: int = 6  # prompt decoder: most points per prompt (a box counts two); set from point_slots
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -86,7 +87,13 @@ class ExportSpec:
         metadata=option("ONNX opset (what torch's exporter and our graphs support)", low=14, high=20),
     )
     prompts: bool = field(default=False, metadata=option("also export the promptable decoder"))
-    point_slots: int = field(default=4, metadata=option("point prompt slots (plus two for a box)", low=1))
+    point_slots: int = field(
+        default=4,
+        metadata=option(
+            "most point prompts per box in TensorRT engines (plus two for the box); onnxruntime takes any",
+            low=1,
+        ),
+    )
     calibration: Optional[str] = field(
         default=None,
         metadata=option("image folder for the dense merge's least-squares fold (and its measurement)"),
@@ -122,6 +129,7 @@ class ExportSpec:
         check_recovery(self.recover, self.merge, self.calibration, self.recover_decoder)
         if isinstance(self.engine, dict):  # read back from a manifest
             self.engine = EngineSpec(**self.engine)
+        self.engine.max_points = self.point_slots + 2
 
     def to_dict(self) -> dict:
         """JSON-ready form."""

@@ -25,15 +25,21 @@ def _shape_text(shape: List) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def _profile_dim(dim, index: int, spec: EngineSpec) -> int:
+    """One axis at profile point ``index`` (0 min, 1 opt, 2 max): named axes are dynamic."""
+    if not isinstance(dim, str):
+        return int(dim)
+    if dim == "points":  # points per prompt: 1 up to the exported slots, tuned for one point + padding
+        return (1, min(2, spec.max_points), spec.max_points)[index]
+    return (spec.min_batch, spec.opt_batch, spec.max_batch)[index]  # images, prompts: the batch range
+
+
 def profile_shapes(inputs: List[dict], spec: EngineSpec) -> Dict[str, List[List[int]]]:
-    """min / opt / max shape per input, the batch axis from ``spec``."""
-    out = {}
-    for value in inputs:
-        shapes = []
-        for batch in (spec.min_batch, spec.opt_batch, spec.max_batch):
-            shapes.append([batch if isinstance(d, str) else int(d) for d in value["shape"]])
-        out[value["name"]] = shapes
-    return out
+    """min / opt / max shape per input: batch axes from ``spec``'s batch range, points to ``max_points``."""
+    return {
+        value["name"]: [[_profile_dim(d, index, spec) for d in value["shape"]] for index in range(3)]
+        for value in inputs
+    }
 
 
 def trtexec_command(onnx_path: Path, engine_path: Path, inputs: List[dict], spec: EngineSpec) -> str:

@@ -84,11 +84,16 @@ class MaskDecoderGraph(nn.Module):
 
 
 class PromptDecoderGraph(nn.Module):
-    """Promptable decoder with N fixed point slots (SAM's ONNX convention).
+    """Promptable decoder: K prompts of N points on one image's embedding (or one each).
 
-    ``point_coords`` (B, N, 2) in the padded model-input frame, ``point_labels``
-    (B, N): 1 positive, 0 negative, 2 / 3 box top-left / bottom-right, -1 padding.
-    Outputs the single-mask prediction as S x S logits, low-res logits and IoU.
+    ``image_embeddings`` (E, C, h, w) with E = 1 (broadcast over the prompts, as
+    SAM's ``MaskDecoder`` does) or E = K; ``point_coords`` (K, N, 2) in the padded
+    model-input frame; ``point_labels`` (K, N): 1 positive, 0 negative, 2 / 3 box
+    top-left / bottom-right, -1 padding (SAM's prompt encoder layout: points, then
+    a box's corners, or one padding point when there is no box). Outputs every
+    mask token's low-res logits (K, M, 4h, 4w) and IoU predictions (K, M): mask 0
+    is SAM's single-mask output, masks 1..M-1 its multimask outputs; the runtime
+    picks, upsamples and crops (SamPredictor's post-processing).
     """
 
     def __init__(self, sam) -> None:
@@ -115,6 +120,7 @@ class PromptDecoderGraph(nn.Module):
 
     def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor):
         sparse = self.embed_points(point_coords, point_labels)
-        masks, iou = batched_predict_masks(self.decoder, image_embeddings, self.image_pe, self.dense, sparse)
-        low_res = masks[:, :1]
-        return upsample_logits(low_res, self.image_size), low_res, iou[:, :1]
+        # E = 1 broadcasts over the K prompts (ONNX Expand keeps E = K as it is)
+        embeddings = image_embeddings.expand(point_coords.shape[0], -1, -1, -1)
+        masks, iou = batched_predict_masks(self.decoder, embeddings, self.image_pe, self.dense, sparse)
+        return masks, iou

@@ -30,8 +30,10 @@ class Backend(Protocol):
     ``encode``: (B, 3, S, S) float32 -> an embeddings handle (an array, a device
     buffer, a tensor: only this backend's ``decode`` and ``prompt_decode`` read it).
     ``decode``: handle -> {``low_res_logits``, ``mask_logits`` [, ``class_logits``]}.
-    ``prompt_decode``: handle, (B, N, 2) coords, (B, N) labels ->
-    {``mask_logits``, ``low_res_logits``, ``iou_predictions``}.
+    ``prompt_decode``: handle of E images, (K, N, 2) coords, (K, N) labels (E = 1
+    or K) -> {``low_res_logits`` (K, M, 4h, 4w), ``iou_predictions`` (K, M)}.
+    Optional: ``max_prompts`` (most K per call), ``reuses_embeddings`` (the next
+    ``encode`` overwrites the last handle's embeddings).
     """
 
     name: str
@@ -96,14 +98,8 @@ def check_graph(manifest: dict, path, graph: str, input_shapes, output_names) ->
     """A graph's inputs and outputs against the manifest: its image size, its binary or multi-class head."""
     if graph == names.IMAGE_ENCODER:
         check_image_input(manifest, path, input_shapes[0] if input_shapes else None)
-    slots = manifest.get("prompt_point_slots")
-    if graph == names.PROMPT_DECODER and slots and len(input_shapes) > 1:
-        found = input_shapes[1][1] if len(input_shapes[1]) > 1 else None
-        if isinstance(found, int) and found != slots:
-            raise NasloraError(
-                f"the manifest says {slots} prompt point slots, but {path} has {found} "
-                "(the manifest was changed); export the artifacts again"
-            )
+    if graph == names.PROMPT_DECODER:
+        check_prompt_graph(manifest, path, output_names)
     if graph == names.MASK_DECODER:
         expected = names.decoder_outputs(manifest["head"] == "multiclass")
         if tuple(output_names) != tuple(expected):
@@ -111,6 +107,24 @@ def check_graph(manifest: dict, path, graph: str, input_shapes, output_names) ->
                 f"{path} has outputs {', '.join(output_names)}, but the manifest's head {manifest['head']!r} "
                 f"needs {', '.join(expected)} (the manifest was changed); export the artifacts again"
             )
+
+
+def check_prompt_graph(manifest: dict, path, output_names) -> None:
+    """The prompt decoder must give every mask token's logits and IoU (multimask), and the manifest's
+    point slots (the TensorRT profile's points) must agree with its export section."""
+    if tuple(output_names) != names.PROMPT_OUTPUTS:
+        raise NasloraError(
+            f"{path} has outputs {', '.join(output_names)}, not {', '.join(names.PROMPT_OUTPUTS)}: it was "
+            "exported by an older naslora-deploy without multimask outputs; export the artifacts again"
+        )
+    slots = manifest.get("prompt_point_slots")
+    section = manifest.get("export")
+    exported = section.get("point_slots") if isinstance(section, dict) else None
+    if isinstance(exported, int) and slots != exported + 2:
+        raise NasloraError(
+            f"the manifest says {slots} prompt point slots, but its export section says {exported} + 2 "
+            "(the manifest was changed); export the artifacts again"
+        )
 
 
 def available_providers() -> List[str]:
@@ -211,6 +225,7 @@ class TensorRTBackend:
         self.max_batch = self._max_batch(self.engines[names.IMAGE_ENCODER])
         self.name = "tensorrt"
         self.on_gpu = True
+        self.reuses_embeddings = True  # one device buffer: the next encode overwrites the last embeddings
 
     @staticmethod
     def _max_batch(engine) -> int:
@@ -225,17 +240,25 @@ class TensorRTBackend:
         return rest[0] if len(rest) == 1 else rest
 
     def _allocate(self, name: str, engine, max_batch: int) -> None:
+        """One device buffer per tensor at its largest shape: inputs at the profile's maximum,
+        outputs with the batch axis at ``max_batch`` (the prompt decoder's embeddings are not
+        allocated: they are the encoder's output buffer)."""
         trt = self.trt
         for i in range(engine.num_io_tensors):
             tensor = engine.get_tensor_name(i)
             if name != names.IMAGE_ENCODER and tensor == names.IMAGE_EMBEDDINGS:
-                continue  # bound to the encoder's output buffer
-            shape = [max_batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
+                continue
+            if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
+                shape = list(engine.get_tensor_profile_shape(tensor, 0)[2])
+            else:
+                shape = [max_batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tensor)))
             nbytes = int(np.prod(shape)) * dtype.itemsize
             self.buffers[(name, tensor)] = (self._check(self.cudart.cudaMalloc(nbytes)), dtype, shape)
 
-    def _execute(self, name: str, batch: int, host_inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def _execute(self, name: str, images: int, host_inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run one engine: ``images`` embeddings in the encoder's buffer, ``host_inputs`` copied in
+        (their shapes set the dynamic axes); returns the outputs (the encoder's stay on the GPU)."""
         cudart, context, engine = self.cudart, self.contexts[name], self.engines[name]
         kind = cudart.cudaMemcpyKind
         for i in range(engine.num_io_tensors):
@@ -245,16 +268,19 @@ class TensorRTBackend:
                 (names.IMAGE_ENCODER, names.IMAGE_EMBEDDINGS) if shared else (name, tensor)
             ][0]
             context.set_tensor_address(tensor, int(pointer))
-            if engine.get_tensor_mode(tensor) == self.trt.TensorIOMode.INPUT:
-                shape = [batch if d < 0 else d for d in engine.get_tensor_shape(tensor)]
-                context.set_input_shape(tensor, shape)
-                if tensor in host_inputs:
-                    array = np.ascontiguousarray(host_inputs[tensor])
-                    self._check(
-                        cudart.cudaMemcpyAsync(
-                            pointer, array.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self.stream
-                        )
+            if engine.get_tensor_mode(tensor) != self.trt.TensorIOMode.INPUT:
+                continue
+            if tensor in host_inputs:
+                array = np.ascontiguousarray(host_inputs[tensor])
+                context.set_input_shape(tensor, list(array.shape))
+                self._check(
+                    cudart.cudaMemcpyAsync(
+                        pointer, array.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self.stream
                     )
+                )
+            else:
+                shape = [images if d < 0 else d for d in engine.get_tensor_shape(tensor)]
+                context.set_input_shape(tensor, shape)
         if not context.execute_async_v3(self.stream):
             raise NasloraError(f"TensorRT failed to run {name}")
         outputs = {}
@@ -281,13 +307,29 @@ class TensorRTBackend:
         self._execute(names.IMAGE_ENCODER, images.shape[0], {names.IMAGE: images.astype(np.float32)})
         return images.shape[0]  # the embeddings stay in the encoder's device buffer
 
-    def decode(self, batch: int) -> Dict[str, np.ndarray]:
-        return self._execute(names.MASK_DECODER, batch, {})
+    def decode(self, images: int) -> Dict[str, np.ndarray]:
+        return self._execute(names.MASK_DECODER, images, {})
 
-    def prompt_decode(self, batch: int, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
-        return self._execute(
-            names.PROMPT_DECODER, batch, {names.POINT_COORDS: coords, names.POINT_LABELS: labels}
-        )
+    @property
+    def max_prompts(self) -> int:
+        """Most prompts per prompt-decoder call (the engine profile's batch)."""
+        return self._max_batch(self.engines[names.PROMPT_DECODER])
+
+    def prompt_decode(self, images: int, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+        engine = self.engines.get(names.PROMPT_DECODER)
+        if engine is None:
+            raise NasloraError("these artifacts have no prompt_decoder.engine; export with --prompts")
+        most = int(engine.get_tensor_profile_shape(names.POINT_COORDS, 0)[2][1])
+        if coords.shape[1] > most:
+            raise NasloraError(
+                f"{coords.shape[1]} prompt points (a box counts two), but the engine takes at most {most}; "
+                "export with a larger --point-slots"
+            )
+        inputs = {
+            names.POINT_COORDS: coords.astype(np.float32),
+            names.POINT_LABELS: labels.astype(np.float32),
+        }
+        return self._execute(names.PROMPT_DECODER, images, inputs)
 
 
 def open_backend(

@@ -26,10 +26,10 @@ from naslora_deploy.common.imaging import (
     postprocess_probabilities,
     preprocess_image,
     read_image,
-    resized_shape,
 )
 from naslora_deploy.runtime.backends import Backend, open_backend
 from naslora_deploy.runtime.manifest import read_manifest
+from naslora_deploy.runtime.prompts import MaskUpscaler, Prediction, prompt_batch
 
 ImageInput = Union[str, Path, np.ndarray]
 
@@ -83,6 +83,7 @@ class Segmenter:
         self.multiclass = manifest["head"] == "multiclass"
         self.point_slots = manifest.get("prompt_point_slots")
         self._input = np.zeros((1, 3, self.image_size, self.image_size), np.float32)  # reused batch buffer
+        self._image: Optional[dict] = None  # set_image's embedding, size and upscaler
 
     @classmethod
     def open(cls, artifact_dir, backend: str = "auto", device: Optional[str] = None) -> "Segmenter":
@@ -129,7 +130,7 @@ class Segmenter:
         arrays = [self._load(image) for image in images]
         batch = self._batch(arrays)
         t_pre = time.perf_counter()
-        embeddings = self.backend.encode(batch)
+        embeddings = self._encode(batch)
         t_enc = time.perf_counter()
         outputs = self.backend.decode(embeddings)
         t_dec = time.perf_counter()
@@ -154,7 +155,7 @@ class Segmenter:
         if len(images) == 0:
             raise NasloraError("dense_maps got no images; give at least one path or array")
         arrays = [self._load(image) for image in images]
-        outputs = self.backend.decode(self.backend.encode(self._batch(arrays)))
+        outputs = self.backend.decode(self._encode(self._batch(arrays)))
         maps = []
         for i, array in enumerate(arrays):
             logits = outputs[names.MASK_LOGITS][i : i + 1]
@@ -177,68 +178,114 @@ class Segmenter:
         areas = {name: int((class_map == k).sum()) for k, name in enumerate(class_names)}
         return Segmentation(size, class_map != 0, prob.max(0).astype(np.float32), class_map, areas)
 
-    def prompt_arrays(
-        self, size: Tuple[int, int], points: Optional[Sequence], box: Optional[Sequence[float]]
-    ):
-        """Fill the fixed prompt slots: points, then a box (labels 2, 3) or padding (-1), model frame."""
+    # -- the predictor: one embedding, many prompts (SamPredictor's shape) --
+
+    def set_image(self, image: ImageInput) -> None:
+        """Compute and keep ``image``'s embedding for ``predict`` and ``generate`` (as SamPredictor's)."""
+        array = self._load(image)
+        start = time.perf_counter()
+        embeddings = self._encode(self._batch([array]))
+        self._image = {
+            "embeddings": embeddings,
+            "size": array.shape[:2],
+            "upscale": MaskUpscaler(self.image_size, array.shape[:2]),
+            "encoder_ms": 1000.0 * (time.perf_counter() - start),
+        }
+
+    def reset_image(self) -> None:
+        """Forget the image set by ``set_image``."""
+        self._image = None
+
+    def _encode(self, batch: np.ndarray):
+        if getattr(self.backend, "reuses_embeddings", False):
+            self._image = None  # the backend's one embeddings buffer is about to be overwritten
+        return self.backend.encode(batch)
+
+    def _current_image(self) -> dict:
         if self.point_slots is None:
             raise NasloraError(f"{self.directory} has no prompt decoder; export it with --prompts")
-        height, width = size
-        new_h, new_w = resized_shape(height, width, self.image_size)
-        scale = np.array([new_w / width, new_h / height], np.float32)
-        coords = np.zeros((1, self.point_slots, 2), np.float32)
-        labels = np.full((1, self.point_slots), -1.0, np.float32)
-        points = [] if points is None else list(points)
-        if len(points) > self.point_slots - 2:
-            raise ValueError(
-                f"{len(points)} points, but the prompt decoder has {self.point_slots - 2} point slots; "
-                "export with a larger --point-slots"
+        if self._image is None:
+            raise NasloraError("no image is set: call set_image(image) before predict or generate")
+        return self._image
+
+    def decode_prompts(self, coords: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The set image's prompt decoder on K prompts: ``coords`` (K, T, 2), ``labels`` (K, T) in the
+        model frame (``prompts.prompt_batch``) -> every mask token's low-res logits (K, M, h, w) and
+        IoU predictions (K, M), in chunks the backend takes."""
+        embeddings = self._current_image()["embeddings"]
+        chunk = int(getattr(self.backend, "max_prompts", 64))
+        low_res, iou = [], []
+        for first in range(0, len(coords), chunk):
+            out = self.backend.prompt_decode(
+                embeddings, coords[first : first + chunk], labels[first : first + chunk]
             )
-        for i, point in enumerate(points):
-            if len(point) not in (2, 3):
-                raise ValueError(
-                    f"point {i} is {point!r}; give (x, y) or (x, y, label) with label 1 (object) or 0 "
-                    "(background)"
-                )
-            label = float(point[2]) if len(point) == 3 else 1.0
-            if label not in (0.0, 1.0):
-                raise ValueError(f"point {i} has label {point[2]!r}; labels are 1 (object) or 0 (background)")
-            coords[0, i] = np.asarray(point[:2], np.float32) * scale
-            labels[0, i] = label
-        if box is not None:
-            if len(box) != 4 or not (box[0] <= box[2] and box[1] <= box[3]):
-                raise ValueError(f"box {box!r} must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
-            coords[0, -2] = np.asarray(box[:2], np.float32) * scale
-            coords[0, -1] = np.asarray(box[2:], np.float32) * scale
-            labels[0, -2:] = (2.0, 3.0)
-        return coords, labels
+            low_res.append(out[names.LOW_RES_LOGITS])
+            iou.append(out[names.IOU_PREDICTIONS])
+        return np.concatenate(low_res), np.concatenate(iou)
+
+    def predict(
+        self,
+        points=None,
+        labels=None,
+        boxes=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Prediction:
+        """Masks for prompts on the image of ``set_image`` (SamPredictor's ``predict`` / ``predict_torch``).
+
+        ``points`` (N, 2) x, y pixels with ``labels`` (N,) 1 object / 0 background
+        (default 1), and/or ``boxes`` (4,) x0, y0, x1, y1: one prompt, masks (C, H, W).
+        ``points`` (K, N, 2) / ``labels`` (K, N) and/or ``boxes`` (K, 4): K prompts in
+        one decoder call, masks (K, C, H, W). C = 3 with ``multimask_output`` (SAM's
+        three masks), else 1. ``return_logits``: float32 logits instead of masks.
+        """
+        image = self._current_image()
+        start = time.perf_counter()
+        coords, point_labels, batched = prompt_batch(points, labels, boxes, image["size"], self.image_size)
+        low_res, iou = self.decode_prompts(coords, point_labels)
+        t_dec = time.perf_counter()
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
+        low_res, iou = low_res[:, chosen], iou[:, chosen]
+        logits = image["upscale"](low_res)
+        masks = logits if return_logits else logits > 0.0
+        if not batched:
+            masks, iou, low_res = masks[0], iou[0], low_res[0]
+        timings = {"decoder": 1000 * (t_dec - start), "post": 1000 * (time.perf_counter() - t_dec)}
+        return Prediction(masks, iou.astype(np.float32), low_res.astype(np.float32), timings)
 
     def _segment_prompted(self, image: np.ndarray, points, box) -> Segmentation:
+        """One-shot prompted segmentation: ``set_image`` + a single-mask ``predict``."""
         start = time.perf_counter()
-        coords, labels = self.prompt_arrays(image.shape[:2], points, box)
-        batch = self._batch([image])
-        t_pre = time.perf_counter()
-        embeddings = self.backend.encode(batch)
-        t_enc = time.perf_counter()
-        outputs = self.backend.prompt_decode(embeddings, coords, labels)
-        t_dec = time.perf_counter()
-        prob = postprocess_probabilities(
-            sigmoid(outputs[names.MASK_LOGITS][0, 0]), image.shape[:2], self.image_size
-        )
+        point_xy, point_labels = None, None
+        if points:
+            point_xy, point_labels = _point_list(points)
+        self.set_image(image)
+        prediction = self.predict(point_xy, point_labels, box, multimask_output=False, return_logits=True)
+        logits = prediction.masks[0]
+        prob = sigmoid(logits)
         result = Segmentation(
-            image.shape[:2],
-            prob > 0.5,
-            prob.astype(np.float32),
-            score=float(outputs[names.IOU_PREDICTIONS][0, 0]),
+            image.shape[:2], logits > 0, prob.astype(np.float32), score=float(prediction.scores[0])
         )
-        t_post = time.perf_counter()
-        result.timings = {
-            "pre": 1000 * (t_pre - start),
-            "encoder": 1000 * (t_enc - t_pre),
-            "decoder": 1000 * (t_dec - t_enc),
-            "post": 1000 * (t_post - t_dec),
-        }
+        result.timings = {"encoder": self._image["encoder_ms"], **prediction.timings}
+        result.timings["pre"] = 1000 * (time.perf_counter() - start) - sum(result.timings.values())
         return result
+
+
+def _point_list(points: Sequence) -> Tuple[np.ndarray, np.ndarray]:
+    """``segment``'s points, (x, y) or (x, y, label), as (N, 2) coordinates and (N,) labels."""
+    coords, labels = [], []
+    for i, point in enumerate(points):
+        if len(point) not in (2, 3):
+            raise ValueError(
+                f"point {i} is {point!r}; give (x, y) or (x, y, label) with label 1 (object) "
+                "or 0 (background)"
+            )
+        label = point[2] if len(point) == 3 else 1.0
+        if label not in (0, 1):
+            raise ValueError(f"point {i} has label {label!r}; labels are 1 (object) or 0 (background)")
+        coords.append(point[:2])
+        labels.append(float(label))
+    return np.asarray(coords, np.float32), np.asarray(labels, np.float32)
 
 
 def load_image(image: ImageInput) -> np.ndarray:

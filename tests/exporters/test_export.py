@@ -58,12 +58,22 @@ def test_manifest_describes_every_file(binary_adapter, tmp_path):
     assert decoder["outputs"][1]["shape"] == ["batch", 1, 256, 256]  # upscaled to S x S inside the graph
     assert all(
         not isinstance(d, str) or d == "batch"
-        for f in manifest["files"].values()
+        for name, f in manifest["files"].items()
+        if name != "prompt_decoder.onnx"
         for v in f["inputs"]
         for d in v["shape"]
     )
     prompt = manifest["files"]["prompt_decoder.onnx"]
-    assert prompt["inputs"][1]["shape"] == ["batch", 5, 2]  # 3 point slots + 2 box slots
+    assert [v["shape"] for v in prompt["inputs"]] == [
+        ["images", 64, 16, 16],
+        ["batch", "points", 2],
+        ["batch", "points"],
+    ]
+    assert [v["shape"] for v in prompt["outputs"]] == [["batch", 4, 64, 64], ["batch", 4]]  # every mask token
+    assert manifest["prompt_point_slots"] == 5  # the TensorRT profile's points: 3 point slots + 2 box slots
+    assert (
+        "--maxShapes=image_embeddings:8x64x16x16,point_coords:8x5x2" in manifest["trtexec"]["prompt_decoder"]
+    )
     for key in ("variant", "image_size", "classes", "precision", "opset", "naslora_deploy_version", "merge"):
         assert key in manifest
     assert manifest["variant"] == "vit_tiny" and manifest["opset"] == 17

@@ -41,7 +41,9 @@ def test_prompt_decoder_matches_segment_anythings_prompted_forward(sam_and_embed
         ]
     )
     with torch.no_grad():
-        _, low_res, iou = graph(embeddings, coords, labels)
+        low_res, iou = graph(embeddings, coords, labels)
+        assert low_res.shape == (2, 4, 64, 64) and iou.shape == (2, 4)  # every mask token
+        low_res, iou = low_res[:, :1], iou[:, :1]  # SAM's single-mask output
         for b in range(2):
             if labels[b, 3] == 2:  # box in the last two slots
                 expected = _native(
@@ -74,3 +76,22 @@ def test_batched_predict_masks_has_all_mask_tokens(sam_and_embeddings):
             sam.mask_decoder, embeddings, sam.prompt_encoder.get_dense_pe(), dense, None
         )
     assert masks.shape == (2, 4, 64, 64) and iou.shape == (2, 4)
+
+
+def test_prompt_decoder_shares_one_embedding_across_prompts(sam_and_embeddings):
+    """E = 1 embedding with K prompts equals the embedding repeated K times (SAM's broadcast)."""
+    sam, embeddings = sam_and_embeddings
+    graph = PromptDecoderGraph(sam).eval()
+    coords = torch.tensor([[[40.0, 60.0], [0.0, 0.0]], [[200.0, 30.0], [0.0, 0.0]], [[9.0, 9.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, -1.0], [1.0, -1.0], [0.0, -1.0]])
+    with torch.no_grad():
+        shared = graph(embeddings[:1], coords, labels)
+        repeated = graph(embeddings[:1].repeat(3, 1, 1, 1), coords, labels)
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        native = sam.mask_decoder(
+            embeddings[:1], sam.prompt_encoder.get_dense_pe(), sparse[:, :2], dense, multimask_output=True
+        )
+    for ours, theirs in zip(shared, repeated):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared[0][:, 1:], native[0], rtol=1e-4, atol=1e-4)  # SAM's multimask output
+    torch.testing.assert_close(shared[1][:, 1:], native[1], rtol=1e-4, atol=1e-4)

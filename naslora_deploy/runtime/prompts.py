@@ -1,0 +1,153 @@
+"""Prompts in, masks out: SamPredictor's prompt layout and post-processing, in numpy.
+
+``prompt_batch`` lays K prompts out as SAM's prompt encoder does (points, then
+a box's two corners, or one padding point when there is no box) in the padded
+model-input frame; ``MaskUpscaler`` is SAM's ``postprocess_masks`` (bilinear
+to the model input, crop the padding, bilinear to the original size, both with
+``align_corners=False`` and no antialiasing, as ``F.interpolate`` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from naslora_deploy.common.imaging import resized_shape
+
+PAD_LABEL = -1.0
+
+
+@dataclass
+class Prediction:
+    """The predictor's answer, at the image's original size (SamPredictor's ``predict`` outputs).
+
+    ``masks`` (C, H, W) bool for one prompt, (K, C, H, W) for K prompts (float32
+    logits with ``return_logits``); ``scores`` (C,) / (K, C) predicted IoU;
+    ``low_res_logits`` (C, h, w) / (K, C, h, w). C is 3 with ``multimask_output``, else 1.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    timings: Dict[str, float] = field(default_factory=dict)  # milliseconds
+
+
+def _finite_array(value, name: str, shapes: Tuple[Tuple[Optional[int], ...], ...]) -> np.ndarray:
+    """``value`` as float32 with one of ``shapes`` (None: any length), finite; else one ``ValueError``."""
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, got {value!r}") from None
+    fits = any(
+        array.ndim == len(shape) and all(d is None or d == n for d, n in zip(shape, array.shape))
+        for shape in shapes
+    )
+    if not fits:
+        wanted = " or ".join("(" + ", ".join("N" if d is None else str(d) for d in s) + ")" for s in shapes)
+        raise ValueError(f"{name} has shape {array.shape}; expected {wanted}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds nan or infinite values")
+    return array
+
+
+def _as_prompts(points, labels, boxes):
+    """Validated (K, N, 2) points, (K, N) labels, (K, 4) boxes or None, and whether the input was batched."""
+    if points is None and boxes is None:
+        raise ValueError("give points (with labels) or boxes to predict from")
+    batched = False
+    if points is not None:
+        points = _finite_array(points, "points", ((None, 2), (None, None, 2)))
+        batched = points.ndim == 3
+        points = points if batched else points[None]
+        if labels is None:
+            labels = np.ones(points.shape[:2], np.float32)
+        labels = _finite_array(labels, "labels", ((None,), (None, None)))
+        labels = labels if labels.ndim == 2 else labels[None]
+        if labels.shape[1] != points.shape[1] or labels.shape[0] not in (1, points.shape[0]):
+            raise ValueError(f"labels have shape {labels.shape[-2:]}, points {points.shape[-3:-1]}: one each")
+        if not np.isin(labels, (0.0, 1.0)).all():
+            raise ValueError("labels are 1 (object) or 0 (background)")
+        labels = np.broadcast_to(labels, points.shape[:2])
+    if boxes is not None:
+        boxes = _finite_array(boxes, "boxes", ((4,), (None, 4)))
+        batched = batched or boxes.ndim == 2
+        boxes = boxes if boxes.ndim == 2 else boxes[None]
+        if not ((boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3])).all():
+            raise ValueError("boxes must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
+    return points, labels, boxes, batched
+
+
+def prompt_batch(
+    points, labels, boxes, original: Tuple[int, int], image_size: int
+) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """Prompts in the original image's pixels -> the prompt decoder's inputs.
+
+    ``points`` (N, 2) or (K, N, 2) x, y; ``labels`` (N,) or (K, N), 1 object /
+    0 background (default all 1); ``boxes`` (4,) or (K, 4) x0, y0, x1, y1. A
+    single point set or box is shared by the K prompts of the other. Returns
+    ``coords`` (K, T, 2) float32 in the model-input frame, ``labels`` (K, T)
+    float32 (T = N + 2 with boxes, N + 1 padding point without) and whether the
+    input was batched (the outputs keep a K axis then, as ``predict_torch``'s).
+    """
+    points, labels, boxes, batched = _as_prompts(points, labels, boxes)
+    counts = {len(a) for a in (points, boxes) if a is not None and len(a) != 1}
+    if len(counts) > 1:
+        raise ValueError(f"{len(points)} point sets but {len(boxes)} boxes; give as many of each, or one")
+    prompts = counts.pop() if counts else 1
+    height, width = original
+    new_h, new_w = resized_shape(height, width, image_size)
+    scale = np.array([new_w / width, new_h / height], np.float32)
+    parts_xy, parts_label = [], []
+    if points is not None:
+        parts_xy.append(np.broadcast_to(points * scale, (prompts, *points.shape[1:])))
+        parts_label.append(np.broadcast_to(labels, (prompts, labels.shape[1])))
+    if boxes is not None:
+        corners = (boxes.reshape(-1, 2, 2) * scale).astype(np.float32)
+        parts_xy.append(np.broadcast_to(corners, (prompts, 2, 2)))
+        parts_label.append(np.broadcast_to(np.array([2.0, 3.0], np.float32), (prompts, 2)))
+    else:  # SAM's prompt encoder pads point-only prompts with one "not a point"
+        parts_xy.append(np.zeros((prompts, 1, 2), np.float32))
+        parts_label.append(np.full((prompts, 1), PAD_LABEL, np.float32))
+    coords = np.ascontiguousarray(np.concatenate(parts_xy, axis=1), dtype=np.float32)
+    return coords, np.ascontiguousarray(np.concatenate(parts_label, axis=1), dtype=np.float32), batched
+
+
+def _axis_weights(out_size: int, in_size: int, count: int):
+    """The first ``count`` outputs of a bilinear resize ``in_size`` -> ``out_size`` along one axis
+    (``align_corners=False``): lower and upper source indices and the upper one's weight."""
+    scale = in_size / out_size
+    source = np.maximum((np.arange(count, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    return low, high, (source - low).astype(np.float32)
+
+
+def _resize_axis(x: np.ndarray, axis: int, out_size: int, count: int) -> np.ndarray:
+    low, high, weight = _axis_weights(out_size, x.shape[axis], count)
+    shape = [1] * x.ndim
+    shape[axis] = count
+    weight = weight.reshape(shape)
+    return np.take(x, low, axis=axis) * (1.0 - weight) + np.take(x, high, axis=axis) * weight
+
+
+class MaskUpscaler:
+    """Low-res logits (..., h, w) -> logits at the original (H, W): SAM's ``postprocess_masks``.
+
+    Upsample to the square model input S, keep the unpadded (new_h, new_w)
+    corner, resize to (H, W); only the kept rows and columns of the first step are computed.
+    """
+
+    def __init__(self, image_size: int, original: Tuple[int, int]) -> None:
+        self.image_size = image_size
+        self.original = tuple(int(v) for v in original)
+        self.resized = resized_shape(*self.original, image_size)
+
+    def __call__(self, low_res: np.ndarray) -> np.ndarray:
+        size, (new_h, new_w), (height, width) = self.image_size, self.resized, self.original
+        x = np.asarray(low_res, np.float32)
+        x = _resize_axis(x, x.ndim - 2, size, new_h)
+        x = _resize_axis(x, x.ndim - 1, size, new_w)
+        x = _resize_axis(x, x.ndim - 2, height, height)
+        return _resize_axis(x, x.ndim - 1, width, width).astype(np.float32)
