@@ -473,6 +473,22 @@ def _box(text: Optional[str]) -> Optional[List[float]]:
     return [x0, y0, x1, y1]
 
 
+def _tiling(tile: Optional[int], overlap: Optional[int], prompted: bool) -> Optional[Tuple[int, int]]:
+    """``--tile``/``--overlap`` as (tile, overlap), None without ``--tile``, or one ``ValueError`` line."""
+    from naslora_deploy.runtime.predict import TILED_PROMPTS
+    from naslora_deploy.runtime.tiling import check_tiling
+
+    if tile is None:
+        if overlap is not None:
+            raise ValueError("--overlap needs --tile SIZE (it is the pixels that neighbouring windows share)")
+        return None
+    if prompted:
+        raise ValueError(TILED_PROMPTS)
+    overlap = tile // 8 if overlap is None else overlap
+    check_tiling(tile, overlap, ("--tile", "--overlap"))
+    return tile, overlap
+
+
 def _batch_sizes(ctx, param, text: str) -> List[int]:
     """``--batch-sizes 1,4``: whole numbers >= 1, or click's usage error."""
     try:
@@ -494,9 +510,21 @@ def _batch_sizes(ctx, param, text: str) -> List[int]:
     "--points", help="point prompts in image pixels: 'x,y[,label];x,y[,label]' (needs an --prompts export)"
 )
 @click.option("--box", help="box prompt in image pixels: x0,y0,x1,y1")
+@click.option(
+    "--tile",
+    type=Bounded(int, 32),
+    metavar="SIZE",
+    help="segment each image in SIZE x SIZE windows, blended where they overlap (large images)",
+)
+@click.option(
+    "--overlap",
+    type=Bounded(int, 0),
+    metavar="PIXELS",
+    help="pixels that neighbouring --tile windows share, < SIZE [default: SIZE/8]",
+)
 @runtime_options
 @progress_option
-def predict(artifacts, inputs, out, points, box, backend, device, progress) -> None:
+def predict(artifacts, inputs, out, points, box, tile, overlap, backend, device, progress) -> None:
     """Segment images (files, folders or globs) with an artifact directory; no torch needed.
 
     Outputs are named after each input's path (``x.png`` -> ``x.png_mask.png``) and
@@ -505,6 +533,7 @@ def predict(artifacts, inputs, out, points, box, backend, device, progress) -> N
     from naslora_deploy.runtime.predict import check_out, gather_inputs, predict_files
 
     prompts = _points(points), _box(box)
+    tiling = _tiling(tile, overlap, prompts != (None, None))
     found = gather_inputs(inputs)
     if not found.files:
         _report_skipped(found.problems if len(found.problems) > 1 else [])
@@ -512,7 +541,7 @@ def predict(artifacts, inputs, out, points, box, backend, device, progress) -> N
     check_out(out, found.files, found.folders)  # before the artifacts are opened
     segmenter = _segmenter(artifacts, backend, device)
     click.echo(f"backend: {segmenter.backend_name}; {len(found.files)} image(s)")
-    done, errors = predict_files(segmenter, found.files, out, *prompts, progress)
+    done, errors = predict_files(segmenter, found.files, out, *prompts, progress, tiling=tiling)
     _report_skipped(found.problems + errors)
     click.echo(f"wrote masks, overlays and results.jsonl for {done} image(s) to {out}")
     if found.problems or errors:

@@ -38,6 +38,10 @@ from naslora_deploy.common.outputs import prepare_write_folder, refusal
 from naslora_deploy.common.progress import progress as progress_bar
 
 RESULTS_NAME = "results.jsonl"
+TILED_PROMPTS = (
+    "--tile cannot be combined with --points/--box: prompts refer to the whole image, not to a window "
+    "(segment tiled without prompts, or prompt the whole image without --tile)"
+)
 SUPPORTED = ", ".join(IMAGE_SUFFIXES)
 
 
@@ -148,13 +152,25 @@ def check_out(out, files: List[Path], folders: Iterable[Path] = ()) -> Path:
 
 
 def predict_files(
-    segmenter, files: List[Path], out: Path, points=None, box=None, progress: Optional[bool] = None
+    segmenter,
+    files: List[Path],
+    out: Path,
+    points=None,
+    box=None,
+    progress: Optional[bool] = None,
+    tiling: Optional[Tuple[int, int]] = None,
 ) -> Tuple[int, List[str]]:
     """Segment every file; a bad file is reported and skipped. Returns (done, errors).
 
     ``progress``: a bar over the files (None: on a terminal only, and only for two or more).
+    ``tiling``: (tile, overlap) segments each image window by window (``tiling.segment_tiled``,
+    prompt-free); the records say ``tile``, ``overlap`` and ``windows`` (None when untiled).
     """
     from naslora_deploy.runtime.segmenter import load_image
+    from naslora_deploy.runtime.tiling import segment_tiled, tile_windows
+
+    if tiling is not None and (points is not None or box is not None):
+        raise ValueError(TILED_PROMPTS)
 
     out = check_out(out, files)
     names = output_names(files)
@@ -162,17 +178,23 @@ def predict_files(
     for path in progress_bar(files, "predict", progress if len(files) > 1 else False):
         try:
             image = load_image(path)
-            result = segmenter.segment(image, points=points, box=box)
+            if tiling is None:
+                result = segmenter.segment(image, points=points, box=box)
+            else:
+                result = segment_tiled(segmenter, image, *tiling)
         except (NasloraError, ValueError) as exc:
             errors.append(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
             continue
-        _write_outputs(out, names[path], path, image, result)
+        tile, overlap = tiling or (None, None)
+        windows = len(tile_windows(*result.size, *tiling)) if tiling else None
+        tiled = {"tile": tile, "overlap": overlap, "windows": windows}
+        _write_outputs(out, names[path], path, image, result, tiled)
         done += 1
     return done, errors
 
 
-def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result) -> None:
-    """The mask and the overlay (each atomic), then the record (one appended line)."""
+def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result, extra=None) -> None:
+    """The mask and the overlay (each atomic), then the record (one appended line; ``extra`` added)."""
     mask_png = result.class_map if result.class_map is not None else (result.mask * 255).astype(np.uint8)
     mask, shown = f"{name}_mask.png", f"{name}_overlay.png"
     save_png(out / mask, mask_png)
@@ -188,5 +210,6 @@ def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result) 
         "class_areas": result.class_areas,
         "score": result.score,
         "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
+        **(extra or {}),
     }
     append_line(out / RESULTS_NAME, json.dumps(record))

@@ -28,6 +28,7 @@ from naslora_deploy.common.imaging import (
     read_image,
 )
 from naslora_deploy.runtime.backends import Backend, open_backend
+from naslora_deploy.runtime.everything import EverythingSpec, generate_masks
 from naslora_deploy.runtime.manifest import read_manifest
 from naslora_deploy.runtime.prompts import MaskUpscaler, Prediction, prompt_batch
 
@@ -178,6 +179,13 @@ class Segmenter:
         areas = {name: int((class_map == k).sum()) for k, name in enumerate(class_names)}
         return Segmentation(size, class_map != 0, prob.max(0).astype(np.float32), class_map, areas)
 
+    def segment_tiled(self, image: ImageInput, tile: int, overlap: int, batch: int = 4) -> Segmentation:
+        """Segment an image larger than the model input window by window (``tile`` pixels square,
+        neighbours sharing ``overlap``), logits blended in the overlaps (``runtime.tiling``)."""
+        from naslora_deploy.runtime.tiling import segment_tiled  # tiling imports this module
+
+        return segment_tiled(self, image, tile, overlap, batch)
+
     # -- the predictor: one embedding, many prompts (SamPredictor's shape) --
 
     def set_image(self, image: ImageInput) -> None:
@@ -252,6 +260,26 @@ class Segmenter:
             masks, iou, low_res = masks[0], iou[0], low_res[0]
         timings = {"decoder": 1000 * (t_dec - start), "post": 1000 * (time.perf_counter() - t_dec)}
         return Prediction(masks, iou.astype(np.float32), low_res.astype(np.float32), timings)
+
+    def generate(self, image: ImageInput, spec: Optional[EverythingSpec] = None, **options) -> List[dict]:
+        """Everything mode (SamAutomaticMaskGenerator's ``generate``): a point grid through the batched
+        prompt decoder, filtered by predicted IoU and stability, box NMS, small-region removal.
+
+        ``spec`` or keyword ``options`` (``EverythingSpec`` fields: ``points_per_side=32``,
+        ``pred_iou_thresh``, ``output_mode="coco_rle"``...). Returns SAM's records, best first:
+        ``segmentation`` ((H, W) bool or COCO RLE), ``area``, ``bbox`` (XYWH), ``predicted_iou``,
+        ``point_coords``, ``stability_score``, ``crop_box``. Sets ``image`` as the predictor's image.
+        """
+        spec = spec or EverythingSpec(**options)
+        self.set_image(image)
+        size = self._image["size"]
+
+        def decode(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+            coords, labels, _ = prompt_batch(points[:, None, :], None, None, size, self.image_size)
+            low_res, iou = self.decode_prompts(coords, labels)
+            return low_res[:, 1:], iou[:, 1:]  # SAM's three multimask outputs
+
+        return generate_masks(decode, self._image["upscale"], size, spec)
 
     def _segment_prompted(self, image: np.ndarray, points, box) -> Segmentation:
         """One-shot prompted segmentation: ``set_image`` + a single-mask ``predict``."""
