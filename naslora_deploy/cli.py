@@ -28,6 +28,7 @@ from naslora_deploy.common.options import bound_error, check_device
 from naslora_deploy.core.config import MERGE_MODES
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
+from naslora_deploy.runtime.everything import EverythingSpec
 from naslora_deploy.training.config import PROMPTS, SALIENCY_PROTOCOLS, DemoConfig, TrainConfig
 
 BACKENDS = RUNTIME_BACKENDS + ("torch",)  # torch: built by exporters.torch_backend and handed to the runtime
@@ -109,6 +110,9 @@ def fields_of(cls, options: Dict[str, object]) -> Dict[str, object]:
     """The options that set fields of ``cls``; unset (None) ones leave the field's default."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+EVERYTHING_OPTIONS = tuple(f.name for f in dataclasses.fields(EverythingSpec) if f.name != "output_mode")
 
 
 # ----- options shared by several commands, declared once ------------------------------------------
@@ -522,9 +526,18 @@ def _batch_sizes(ctx, param, text: str) -> List[int]:
     metavar="PIXELS",
     help="pixels that neighbouring --tile windows share, < SIZE [default: SIZE/8]",
 )
+@click.option(
+    "--everything",
+    is_flag=True,
+    help="every object in each image (SAM's automatic masks; needs an --prompts export): "
+    "an instance-label PNG and COCO RLEs in results.jsonl",
+)
+@options_from(EverythingSpec, only=EVERYTHING_OPTIONS)
 @runtime_options
 @progress_option
-def predict(artifacts, inputs, out, points, box, tile, overlap, backend, device, progress) -> None:
+def predict(
+    artifacts, inputs, out, points, box, tile, overlap, everything, backend, device, progress, **rest
+):
     """Segment images (files, folders or globs) with an artifact directory; no torch needed.
 
     Outputs are named after each input's path (``x.png`` -> ``x.png_mask.png``) and
@@ -534,6 +547,7 @@ def predict(artifacts, inputs, out, points, box, tile, overlap, backend, device,
 
     prompts = _points(points), _box(box)
     tiling = _tiling(tile, overlap, prompts != (None, None))
+    spec = _everything(everything, rest, prompted=prompts != (None, None) or tiling is not None)
     found = gather_inputs(inputs)
     if not found.files:
         _report_skipped(found.problems if len(found.problems) > 1 else [])
@@ -541,12 +555,29 @@ def predict(artifacts, inputs, out, points, box, tile, overlap, backend, device,
     check_out(out, found.files, found.folders)  # before the artifacts are opened
     segmenter = _segmenter(artifacts, backend, device)
     click.echo(f"backend: {segmenter.backend_name}; {len(found.files)} image(s)")
-    done, errors = predict_files(segmenter, found.files, out, *prompts, progress, tiling=tiling)
+    done, errors = predict_files(
+        segmenter, found.files, out, *prompts, progress, tiling=tiling, everything=spec
+    )
     _report_skipped(found.problems + errors)
     click.echo(f"wrote masks, overlays and results.jsonl for {done} image(s) to {out}")
     if found.problems or errors:
         click.echo(f"naslora-deploy predict: error: {_failed(found.problems + errors)}", err=True)
         raise click.exceptions.Exit(1)
+
+
+def _everything(everything: bool, options: Dict[str, object], prompted: bool):
+    """``--everything`` and its settings as an ``EverythingSpec`` (None without the flag), or one line."""
+    from naslora_deploy.runtime.predict import EVERYTHING_ALONE
+
+    spec = EverythingSpec(**fields_of(EverythingSpec, options))
+    if not everything:
+        if spec != EverythingSpec():
+            changed = next(f for f in EVERYTHING_OPTIONS if getattr(spec, f) != getattr(EverythingSpec(), f))
+            raise ValueError(f"--{changed.replace('_', '-')} sets everything mode: add --everything")
+        return None
+    if prompted:
+        raise ValueError(EVERYTHING_ALONE)
+    return spec
 
 
 def _report_skipped(problems: List[str]) -> None:
@@ -564,20 +595,36 @@ def _failed(problems: List[str]) -> str:
 @click.option(
     "--batch-sizes", default="1", show_default=True, callback=_batch_sizes, help="comma-separated batch sizes"
 )
+@click.option(
+    "--prompts",
+    metavar="COUNTS",
+    callback=lambda ctx, param, value: None if value is None else _batch_sizes(ctx, param, value),
+    help="also time the predictor: one embedding, then N box prompts in one call (comma-separated N)",
+)
 @click.option("--runs", type=Bounded(int, 1), default=20, show_default=True)
 @click.option("--warmup", type=Bounded(int, 0), default=3, show_default=True)
 @runtime_options
 @json_option
-def bench(artifacts, batch_sizes, runs, warmup, backend, device, json_target) -> None:
-    """Latency, throughput and memory; two artifact directories alternate run by run (A B)."""
+def bench(artifacts, batch_sizes, prompts, runs, warmup, backend, device, json_target) -> None:
+    """Latency, throughput and memory; two artifact directories alternate run by run (A B).
+
+    ``--prompts N,M``: also the predictor path (one embedding, N box prompts in one
+    decoder call) against N one-shot calls; its rows (key ``prompts``) follow the batch rows.
+    """
     from naslora_deploy.runtime.bench import bench as run_bench
-    from naslora_deploy.runtime.bench import format_rows
+    from naslora_deploy.runtime.bench import bench_prompts, format_prompt_rows, format_rows
 
     if len(artifacts) > 2:
         raise ValueError("bench compares at most two artifact directories (A B)")
     segmenters = [_segmenter(a, backend, device) for a in artifacts]
+    if prompts and any(s.point_slots is None for s in segmenters):
+        raise ValueError("--prompts times the prompt decoder: export the artifacts with --prompts")
     rows = run_bench(segmenters, batch_sizes, runs, warmup)
     say(json_target, format_rows(rows))
+    if prompts:
+        prompt_rows = bench_prompts(segmenters, prompts, runs, warmup)
+        say(json_target, format_prompt_rows(prompt_rows))
+        rows = rows + prompt_rows
     emit_json(json_target, rows)
 
 

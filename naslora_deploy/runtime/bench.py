@@ -2,6 +2,8 @@
 
 With two artifact directories the runs alternate one by one (A B A B ...), so
 both see the same machine state, and the ratio of medians is reported.
+``bench_prompts`` times the predictor path: one embedding (``set_image``), then
+N box prompts in one batched ``predict``, against N one-shot ``segment`` calls.
 """
 
 from __future__ import annotations
@@ -83,6 +85,74 @@ def bench(
         row["device_mb"] = device_memory_mb()
         rows.append(row)
     return rows
+
+
+def _prompt_steps(segmenter, image: np.ndarray, boxes: np.ndarray):
+    """Timed callables: set_image; one batched predict of the boxes; one one-shot segment (box 0)."""
+    return (
+        lambda: segmenter.set_image(image),
+        lambda: segmenter.predict(boxes=boxes, multimask_output=False),
+        lambda: segmenter.segment(image, box=tuple(boxes[0])),
+    )
+
+
+def bench_prompts(
+    segmenters: Sequence, prompt_counts: Sequence[int], runs: int = 20, warmup: int = 3, seed: int = 0
+) -> List[dict]:
+    """The predictor (one embedding, N box prompts in one decoder call) against one-shot ``segment``.
+
+    Per N: p50 of ``set_image``, of ``predict`` with N boxes, of one ``segment``
+    (encoder + one prompt), and ``speedup``: N one-shot calls over one embedding + one predict.
+    Segmenters alternate step by step. A random image at the model's input size.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for count in prompt_counts:
+        size = segmenters[0].image_size
+        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        corners = np.sort(rng.uniform(0, size - 1, (count, 2, 2)), axis=1)
+        boxes = corners.reshape(count, 4).astype(np.float32)  # (x0, y0) <= (x1, y1) per box
+        steps = [_prompt_steps(s, image, boxes) for s in segmenters]
+        samples = [[[], [], []] for _ in steps]
+        for repeat in range(warmup + runs):
+            for index, trio in enumerate(steps):
+                for which, step in enumerate(trio):  # set_image, predict on it, then a one-shot segment
+                    start = time.perf_counter()
+                    step()
+                    if repeat >= warmup:
+                        samples[index][which].append(time.perf_counter() - start)
+        row = {"prompts": count}
+        for label, segmenter, (embed, predict, one_shot) in zip("ab", segmenters, samples):
+            embed_ms, predict_ms, one_ms = (1000 * float(np.median(t)) for t in (embed, predict, one_shot))
+            row[label] = {
+                "artifact": str(segmenter.directory),
+                "backend": segmenter.backend_name,
+                "set_image_p50_ms": embed_ms,
+                "predict_p50_ms": predict_ms,
+                "per_prompt_ms": predict_ms / count,
+                "one_shot_p50_ms": one_ms,
+                "speedup": count * one_ms / (embed_ms + predict_ms),
+            }
+        rows.append(row)
+    return rows
+
+
+def format_prompt_rows(rows: List[dict]) -> str:
+    """A printable table of ``bench_prompts``."""
+    lines = [
+        f"{'prompts':>7} {'run':>3} {'backend':<22} {'set_image':>10} {'predict':>9} {'/prompt':>8} "
+        f"{'one-shot':>9} {'speedup':>8}"
+    ]
+    for row in rows:
+        for label in ("a", "b"):
+            if label in row:
+                r = row[label]
+                lines.append(
+                    f"{row['prompts']:>7} {label:>3} {r['backend']:<22} {r['set_image_p50_ms']:>10.2f} "
+                    f"{r['predict_p50_ms']:>9.2f} {r['per_prompt_ms']:>8.2f} {r['one_shot_p50_ms']:>9.2f} "
+                    f"{r['speedup']:>7.1f}x"
+                )
+    return "\n".join(lines)
 
 
 def format_rows(rows: List[dict]) -> str:

@@ -42,6 +42,7 @@ TILED_PROMPTS = (
     "--tile cannot be combined with --points/--box: prompts refer to the whole image, not to a window "
     "(segment tiled without prompts, or prompt the whole image without --tile)"
 )
+EVERYTHING_ALONE = "--everything finds every object of the whole image by itself: drop --points/--box/--tile"
 SUPPORTED = ", ".join(IMAGE_SUFFIXES)
 
 
@@ -159,18 +160,23 @@ def predict_files(
     box=None,
     progress: Optional[bool] = None,
     tiling: Optional[Tuple[int, int]] = None,
+    everything=None,
 ) -> Tuple[int, List[str]]:
     """Segment every file; a bad file is reported and skipped. Returns (done, errors).
 
     ``progress``: a bar over the files (None: on a terminal only, and only for two or more).
     ``tiling``: (tile, overlap) segments each image window by window (``tiling.segment_tiled``,
     prompt-free); the records say ``tile``, ``overlap`` and ``windows`` (None when untiled).
+    ``everything``: an ``EverythingSpec``: every object of each image (``Segmenter.generate``),
+    written as one instance-label PNG and COCO RLEs in the record (``write_everything``).
     """
     from naslora_deploy.runtime.segmenter import load_image
     from naslora_deploy.runtime.tiling import segment_tiled, tile_windows
 
     if tiling is not None and (points is not None or box is not None):
         raise ValueError(TILED_PROMPTS)
+    if everything is not None and (tiling is not None or points is not None or box is not None):
+        raise ValueError(EVERYTHING_ALONE)
 
     out = check_out(out, files)
     names = output_names(files)
@@ -178,6 +184,10 @@ def predict_files(
     for path in progress_bar(files, "predict", progress if len(files) > 1 else False):
         try:
             image = load_image(path)
+            if everything is not None:
+                write_everything(out, names[path], path, image, segmenter, everything)
+                done += 1
+                continue
             if tiling is None:
                 result = segmenter.segment(image, points=points, box=box)
             else:
@@ -211,5 +221,47 @@ def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result, 
         "score": result.score,
         "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
         **(extra or {}),
+    }
+    append_line(out / RESULTS_NAME, json.dumps(record))
+
+
+def instance_labels(records: List[dict], size: Tuple[int, int]) -> np.ndarray:
+    """(H, W) label image of everything-mode masks: 0 background, k + 1 for ``records[k]``; where masks
+    overlap, the better one (earlier in ``records``, which are best first) is on top. uint16 past 255."""
+    labels = np.zeros(size, np.uint8 if len(records) < 256 else np.uint16)
+    for index in range(len(records) - 1, -1, -1):
+        labels[records[index]["segmentation"]] = index + 1
+    return labels
+
+
+def write_everything(out: Path, name: str, path: Path, image: np.ndarray, segmenter, spec) -> None:
+    """Everything mode for one image: ``<name>_masks.png`` (instance labels), the overlay, and a record
+    whose ``masks`` list holds each mask's COCO RLE with SAM's fields (area, bbox XYWH, scores, point)."""
+    import time
+    from dataclasses import asdict, replace
+
+    from naslora_deploy.runtime.everything import encode_coco_rle
+
+    start = time.perf_counter()
+    records = segmenter.generate(image, replace(spec, output_mode="binary_mask"))
+    elapsed = 1000 * (time.perf_counter() - start)
+    labels = instance_labels(records, image.shape[:2])
+    mask, shown = f"{name}_masks.png", f"{name}_overlay.png"
+    save_png(out / mask, labels)
+    save_png(out / shown, overlay(image, labels > 0, labels))
+    masks = [
+        {**{k: v for k, v in r.items() if k != "segmentation"}, "rle": encode_coco_rle(r["segmentation"])}
+        for r in records
+    ]
+    record = {
+        "file": str(path),
+        "masks_png": mask,
+        "overlay": shown,
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "count": len(records),
+        "everything": {k: v for k, v in asdict(spec).items() if k != "output_mode"},
+        "timings_ms": {"generate": round(elapsed, 3)},
+        "masks": masks,
     }
     append_line(out / RESULTS_NAME, json.dumps(record))

@@ -146,3 +146,20 @@ def test_dynamic_batching_prefers_powers_of_two_up_to_the_largest_batch():
     assert dynamic_batching(1) == ""
     assert "preferred_batch_size: [ 2, 4, 6 ]" in dynamic_batching(6)
     assert "preferred_batch_size: [ 2, 4, 8, 16 ]" in dynamic_batching(16)
+
+
+def test_bench_times_the_predictor_path(artifacts, tmp_path, capsys):
+    """One embedding and N prompts in one call against N one-shot calls; every figure measured."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(artifacts), "--runs", "3", "--warmup", "1", "--prompts", "1,8", "--json", str(out)]
+    assert main(argv) == 0
+    rows = [r for r in json.loads(out.read_text()) if "prompts" in r]
+    assert [r["prompts"] for r in rows] == [1, 8]
+    for row in rows:
+        stats = row["a"]
+        assert min(stats["set_image_p50_ms"], stats["predict_p50_ms"], stats["one_shot_p50_ms"]) > 0
+        expected = (
+            row["prompts"] * stats["one_shot_p50_ms"] / (stats["set_image_p50_ms"] + stats["predict_p50_ms"])
+        )
+        assert stats["speedup"] == pytest.approx(expected)
+    assert "speedup" in capsys.readouterr().out

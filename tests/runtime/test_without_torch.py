@@ -116,6 +116,34 @@ def test_cli_predict_and_bench_without_torch(binary_artifacts, photo_file, tmp_p
     assert "onnxruntime (CPU)" in result.stdout
 
 
+EVERYDAY = """
+import numpy as np
+from naslora_deploy.runtime import Segmenter
+seg = Segmenter.open({artifacts!r}, "onnxruntime", "cpu")
+seg.set_image({photo!r})
+boxes = seg.predict(boxes=np.array([[10, 10, 120, 100], [30, 40, 90, 90]]), multimask_output=False)
+points = seg.predict(points=np.array([[60, 50]]), labels=np.array([1]))
+found = seg.generate({photo!r}, points_per_side=2, pred_iou_thresh=0, stability_score_thresh=0)
+tiled = seg.segment_tiled({photo!r}, tile=64, overlap=16)
+assert "torch" not in sys.modules
+print(boxes.masks.shape[:2], points.masks.shape[0], len(found) > 0, tiled.mask.shape == tiled.size)
+"""
+
+
+def test_predictor_everything_and_tiling_without_torch(binary_artifacts, photo_file, tmp_path):
+    """The everyday runtime (predictor, everything mode, tiling; API and CLI) never imports torch."""
+    result = run_without_torch(EVERYDAY.format(artifacts=str(binary_artifacts), photo=str(photo_file)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "(2, 1) 3 True True"
+    loose = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0"]
+    for flags in (["--everything", *loose], ["--tile", "64", "--overlap", "8"]):
+        out = tmp_path / flags[0].strip("-")
+        argv = ["predict", str(binary_artifacts), str(photo_file), "--out", str(out), *flags]
+        result = run_without_torch(CLI.format(argv=argv))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (out / "results.jsonl").is_file()
+
+
 def test_cli_help_and_torch_backend_without_torch(binary_artifacts, photo_file, tmp_path):
     result = run_without_torch(CLI.format(argv=["--help"]))
     assert result.returncode == 0, result.stderr[-2000:]
