@@ -41,6 +41,7 @@ def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch, binary_art
     shutil.copytree(binary_adapter, tmp_path / "runs" / "isic")
     photo, _ = synthetic_sample(np.random.default_rng(5), size_range=(480, 640))
     Image.fromarray(photo).save(tmp_path / "photo.jpg")
+    Image.fromarray(np.tile(photo, (3, 4, 1))).save(tmp_path / "scene.tif")  # larger than a tile
     monkeypatch.chdir(tmp_path)
     blocks = _python_blocks((ROOT / "README.md").read_text())
     assert len(blocks) >= 2
