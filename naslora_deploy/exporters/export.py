@@ -154,6 +154,14 @@ def export_graphs(
         if spec.format != "trt" and spec.precision == "fp16":
             path = onnx_to_fp16(path, path, spec.external_threshold)
         files[name] = path
+    if spec.precision == "int8":  # the encoder is the cost; the decoders stay fp32 (benchmarks/RESULTS.md)
+        from naslora_deploy.core.calibration import calibration_images
+        from naslora_deploy.exporters.quantize import onnx_to_int8
+
+        images = calibration_images(spec.calibration, spec.calibration_images, size, model.normalization)
+        encoder = files[names.IMAGE_ENCODER]
+        feeds = ({names.IMAGE: image[None]} for image in images.numpy())  # one image a run: bounded memory
+        onnx_to_int8(encoder, encoder, feeds, external_threshold=spec.external_threshold)
     return files
 
 
@@ -282,7 +290,8 @@ def _manifest(
             "report": loaded.merge_report,
         },
         "precision": spec.precision,
-        "onnx_precision": spec.precision if spec.format == "onnx" else "fp32",
+        # the ONNX files: fp16 where converted (not for engines), int8 (QDQ) whatever the format
+        "onnx_precision": spec.precision if spec.format != "trt" or spec.precision == "int8" else "fp32",
         "opset": spec.opset,
         "prompt_point_slots": spec.point_slots + 2 if spec.prompts else None,
         "export": spec.to_dict(),

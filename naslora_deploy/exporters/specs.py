@@ -8,14 +8,14 @@ them. No torch here, so the CLI imports everywhere.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from naslora_deploy.common.options import check_bounds, option
 from naslora_deploy.core.config import MERGE_MODES
 
 FORMATS = ("onnx", "trt", "triton")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWO_GB = 2 * 1024**3
 
 
@@ -63,7 +63,7 @@ class EngineSpec:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown engine precision {self.precision!r}; choose fp32, fp16 or bf16")
+            raise ValueError(f"unknown engine precision {self.precision!r}; choose fp32, fp16, bf16 or int8")
         check_bounds(self)
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ValueError("batch profile must satisfy 1 <= min <= opt <= max")
@@ -80,7 +80,12 @@ class ExportSpec:
         default="dense", metadata=option("dense: plain SAM; fused: exact, tiny branch", choices=MERGE_MODES)
     )
     precision: str = field(
-        default="fp32", metadata=option("ONNX: fp32 or fp16; engines: fp32, fp16 or bf16", choices=PRECISIONS)
+        default="fp32",
+        metadata=option(
+            "ONNX: fp32, fp16 or int8 (the image encoder statically quantized, calibrated on --calibration "
+            "images); engines: fp32, fp16, bf16 or int8",
+            choices=PRECISIONS,
+        ),
     )
     opset: int = field(
         default=17,
@@ -96,7 +101,10 @@ class ExportSpec:
     )
     calibration: Optional[str] = field(
         default=None,
-        metadata=option("image folder for the dense merge's least-squares fold (and its measurement)"),
+        metadata=option(
+            "image folder for the dense merge's least-squares fold (and its measurement) and for "
+            "--precision int8's activation ranges"
+        ),
     )
     calibration_images: int = field(default=16, metadata=option("how many calibration images to use", low=1))
     recover: int = field(
@@ -123,12 +131,19 @@ class ExportSpec:
             raise ValueError(f"unknown merge mode {self.merge!r}; choose dense or fused")
         if self.precision not in PRECISIONS or (self.format != "trt" and self.precision == "bf16"):
             raise ValueError(
-                f"precision {self.precision!r}: ONNX files are fp32 or fp16; engines fp32, fp16 or bf16"
+                f"precision {self.precision!r}: ONNX files are fp32, fp16 or int8; "
+                "engines fp32, fp16, bf16 or int8"
+            )
+        if self.precision == "int8" and not self.calibration:
+            raise ValueError(
+                "--precision int8 calibrates activations on your images: give them with --calibration FOLDER"
             )
         check_bounds(self)
         check_recovery(self.recover, self.merge, self.calibration, self.recover_decoder)
         if isinstance(self.engine, dict):  # read back from a manifest
             self.engine = EngineSpec(**self.engine)
+        if self.precision == "int8":  # QDQ graphs: any engine built from them (trtexec too) is an INT8 build
+            self.engine = replace(self.engine, precision="int8")
         self.engine.max_points = self.point_slots + 2
 
     def to_dict(self) -> dict:

@@ -48,9 +48,9 @@ def trtexec_command(onnx_path: Path, engine_path: Path, inputs: List[dict], spec
     parts = ["trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={engine_path.name}"]
     for flag, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
         parts.append(flag + "=" + ",".join(f"{name}:{_shape_text(s[index])}" for name, s in shapes.items()))
-    if spec.precision in ("fp16", "bf16"):
+    if spec.precision != "fp32":
         parts += [
-            f"--{spec.precision}",
+            *precision_flags(spec.precision),
             "--layerPrecisions=" + ",".join(f"*{op}*:fp32" for op in FP32_LAYER_NAMES),
             "--precisionConstraints=obey",
         ]
@@ -59,6 +59,11 @@ def trtexec_command(onnx_path: Path, engine_path: Path, inputs: List[dict], spec
     if spec.timing_cache:
         parts.append(f"--timingCacheFile={spec.timing_cache}")
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def precision_flags(precision: str) -> List[str]:
+    """trtexec's precision flags: INT8 (explicit, from the graph's Q/DQ scales) with FP16 for the rest."""
+    return ["--int8", "--fp16"] if precision == "int8" else [f"--{precision}"]
 
 
 def _keep_fp32(network, trt) -> int:
@@ -94,7 +99,8 @@ def onnx_to_engine(onnx_path: Path, engine_path: Path, spec: EngineSpec, inputs:
     if spec.workspace_gb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_gb * (1 << 30)))
     if spec.precision != "fp32":
-        config.set_flag(trt.BuilderFlag.FP16 if spec.precision == "fp16" else trt.BuilderFlag.BF16)
+        for flag in precision_flags(spec.precision):  # int8: no calibrator, the scales are the graph's Q/DQ
+            config.set_flag(getattr(trt.BuilderFlag, flag[2:].upper()))  # --int8 -> BuilderFlag.INT8
         _keep_fp32(network, trt)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     profile = builder.create_optimization_profile()

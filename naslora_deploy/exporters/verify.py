@@ -29,6 +29,10 @@ from naslora_deploy.runtime.backends import available_providers, open_graph, ort
 from naslora_deploy.runtime.manifest import artifact_file, read_manifest
 
 TOLERANCES = {"fp32": {names.IMAGE_EMBEDDINGS: 1e-4, "decoder": 1e-3}}
+# int8 artifacts: the encoder is quantized (its embeddings are reported, not held to a tolerance), the
+# decoders are fp32 (held to fp32's tolerance on PyTorch's embeddings), and the end-to-end masks must
+# agree with fp32 PyTorch's to this IoU (measured: benchmarks/RESULTS.md, Issue 14: INT8)
+INT8_MIN_MASK_IOU = 0.9
 
 
 @dataclass
@@ -42,11 +46,13 @@ class ParityRow:
     rel: float
     mask_iou: Optional[float] = None
     tolerance: Optional[float] = None
+    min_mask_iou: Optional[float] = None
 
     @property
     def passed(self) -> bool:
-        """Within the tolerance (always true where the precision is only reported)."""
-        return self.tolerance is None or self.max_abs <= self.tolerance
+        """Within the tolerance and at least the mask IoU asked for (true where only reported)."""
+        close = self.tolerance is None or self.max_abs <= self.tolerance
+        return close and (self.min_mask_iou is None or (self.mask_iou or 0.0) >= self.min_mask_iou)
 
 
 @dataclass
@@ -69,6 +75,7 @@ class ParityReport:
         for r in self.rows:
             iou = f"{r.mask_iou:.4f}" if r.mask_iou is not None else "-"
             tol = f"{r.tolerance:.0e}" if r.tolerance is not None else "report"
+            tol = f"iou{r.min_mask_iou:.2f}" if r.min_mask_iou is not None else tol
             lines.append(
                 f"{r.backend:<28} {r.output:<34} {r.max_abs:>10.3e} {r.mean_abs:>10.3e} {r.rel:>10.3e} "
                 f"{iou:>9} {tol:>8}  " + ("yes" if r.passed else "NO")
@@ -88,7 +95,7 @@ def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: i
     return probe_images(size, count, seed=seed).numpy()
 
 
-def _row(backend, output, got, expected, tolerance, masks=False) -> ParityRow:
+def _row(backend, output, got, expected, tolerance, masks=False, min_iou=None) -> ParityRow:
     diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     rel = float(np.linalg.norm(diff) / max(np.linalg.norm(expected), 1e-30))
     iou = None
@@ -96,7 +103,7 @@ def _row(backend, output, got, expected, tolerance, masks=False) -> ParityRow:
         a, b = got > 0, expected > 0
         union = np.logical_or(a, b).sum()
         iou = float(np.logical_and(a, b).sum() / union) if union else 1.0
-    return ParityRow(backend, output, float(diff.max()), float(diff.mean()), rel, iou, tolerance)
+    return ParityRow(backend, output, float(diff.max()), float(diff.mean()), rel, iou, tolerance, min_iou)
 
 
 def torch_outputs(model, images: np.ndarray) -> Dict[str, np.ndarray]:
@@ -127,7 +134,10 @@ def verify_parity(
     source = rebuild_verified(manifest, directory)
     images = verification_images(manifest, images_dir, count, seed)
     expected = torch_outputs(source.model, images)
-    tolerances = TOLERANCES.get(manifest["onnx_precision"], {})
+    int8 = manifest["onnx_precision"] == "int8"
+    tolerances = (
+        {"decoder": TOLERANCES["fp32"]["decoder"]} if int8 else TOLERANCES.get(manifest["onnx_precision"], {})
+    )
     embed_tol = tolerance if tolerance is not None else tolerances.get(names.IMAGE_EMBEDDINGS)
     decoder_tol = tolerances.get("decoder")
     report = ParityReport()
@@ -149,7 +159,13 @@ def verify_parity(
         end_to_end = decoder.run([names.MASK_LOGITS], {names.IMAGE_EMBEDDINGS: embeddings})[0]
         report.rows.append(
             _row(
-                tag, f"{names.MASK_LOGITS} (end to end)", end_to_end, expected[names.MASK_LOGITS], None, True
+                tag,
+                f"{names.MASK_LOGITS} (end to end)",
+                end_to_end,
+                expected[names.MASK_LOGITS],
+                None,
+                True,
+                INT8_MIN_MASK_IOU if int8 else None,
             )
         )
     report.rows.extend(verify_engines(directory, manifest, images, expected))

@@ -38,7 +38,7 @@ def test_profile_and_trtexec_command(tmp_path):
     with pytest.raises(ValueError, match="batch profile"):
         EngineSpec(min_batch=4, opt_batch=2)
     with pytest.raises(ValueError, match="unknown engine precision"):
-        EngineSpec(precision="int8")
+        EngineSpec(precision="int4")
 
 
 def test_sidecar_contents(tmp_path):
