@@ -164,3 +164,15 @@ def test_cli_help_and_torch_backend_without_torch(binary_artifacts, photo_file, 
     assert result.stderr.strip() == (
         "naslora-deploy predict: error: --backend torch needs the torch package: pip install torch"
     )
+
+
+def test_int8_artifacts_run_without_torch(binary_adapter, binary_data, photo_file, tmp_path):
+    """INT8 (QDQ) artifacts, exported here, segment and prompt in a process where torch cannot load."""
+    from naslora_deploy.exporters.export import ExportSpec, export_artifacts
+
+    spec = ExportSpec(precision="int8", calibration=str(binary_data), calibration_images=2, prompts=True)
+    out, manifest = export_artifacts(binary_adapter, tmp_path / "int8", spec)
+    assert manifest["onnx_precision"] == "int8"
+    result = run_without_torch(SEGMENT.format(artifacts=str(out), device="cpu", photo=str(photo_file)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("onnxruntime (CPU)") and result.stdout.strip().endswith("True")
