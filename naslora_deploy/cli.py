@@ -273,8 +273,10 @@ def evaluate(
 
     model = _load(adapter, base, allow_base_mismatch, device)
     classes = model.spec.classes
+    trained = model.spec.training or {}  # the run's data options (COCO category, bands, stretch)
+    formats = {k: trained.get(k) for k in ("category", "bands", "stretch")}
     splits = discover(
-        data, None if classes.binary else classes.num_classes, val_fraction=0.0, skip_bad=skip_bad
+        data, None if classes.binary else classes.num_classes, val_fraction=0.0, skip_bad=skip_bad, **formats
     )
     split = split or next(s for s in ("test", "val", "train") if splits.split(s))
     pairs = splits.split(split)
@@ -397,7 +399,8 @@ def export(source, out, force, model, base, allow_base_mismatch, progress, **opt
         click.echo(f"wrote {artifacts / name} ({entry['bytes'] / 1e6:.1f} MB)")
     for name, command in manifest["trtexec"].items():
         click.echo(f"trtexec equivalent for {name}: {command}")
-    click.echo(f"manifest: {artifacts / 'manifest.json'}")
+    if spec.format != "peft":  # a PEFT adapter folder has its own adapter_config.json, no manifest
+        click.echo(f"manifest: {artifacts / 'manifest.json'}")
     if repository is not None:
         click.echo(
             f"Triton model repository: {repository} (serve with: tritonserver "

@@ -18,12 +18,19 @@ The reader refuses what it cannot read truthfully, with one line naming the file
 * binary masks (``read_binary_mask``): 0 and one value k -> foreground = every non-zero
   pixel; a lossy (JPEG) mask, or grey levels spanning 0..255 (0..65535) -> foreground
   above half range; anything else (0/1/2 label maps) is refused, pointing to multi-class.
+* TIFF images are read with tifffile (16-bit, float and multi-band kept as numbers; at
+  most ``MAX_BANDS`` bands); an image of more than 4 bands gives its first three as R, G, B.
+* an ``InputMapping`` (a run's ``--bands`` / ``--stretch``, recorded in its adapter config
+  and its artifact manifest) picks 1 or 3 bands (1-based) and stretches each channel from
+  the image's own low..high percentiles to 0..255 (NaN -> 0): computed per image, so the
+  runtime needs no statistics of the training set and applies exactly what training did.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -151,11 +158,13 @@ def _to_uint8(array: np.ndarray, source: object) -> np.ndarray:
     )
 
 
-def image_array(array: object, source: object = "the image array") -> np.ndarray:
+def image_array(array: object, source: object = "the image array", mapping=None) -> np.ndarray:
     """Check and convert an array to (H, W, 3) uint8 RGB; ``ImageReadError`` naming ``source`` otherwise.
 
-    Accepted: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped) of bool, integer
-    (0..65535) or finite float values, sized within ``check_dimensions``'s limits.
+    Accepted: (H, W), (H, W, 1), (H, W, 3), (H, W, 4) (alpha dropped) or (H, W, C) bands (the
+    first three kept) of bool, integer (0..65535) or finite float values, sized within
+    ``check_dimensions``'s limits. ``mapping`` (an ``InputMapping``) replaces those rules with
+    its bands and stretch; a ``MappedImage`` (already mapped) is passed through unchanged.
     """
     if not isinstance(array, np.ndarray):
         raise ImageReadError(
@@ -163,19 +172,28 @@ def image_array(array: object, source: object = "the image array") -> np.ndarray
         )
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] == 2):
         raise ImageReadError(
-            f"{source}: an image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape "
-            f"{array.shape}"
+            f"{source}: an image array must be (H, W), (H, W, 1), (H, W, 3), (H, W, 4) or (H, W, bands), "
+            f"got shape {array.shape}"
         )
     check_dimensions(array.shape[0], array.shape[1], source)
+    if mapping is not None and not mapping.identity:
+        if isinstance(array, MappedImage) and array.dtype == np.uint8 and array.shape[2:] == (3,):
+            return np.asarray(array)
+        return mapping.apply(array, source)
+    if array.ndim == 3 and array.shape[2] > 4:
+        note(f"images of {array.shape[2]} bands: the first three are read as R, G, B (choose with --bands)")
+        array = array[:, :, :3]
     array = _to_uint8(array, source)
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)
     return np.ascontiguousarray(array[:, :, :3])
 
 
-def to_rgb_uint8(image: Union[Image.Image, np.ndarray], source: object = "the image") -> np.ndarray:
+def to_rgb_uint8(
+    image: Union[Image.Image, np.ndarray], source: object = "the image", mapping=None
+) -> np.ndarray:
     """Any gray, RGB, RGBA, palette, 16-bit or float image (or array) as an (H, W, 3) uint8 array."""
     if isinstance(image, Image.Image):
         try:
@@ -183,12 +201,181 @@ def to_rgb_uint8(image: Union[Image.Image, np.ndarray], source: object = "the im
             image = np.asarray(image) if numeric else np.asarray(image.convert("RGB"))
         except Exception as exc:  # an exotic mode Pillow cannot convert
             raise ImageReadError(f"{source}: cannot convert its pixels ({first_line(exc, 120)})") from None
-    return image_array(image, source)
+    return image_array(image, source, mapping)
 
 
-def read_image(path: ImageSource) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB (see the module's rules); ``ImageReadError`` otherwise."""
-    return to_rgb_uint8(_open(path), path)
+class ImageItem:
+    """An image that is not a file of its own (a slice of an ``.npz`` volume, a file read through a
+    run's input mapping): ``read_image`` returns its ``read()``."""
+
+    def read(self) -> np.ndarray:
+        """The image as (H, W, 3) uint8 RGB."""
+        raise NotImplementedError
+
+
+def read_image(path: Union[ImageSource, ImageItem], mapping=None) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB (see the module's rules); ``ImageReadError`` otherwise.
+
+    ``mapping``: an ``InputMapping`` (bands, percentile stretch) applied to the file's numbers.
+    """
+    if isinstance(path, ImageItem):
+        return path.read()
+    if Path(path).suffix.lower() in TIFF_SUFFIXES:
+        pixels = read_tiff(path)
+        if pixels is not None:
+            return image_array(pixels, path, mapping)
+    return to_rgb_uint8(_open(path), path, mapping)
+
+
+# ----- TIFF files and a run's input mapping (bands, percentile stretch) -----------------------------
+TIFF_SUFFIXES = (".tif", ".tiff")
+MAX_BANDS = 64  # a multi-band TIFF's bands (Sentinel-2 has 13); more is a stack, not an image
+
+
+def _tiff_axes(shape: Sequence[int], axes: str, path: ImageSource) -> Tuple[int, ...]:
+    """The transpose that makes a TIFF series (Y, X) or (Y, X, bands), after checking its size."""
+    kept = [i for i, (size, axis) in enumerate(zip(shape, axes)) if size > 1 or axis in "YX"]
+    if "Y" not in axes or "X" not in axes:
+        raise ImageReadError(f"{path}: the TIFF holds no 2-D image (axes {axes}); save one image per file")
+    others = [i for i in kept if axes[i] not in "YX"]
+    if len(others) > 1:
+        raise ImageReadError(
+            f"{path}: the TIFF holds a stack of images (axes {axes}, shape {tuple(shape)}); save one "
+            "image (bands allowed) per file"
+        )
+    check_dimensions(shape[axes.index("Y")], shape[axes.index("X")], path)
+    if others and shape[others[0]] > MAX_BANDS:
+        raise ImageReadError(
+            f"{path}: the TIFF has {shape[others[0]]} bands (axis {axes[others[0]]}); at most {MAX_BANDS} "
+            "are read, save one image per file"
+        )
+    return (axes.index("Y"), axes.index("X"), *others)
+
+
+def read_tiff(path: ImageSource) -> Optional[np.ndarray]:
+    """A TIFF's first image as (H, W) or (H, W, bands) numbers via tifffile (None without tifffile).
+
+    Size and band count are checked before any pixel is decoded.
+    """
+    try:
+        import tifffile
+    except ImportError:  # Pillow then reads what it can
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            order = _tiff_axes(series.shape, series.axes, path)
+            array = series.asarray()
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except Exception as exc:  # tifffile raises many kinds on damaged files: all mean "unreadable"
+        raise ImageReadError(f"{path}: cannot read the TIFF ({first_line(exc, 120)}); re-save it") from None
+    keep = tuple(i for i in range(array.ndim) if i in order)
+    array = array.reshape([array.shape[i] for i in keep] if len(keep) < array.ndim else array.shape)
+    positions = {axis: n for n, axis in enumerate(keep)}
+    return np.ascontiguousarray(np.transpose(array, [positions[i] for i in order]))
+
+
+class MappedImage(np.ndarray):
+    """(H, W, 3) uint8 pixels that went through an ``InputMapping``; ``image_array`` passes them (and
+    crops of them, e.g. tiles) unchanged, so an image is never mapped twice."""
+
+
+def _stretch(values: np.ndarray, low: float, high: float, source: object) -> np.ndarray:
+    """Each channel of (H, W, C) numbers from its ``low``..``high`` percentile to 0..255 (NaN -> 0)."""
+    if values.dtype.kind not in "biuf":
+        raise ImageReadError(f"{source}: pixels of type {values.dtype} are not an image")
+    values = values.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        note("non-finite pixel values under --stretch: read as 0 (no data)")
+    out = np.zeros(values.shape, np.uint8)
+    for c in range(values.shape[2]):
+        channel, valid = values[:, :, c], finite[:, :, c]
+        if not valid.any():
+            continue
+        lo, hi = np.percentile(channel[valid], [low, high])
+        if hi > lo:  # a constant channel stays 0
+            scaled = np.where(valid, (channel - lo) * (255.0 / (hi - lo)), 0.0)
+            out[:, :, c] = (scaled.clip(0, 255) + 0.5).astype(np.uint8)
+    return out
+
+
+@dataclass(frozen=True)
+class InputMapping:
+    """How a run turns its images' numbers into the model's RGB: ``bands`` (1-based: 1 or 3 of them;
+    None: as ``image_array`` reads it) and ``stretch`` ((low, high) percentiles of each channel of each
+    image -> 0..255; None: the bit-depth rules). Recorded as ``input_mapping`` (``to_dict``)."""
+
+    bands: Optional[Tuple[int, ...]] = None
+    stretch: Optional[Tuple[float, float]] = None
+
+    def __post_init__(self) -> None:
+        if self.bands is not None:
+            bands = tuple(self.bands)
+            if len(bands) not in (1, 3) or not all(type(b) is int and b >= 1 for b in bands):
+                raise ValueError(f"--bands takes 1 or 3 band numbers, counted from 1 (e.g. 3,2,1): {bands!r}")
+            object.__setattr__(self, "bands", bands)
+        if self.stretch is not None:
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.stretch)
+            low, high = self.stretch if numbers and len(self.stretch) == 2 else (-1.0, -1.0)
+            if not 0 <= low < high <= 100:
+                raise ValueError(
+                    f"--stretch takes two percentiles LOW,HIGH with 0 <= LOW < HIGH <= 100 (e.g. 2,98), got "
+                    f"{self.stretch!r}"
+                )
+            object.__setattr__(self, "stretch", (float(low), float(high)))
+
+    @property
+    def identity(self) -> bool:
+        """Whether the mapping changes nothing (the module's plain reading rules)."""
+        return self.bands is None and self.stretch is None
+
+    def apply(self, array: np.ndarray, source: object) -> np.ndarray:
+        """(H, W[, C]) numbers -> (H, W, 3) uint8 ``MappedImage``: pick the bands, then stretch."""
+        planes = array[:, :, None] if array.ndim == 2 else array
+        if self.bands is not None:
+            if max(self.bands) > planes.shape[2]:
+                raise ImageReadError(
+                    f"{source}: the image has {planes.shape[2]} band(s), the input mapping takes bands "
+                    f"{','.join(map(str, self.bands))}; give images with those bands"
+                )
+            planes = planes[:, :, [b - 1 for b in self.bands]]
+        if self.stretch is None:
+            rgb = image_array(planes[:, :, :3] if planes.shape[2] > 4 else planes, source)
+        else:
+            rgb = _stretch(planes[:, :, :3] if planes.shape[2] != 1 else planes, *self.stretch, source)
+            rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
+        return np.ascontiguousarray(rgb).view(MappedImage)
+
+    def to_dict(self) -> Optional[dict]:
+        """JSON form for adapter configs and manifests; None for the identity."""
+        if self.identity:
+            return None
+        stretch = None if self.stretch is None else {"percentiles": list(self.stretch), "per": "image"}
+        return {"bands": None if self.bands is None else list(self.bands), "stretch": stretch}
+
+    @classmethod
+    def from_dict(cls, data: Optional[dict]) -> "InputMapping":
+        """Parse ``to_dict`` output (None: the identity); ``ValueError`` on anything else."""
+        if data is None:
+            return cls()
+        stretch = data.get("stretch") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not (stretch is None or isinstance(stretch, dict)):
+            raise ValueError(f"an input mapping is {{'bands': [...], 'stretch': {{...}}}}, not {data!r:.80}")
+        try:
+            return cls.of(data.get("bands"), None if stretch is None else stretch.get("percentiles") or ())
+        except TypeError as exc:
+            raise ValueError(
+                f"an input mapping's bands and percentiles are lists of numbers ({exc})"
+            ) from None
+
+    @classmethod
+    def of(cls, bands=None, stretch=None) -> "InputMapping":
+        """From a run's ``--bands`` / ``--stretch`` values (lists or None)."""
+        return cls(None if bands is None else tuple(bands), None if stretch is None else tuple(stretch))
 
 
 def _mask_values(image: Image.Image, palette) -> np.ndarray:

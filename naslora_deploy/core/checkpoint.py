@@ -24,6 +24,7 @@ import torch
 from naslora_deploy import __version__
 from naslora_deploy.common.contract import ADAPTER_CONFIG_NAME
 from naslora_deploy.common.errors import CheckpointError, first_line
+from naslora_deploy.common.imaging import InputMapping
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.core.config import AdapterConfig
@@ -72,7 +73,14 @@ class RunSpec:
             "adapter": self.adapter.to_dict(),
             "progress": self.progress,
             "training": self.training,
+            "input_mapping": self.input_mapping,
         }
+
+    @property
+    def input_mapping(self) -> Optional[dict]:
+        """The run's ``--bands`` / ``--stretch`` as ``imaging.InputMapping.to_dict`` (None: plain reading);
+        export copies it into the artifact manifest, where the runtime applies it to its inputs."""
+        return InputMapping.of(self.training.get("bands"), self.training.get("stretch")).to_dict()
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "adapter config") -> "RunSpec":

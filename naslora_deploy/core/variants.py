@@ -152,12 +152,19 @@ def build_sam(variant: str, checkpoint: Optional[Union[str, Path]] = None, pretr
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Read a tensor dict from ``.safetensors`` or a ``torch.save`` file, safely."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} not found; pass the path of a SAM .pth or .safetensors file"
-        )
+    """Read a segment-anything state dict, safely, from ``.safetensors``, a ``torch.save`` file or a
+    hub folder; wrappers, ``module.`` prefixes and transformers ``SamModel`` names are undone
+    (``core.weights``)."""
+    from naslora_deploy.core.weights import to_segment_anything, weight_files
+
+    state: dict = {}
+    for file in weight_files(path):  # one file, or a hub folder's shards
+        state.update(_read_file(file))
+    return to_segment_anything(state, path)
+
+
+def _read_file(path: Path) -> dict:
+    """What one ``.safetensors`` or ``torch.save`` file holds (no arbitrary unpickling)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -170,9 +177,7 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             f"cannot read checkpoint {path} ({first_line(exc)}); it must be a state dict saved by torch.save "
             "or safetensors"
         ) from None
-    if isinstance(state, dict) and len(state) == 1 and next(iter(state)) in ("model", "state_dict"):
-        state = next(iter(state.values()))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is not a state dict of tensors; save model.state_dict()")
     return state
 

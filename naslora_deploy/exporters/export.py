@@ -232,6 +232,8 @@ def export(
     ``force``: replace an earlier export in ``out`` (never anything else).
     Returns (artifact directory, manifest, Triton repository or None).
     """
+    if spec.format == "peft":
+        return _export_peft(source, out, spec, base, allow_base_mismatch, force)
     common = (spec, variant, base, allow_base_mismatch, progress)
     if spec.format != "triton":
         return (*export_artifacts(source, out, *common, force=force), None)
@@ -243,6 +245,24 @@ def export(
         artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch
     )
     return artifacts, manifest, repository
+
+
+def _export_peft(source, out, spec: ExportSpec, base, allow_base_mismatch: bool, force: bool):
+    """``--format peft``: a PEFT LoRA adapter folder for transformers' ``SamModel`` (``exporters.peft``)."""
+    from naslora_deploy.core.recovery import Recovery
+    from naslora_deploy.exporters.peft import peft_manifest, run_to_peft
+
+    written = run_to_peft(
+        source,
+        out,
+        replace=force,
+        base_checkpoint=base,
+        allow_base_mismatch=allow_base_mismatch,
+        calibration=spec.calibration,
+        calibration_count=spec.calibration_images,
+        recover=Recovery(steps=spec.recover, decoder=spec.recover_decoder),
+    )
+    return written, peft_manifest(written), None
 
 
 def rebuild_source(manifest: dict, base=None) -> ExportSource:
@@ -282,6 +302,7 @@ def _manifest(
         "variant": loaded.variant,
         "image_size": model.image_size,
         "normalization": model.normalization,
+        "input_mapping": (spec_dict or {}).get("input_mapping"),  # the run's --bands/--stretch (None: plain)
         "head": "multiclass" if model.class_head is not None else "binary",
         "classes": classes,
         "num_queries": model.class_head.queries.num_embeddings if model.class_head is not None else 0,

@@ -14,7 +14,7 @@ from typing import Optional
 from naslora_deploy.common.options import check_bounds, option
 from naslora_deploy.core.config import MERGE_MODES
 
-FORMATS = ("onnx", "trt", "triton")
+FORMATS = ("onnx", "trt", "triton", "peft")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWO_GB = 2 * 1024**3
 
@@ -74,7 +74,11 @@ class ExportSpec:
     """What to export and how; saved in the manifest."""
 
     format: str = field(
-        default="onnx", metadata=option("onnx, TensorRT engines, or a Triton repository", choices=FORMATS)
+        default="onnx",
+        metadata=option(
+            "onnx, TensorRT engines, a Triton repository, or a PEFT LoRA adapter for transformers' SamModel",
+            choices=FORMATS,
+        ),
     )
     merge: str = field(
         default="dense", metadata=option("dense: plain SAM; fused: exact, tiny branch", choices=MERGE_MODES)
@@ -140,6 +144,11 @@ class ExportSpec:
             )
         check_bounds(self)
         check_recovery(self.recover, self.merge, self.calibration, self.recover_decoder)
+        if self.format == "peft" and (self.merge != "dense" or self.precision != "fp32" or self.prompts):
+            raise ValueError(
+                "--format peft writes LoRA factors (LoRA runs exactly, NAS runs through the dense merge): "
+                "drop --merge fused, --precision and --prompts"
+            )
         if isinstance(self.engine, dict):  # read back from a manifest
             self.engine = EngineSpec(**self.engine)
         if self.precision == "int8":  # QDQ graphs: any engine built from them (trtexec too) is an INT8 build

@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.contract import MANIFEST_FORMAT, MANIFEST_NAME
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.imaging import NORMALIZATIONS
+from naslora_deploy.common.imaging import NORMALIZATIONS, InputMapping
 from naslora_deploy.common.io import sha256_of
 
 MAX_MANIFEST_BYTES = 16 << 20  # real manifests are a few kB
@@ -44,6 +44,14 @@ def _slots(value) -> bool:
 
 def _sha256(value) -> bool:
     return isinstance(value, str) and bool(SHA256.match(value))
+
+
+def _input_mapping(value) -> bool:
+    try:
+        InputMapping.from_dict(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _names(value) -> bool:
@@ -89,6 +97,7 @@ SCHEMA = {
     "opset": (False, _kind(int), "an integer"),
     "prompt_point_slots": (False, _slots, "null or an integer >= 2"),
     "trtexec": (False, _kind(dict), "an object"),
+    "input_mapping": (False, _input_mapping, "null or {bands, stretch} (imaging.InputMapping)"),
 }
 REQUIRED_FILES = (names.onnx_file(names.IMAGE_ENCODER), names.onnx_file(names.MASK_DECODER))
 

@@ -170,7 +170,6 @@ def predict_files(
     ``everything``: an ``EverythingSpec``: every object of each image (``Segmenter.generate``),
     written as one instance-label PNG and COCO RLEs in the record (``write_everything``).
     """
-    from naslora_deploy.runtime.segmenter import load_image
     from naslora_deploy.runtime.tiling import segment_tiled, tile_windows
 
     if tiling is not None and (points is not None or box is not None):
@@ -183,7 +182,7 @@ def predict_files(
     done, errors = 0, []
     for path in progress_bar(files, "predict", progress if len(files) > 1 else False):
         try:
-            image = load_image(path)
+            image = segmenter.read(path)  # with the run's input mapping, as the overlay shows it
             if everything is not None:
                 write_everything(out, names[path], path, image, segmenter, everything)
                 done += 1

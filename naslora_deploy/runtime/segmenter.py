@@ -21,6 +21,7 @@ import numpy as np
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import (
+    InputMapping,
     check_resizable,
     image_array,
     postprocess_probabilities,
@@ -83,6 +84,10 @@ class Segmenter:
         self.classes = manifest.get("classes") or {"num_classes": 1}
         self.multiclass = manifest["head"] == "multiclass"
         self.point_slots = manifest.get("prompt_point_slots")
+        try:  # the run's --bands / --stretch, applied to every input as in training (None: plain reading)
+            self.input_mapping = InputMapping.from_dict(manifest.get("input_mapping"))
+        except ValueError as exc:
+            raise NasloraError(f"{directory}: the manifest's input_mapping is damaged ({exc})") from None
         self._input = np.zeros((1, 3, self.image_size, self.image_size), np.float32)  # reused batch buffer
         self._image: Optional[dict] = None  # set_image's embedding, size and upscaler
 
@@ -101,9 +106,18 @@ class Segmenter:
         """Which backend (and execution provider) runs the model."""
         return self.backend.name
 
+    def read(self, image: ImageInput) -> np.ndarray:
+        """A path or an array as (H, W, 3) uint8, checked and converted (``load_image``), with the
+        manifest's input mapping (the run's bands and stretch) applied as in training."""
+        if self.input_mapping.identity:
+            return load_image(image)
+        if isinstance(image, (str, Path)):
+            return read_image(image, self.input_mapping)
+        return image_array(image, "the image array", self.input_mapping)
+
     def _load(self, image: ImageInput) -> np.ndarray:
-        """A path or an array, checked and converted (``load_image``), that resizes to the model's input."""
-        array = load_image(image)
+        """``read``, and checked to resize to the model's input."""
+        array = self.read(image)
         source = image if isinstance(image, (str, Path)) else "the image array"
         check_resizable(*array.shape[:2], self.image_size, source)
         return array

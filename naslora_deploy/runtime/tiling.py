@@ -33,7 +33,7 @@ import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.options import bound_error
-from naslora_deploy.runtime.segmenter import ImageInput, Segmentation, load_image
+from naslora_deploy.runtime.segmenter import ImageInput, Segmentation
 
 Span = Tuple[int, int]  # [start, end) along one axis
 Window = Tuple[int, int, int, int]  # (y0, x0, y1, x1): rows y0..y1-1, columns x0..x1-1
@@ -135,7 +135,7 @@ def segment_tiled(segmenter, image: ImageInput, tile: int, overlap: int, batch: 
     check_tiling(tile, overlap)
     if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
         raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
-    array = load_image(image)
+    array = segmenter.read(image)  # the run's input mapping, once for the whole image
     height, width = array.shape[:2]
     rows, cols = axis_spans(height, tile, overlap), axis_spans(width, tile, overlap)
     wy, wx = axis_weights(rows), axis_weights(cols)

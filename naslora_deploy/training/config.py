@@ -33,6 +33,20 @@ def _ops(text: str) -> List[str]:
     return [op.strip() for op in text.split(",") if op.strip()]
 
 
+def _numbers(text: str) -> List[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--stretch takes two numbers LOW,HIGH (e.g. 2,98), got {text!r}") from None
+
+
+def _bands(text: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--bands takes band numbers counted from 1 (e.g. 3,2,1), got {text!r}") from None
+
+
 @dataclass
 class TrainConfig:
     """Options of ``naslora-deploy train``.
@@ -153,6 +167,44 @@ class TrainConfig:
     queries: int = field(
         default=0, metadata=option("mask queries of the multi-class head (0: one per class)", low=0)
     )
+    init_from_peft: Optional[str] = field(
+        default=None,
+        metadata=option(
+            "start a LoRA run from a PEFT LoRA adapter folder for transformers' SamModel (its rank, targets "
+            "and blocks; the base SAM via --checkpoint)",
+            metavar="DIR",
+        ),
+    )
+    category: Optional[List[str]] = field(
+        default=None,
+        metadata=option(
+            "COCO / LabelMe: train the binary head on these categories only (comma-separated names); npz: "
+            "on these label values",
+            parse=_ops,
+            shown="every category",
+            metavar="NAME[,NAME]",
+        ),
+    )
+    bands: Optional[List[int]] = field(
+        default=None,
+        metadata=option(
+            "bands of multi-band images to use as R,G,B, counted from 1 (e.g. 3,2,1; or one band as grey); "
+            "recorded in the run and applied by the runtime",
+            parse=_bands,
+            shown="the first three",
+            metavar="N,N,N",
+        ),
+    )
+    stretch: Optional[List[float]] = field(
+        default=None,
+        metadata=option(
+            "stretch each channel of each image from its LOW..HIGH percentiles to 0..255 (e.g. 2,98; for "
+            "16-bit, float or multi-band data); recorded in the run and applied by the runtime",
+            parse=_numbers,
+            shown="none (scaled by bit depth)",
+            metavar="LOW,HIGH",
+        ),
+    )
     val_fraction: float = field(
         default=0.1, metadata=option("share held out for validation without val/", low=0, high=0.9)
     )
@@ -215,6 +267,8 @@ class TrainConfig:
 
         if self.model not in VARIANTS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(VARIANTS)}")
+        if self.init_from_peft and self.method != "lora":
+            raise ValueError("--init-from-peft starts a plain LoRA run: add --method lora")
         check_bounds(self)
         check_device(self.device)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -242,6 +296,18 @@ class TrainConfig:
                 "(SAM's positional embedding is fixed); resize your images instead"
             )
         self.adapter_config()
+        self._check_data_options()
+
+    def _check_data_options(self) -> None:
+        from naslora_deploy.common.imaging import InputMapping
+
+        InputMapping.of(self.bands, self.stretch)  # ValueError: one line naming the option
+        if self.category is not None and not self.category:
+            raise ValueError("--category needs at least one name (e.g. --category person)")
+        if self.category and self.classes not in (None, 1):
+            raise ValueError(
+                f"--category trains the binary head; it cannot be combined with --classes {self.classes}"
+            )
 
 
 def recorded_config(directory) -> Optional[TrainConfig]:

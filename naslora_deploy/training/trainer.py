@@ -47,7 +47,9 @@ from naslora_deploy.core.checkpoint import (
     trainable_state,
 )
 from naslora_deploy.core.heads import SegmentationModel
+from naslora_deploy.core.peft_adapter import read_peft_adapter
 from naslora_deploy.core.variants import VARIANTS, build_sam
+from naslora_deploy.core.weights import base_weights_file
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import SegmentationDataset
 from naslora_deploy.training.data.folder import DataSplits, discover
@@ -138,8 +140,9 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.bf16 = self.device.type == "cuda" if config.bf16 is None else config.bf16
+        formats = dict(category=config.category, bands=config.bands, stretch=config.stretch)
         self.splits: DataSplits = discover(
-            config.data, config.classes, config.val_fraction, config.seed, config.skip_bad
+            config.data, config.classes, config.val_fraction, config.seed, config.skip_bad, **formats
         )
         if config.arch_data == "val" and not self.splits.split("val"):
             raise NasloraError("--arch-data val needs a validation split; add val/ or use --val-fraction > 0")
@@ -171,12 +174,16 @@ class Trainer:
     def _build_model(self) -> RunSpec:
         c = self.config
         adapter = c.adapter_config()
+        peft = read_peft_adapter(c.init_from_peft) if c.init_from_peft else None
+        adapter = peft.adapter_config(adapter) if peft else adapter
         saved_base = self.out / "base_model.safetensors"
         bundled = VARIANTS[c.model].pretrained_checkpoint() if c.checkpoint is None and c.pretrained else None
         base = c.checkpoint or bundled or (saved_base if c.resume and saved_base.is_file() else None)
         torch.manual_seed(c.seed)  # random base weights (no checkpoint at all) and the class head
         sam = build_sam(c.model, base, pretrained=False)
         add_adapters(sam, adapter)
+        if peft and not c.resume:  # a resumed run's own last/ weights replace these anyway
+            peft.apply(sam)
         classes = self.splits.classes
         self.model = SegmentationModel(sam, classes.num_classes, c.queries).to(self.device)
         self.model.train()
@@ -201,8 +208,9 @@ class Trainer:
 
     def _record_base(self, sam, checkpoint):
         """The base checkpoint's path and sha256; a random base is saved in the run dir."""
-        if checkpoint:
-            return str(Path(checkpoint).resolve()), sha256_of(checkpoint)
+        if checkpoint:  # a hub folder is recorded by its weights file
+            path = base_weights_file(checkpoint) or Path(checkpoint)
+            return str(path.resolve()), sha256_of(path)
         path = self.out / "base_model.safetensors"
         if self.dist.is_main and not (self.config.resume and path.is_file()):
             from safetensors.torch import save_file

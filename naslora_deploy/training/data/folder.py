@@ -1,4 +1,9 @@
-"""Find image/mask pairs in a folder data set and check every file before training."""
+"""Find image/mask pairs in a folder data set and check every file before training.
+
+A folder holds ``images/`` + ``masks/`` (here), or COCO JSON, LabelMe JSON or ``.npz``
+files (``formats.FORMATS``: each reader gives the same pairs). An element of a pair is a
+path or an item (``imaging.ImageItem``, ``sources.LabelItem``) that reads itself.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -15,12 +20,14 @@ from naslora_deploy.common.imaging import (
     IGNORE_INDEX,
     IMAGE_SUFFIXES,
     ImageReadError,
+    InputMapping,
     binarize_mask,
     read_binary_mask,
     read_image,
     read_mask,
 )
 from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.training.data.sources import LabelItem, MappedFile, SourceOptions
 
 MASK_SUFFIXES = (
     "_segmentation",
@@ -45,6 +52,7 @@ class DataSplits:
     classes: ClassSpec
     splits: Dict[str, List[Pair]] = field(default_factory=dict)
     skipped: List[str] = field(default_factory=list)
+    format: str = "masks"  # masks, or a name in formats.FORMATS
 
     def split(self, name: str) -> List[Pair]:
         """The pairs of one split (empty list if it has none)."""
@@ -70,7 +78,7 @@ def pair_folder(folder: Path, skip_bad: bool, skipped: List[str]) -> List[Pair]:
         if not needed.is_dir():
             raise NasloraError(
                 f"{needed} not found; a data set needs images/ and masks/ (optionally under train/ val/ "
-                "test/)"
+                "test/), or COCO JSON, LabelMe JSON or .npz files (README: Training on your data)"
             )
     masks: Dict[str, Path] = {}
     for mask in _images_in(masks_dir):
@@ -110,6 +118,8 @@ def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:
     Binary masks follow ``imaging.binarize_mask`` (0/k: foreground = non-zero; JPEG or
     0..255 grey: above half range; label maps such as 0/1/2 are refused, naming the file).
     """
+    if isinstance(mask_path, LabelItem):
+        return mask_path.read_labels(classes)
     if not classes.binary:
         return read_mask(mask_path, classes.palette_lookup())
     if classes.palette is None:
@@ -137,24 +147,7 @@ def check_pair(pair: Pair, classes: ClassSpec) -> None:
             )
 
 
-def discover(
-    root,
-    num_classes: Optional[int] = None,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    skip_bad: bool = False,
-    check: bool = True,
-) -> DataSplits:
-    """Find, pair, split and (unless ``check=False``) fully read every file once.
-
-    With ``train/ val/ test/`` sub-folders they are the splits; otherwise the
-    pairs are split with a seeded shuffle, ``val_fraction`` going to ``val``.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise NasloraError(f"data folder {root} not found")
-    classes = resolve_classes(root, num_classes)
-    result = DataSplits(root=root, classes=classes)
+def _mask_folders(root: Path, val_fraction, seed, skip_bad, result: DataSplits) -> None:
     present = [s for s in SPLITS if (root / s).is_dir()]
     if present:
         if "train" not in present:
@@ -166,19 +159,82 @@ def discover(
         random.Random(seed).shuffle(pairs)
         n_val = int(round(len(pairs) * val_fraction)) if len(pairs) > 1 else 0
         result.splits["val"], result.splits["train"] = sorted(pairs[:n_val]), sorted(pairs[n_val:])
-    if check:
+
+
+def _format_of(root: Path) -> str:
+    """``masks`` for images/ + masks/ folders, else the detected format (``masks`` when none matches)."""
+    from naslora_deploy.training.data.formats import detect_format
+
+    if any(
+        (folder / "images").is_dir() and (folder / "masks").is_dir()
+        for folder in [root, *(root / s for s in SPLITS)]
+    ):
+        return "masks"
+    return detect_format(root) or "masks"
+
+
+def _check_all(result: DataSplits, skip_bad: bool) -> None:
+    for split, pairs in result.splits.items():
+        kept = []
+        for pair in pairs:
+            try:
+                check_pair(pair, result.classes)
+                kept.append(pair)
+            except ImageReadError as exc:
+                if not skip_bad:
+                    raise ImageReadError(f"{exc} (fix or remove it, or pass --skip-bad)") from None
+                warnings.warn(f"{exc}; skipped")
+                result.skipped.append(str(exc))
+        result.splits[split] = kept
+
+
+def discover(
+    root,
+    num_classes: Optional[int] = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    skip_bad: bool = False,
+    check: bool = True,
+    category: Optional[Sequence[str]] = None,
+    bands: Optional[Sequence[int]] = None,
+    stretch: Optional[Sequence[float]] = None,
+) -> DataSplits:
+    """Find, pair, split and (unless ``check=False``) fully read every file once.
+
+    With ``train/ val/ test/`` sub-folders they are the splits; otherwise the
+    pairs are split with a seeded shuffle, ``val_fraction`` going to ``val``.
+    ``category``: COCO / LabelMe names (npz label values) that the binary head learns;
+    ``bands`` / ``stretch``: the run's ``imaging.InputMapping``, applied to every image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NasloraError(f"data folder {root} not found")
+    try:
+        mapping = InputMapping.of(bands, stretch)
+    except ValueError as exc:
+        raise NasloraError(str(exc)) from None
+    kind = _format_of(root)
+    result = DataSplits(root=root, classes=ClassSpec(), format=kind)
+    if kind == "masks":
+        if category:
+            raise NasloraError(
+                f"--category picks COCO / LabelMe categories or npz labels; {root} holds mask folders "
+                "(name the classes in a classes.json instead)"
+            )
+        result.classes = resolve_classes(root, num_classes)
+        _mask_folders(root, val_fraction, seed, skip_bad, result)
+    else:
+        from naslora_deploy.training.data.formats import FORMATS
+
+        options = SourceOptions(num_classes, category, mapping, val_fraction, seed, skip_bad, result.skipped)
+        result.classes, result.splits = FORMATS[kind][1](root, options)
+    if not mapping.identity:
         for split, pairs in result.splits.items():
-            kept = []
-            for pair in pairs:
-                try:
-                    check_pair(pair, classes)
-                    kept.append(pair)
-                except ImageReadError as exc:
-                    if not skip_bad:
-                        raise ImageReadError(f"{exc} (fix or remove it, or pass --skip-bad)") from None
-                    warnings.warn(f"{exc}; skipped")
-                    result.skipped.append(str(exc))
-            result.splits[split] = kept
+            result.splits[split] = [
+                (MappedFile(i, mapping) if isinstance(i, Path) else i, m) for i, m in pairs
+            ]
+    if check:
+        _check_all(result, skip_bad)
     if not result.split("train"):
         raise NasloraError(f"{root}: no usable training pairs")
     return result

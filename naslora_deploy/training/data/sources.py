@@ -1,0 +1,132 @@
+"""What the annotation formats share: label items, the class choice, painting order and splits.
+
+A format reader (``coco``, ``labelme``, ``npz``) turns its files into the same
+(image, labels) pairs a mask folder gives. An element of a pair is a file path, an
+``imaging.ImageItem`` (read by ``read_image``) or a ``LabelItem`` (read by
+``folder.load_labels``): the trainer, ``evaluate`` and the checks read them all alike.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.imaging import IGNORE_INDEX, ImageItem, InputMapping, read_image
+from naslora_deploy.core.classes import ClassSpec
+
+BACKGROUND_NAMES = ("_background_", "background")  # LabelMe's convention (and a plain word): class 0
+IGNORE_NAMES = ("__ignore__",)  # LabelMe's convention: painted 255, left out of the loss
+Lookup = Dict[str, Optional[int]]  # object name -> painted value (None: not painted)
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "test": "test"}  # Roboflow says "valid"
+
+
+class LabelItem:
+    """Labels that are not a mask file (annotations in a JSON file, a slice of an ``.npz`` array)."""
+
+    def read_labels(self, classes: ClassSpec) -> np.ndarray:
+        """(H, W) class indices: 0/1 binary or 0..K-1, 255 ignored."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MappedFile(ImageItem):
+    """An image file read through the run's ``InputMapping`` (``--bands``, ``--stretch``)."""
+
+    path: Path
+    mapping: InputMapping
+
+    def read(self) -> np.ndarray:
+        """The file's pixels mapped to (H, W, 3) uint8."""
+        return read_image(self.path, self.mapping)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass
+class SourceOptions:
+    """What a format reader needs besides its folder (see ``folder.discover``)."""
+
+    num_classes: Optional[int] = None
+    category: Optional[Sequence[str]] = None
+    mapping: InputMapping = field(default_factory=InputMapping)
+    val_fraction: float = 0.1
+    seed: int = 0
+    skip_bad: bool = False
+    skipped: List[str] = field(default_factory=list)
+
+    def bad(self, message: str) -> None:
+        """A file that cannot be used: a ``NasloraError``, or skipped with a warning under ``--skip-bad``."""
+        if not self.skip_bad:
+            raise NasloraError(f"{message} (fix or remove it, or pass --skip-bad)")
+        warnings.warn(f"{message}; skipped")
+        self.skipped.append(message)
+
+
+def split_folders(root: Path) -> Dict[str, Path]:
+    """``train/ val/ (or valid/) test/`` under ``root`` -> split name -> folder."""
+    found = {}
+    for name, split in SPLIT_FOLDERS.items():
+        if (root / name).is_dir() and split not in found:
+            found[split] = root / name
+    if found and "train" not in found:
+        raise NasloraError(f"{root} has {', '.join(sorted(found))}/ but no train/ folder")
+    return found
+
+
+def random_split(groups: List[list], val_fraction: float, seed: int) -> Dict[str, list]:
+    """Seeded shuffle of ``groups`` (one per file: a volume's slices stay together), some to val."""
+    groups = list(groups)
+    random.Random(seed).shuffle(groups)
+    n_val = int(round(len(groups) * val_fraction)) if len(groups) > 1 else 0
+    return {"val": flatten(groups[:n_val]), "train": flatten(groups[n_val:])}
+
+
+def flatten(groups: List[list]) -> list:
+    """The pairs of ``groups`` in one list, in a stable order (by name)."""
+    return sorted((pair for group in groups for pair in group), key=lambda p: (str(p[0]), str(p[1])))
+
+
+def choose_classes(names: List[str], options: SourceOptions, where: object) -> Tuple[ClassSpec, Lookup]:
+    """The classes of a data set whose objects carry names (COCO categories, LabelMe labels).
+
+    ``--category`` names -> binary on those; ``--classes 1`` or a single name -> binary on
+    every object; otherwise background (0) + the names in the given order. Returns the
+    spec and name -> painted value (``__ignore__``: 255; ``_background_``: 0; left out: None).
+    """
+    special = {n: IGNORE_INDEX for n in IGNORE_NAMES} | {n: 0 for n in BACKGROUND_NAMES}
+    objects = [n for n in names if n not in special]
+    if options.category:
+        missing = [c for c in options.category if c not in objects]
+        if missing:
+            raise NasloraError(
+                f"{where}: no category {missing[0]!r}; the categories are: {', '.join(objects) or '(none)'}"
+            )
+        return ClassSpec(1), {**special, **{n: 1 if n in options.category else None for n in objects}}
+    if options.num_classes == 1 or len(objects) <= 1:
+        return ClassSpec(1), {**special, **{n: 1 for n in objects}}
+    if options.num_classes is not None and options.num_classes != len(objects) + 1:
+        raise NasloraError(
+            f"--classes {options.num_classes} disagrees with {where}: background + {len(objects)} categories "
+            f"({', '.join(objects)}) = {len(objects) + 1} classes"
+        )
+    spec = ClassSpec(len(objects) + 1, ["background", *objects])
+    return spec, {**special, **{n: i + 1 for i, n in enumerate(objects)}}
+
+
+def paint(shape: Tuple[int, int], layers) -> np.ndarray:
+    """(value, bool mask) layers painted in order onto zeros: where objects overlap, the later one wins.
+
+    A ``None`` value (a category left out by ``--category``) is not painted at all.
+    """
+    labels = np.zeros(shape, np.uint8)
+    for value, mask in layers:
+        if value is not None:
+            labels[mask] = value
+    return labels
