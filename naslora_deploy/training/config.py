@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from naslora_deploy.common.options import check_bounds, check_device, option
 from naslora_deploy.core.config import CELL_FORMS, METHODS, TARGETS, AdapterConfig
+from naslora_deploy.training.data.augment import AUGMENTS, check_augment
 from naslora_deploy.training.metrics import SALIENCY_PROTOCOLS
 from naslora_deploy.training.schedule import LR_SCHEDULES
 
@@ -158,6 +159,15 @@ class TrainConfig:
     box_jitter: int = field(
         default=20, metadata=option("--prompt box: largest shift of a box side, input pixels", low=0)
     )
+    augment: str = field(
+        default="none",
+        metadata=option(
+            "training-image augmentation on top of the always-on horizontal flip: none, light (vertical "
+            "flip, 90-degree rotations) or medium (light + small scale/shift/rotation, brightness/contrast); "
+            "seeded by (seed, epoch, image)",
+            choices=AUGMENTS,
+        ),
+    )
     arch_data: str = field(default="train", metadata=option("data for alpha's steps", choices=ARCH_DATA))
     image_size: Optional[int] = field(default=None, metadata=option("must equal the variant's native size"))
     classes: Optional[int] = field(
@@ -302,6 +312,7 @@ class TrainConfig:
         from naslora_deploy.common.imaging import InputMapping
 
         InputMapping.of(self.bands, self.stretch)  # ValueError: one line naming the option
+        check_augment(self.augment)
         if self.category is not None and not self.category:
             raise ValueError("--category needs at least one name (e.g. --category person)")
         if self.category and self.classes not in (None, 1):

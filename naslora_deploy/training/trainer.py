@@ -51,7 +51,7 @@ from naslora_deploy.core.peft_adapter import read_peft_adapter
 from naslora_deploy.core.variants import VARIANTS, build_sam
 from naslora_deploy.core.weights import base_weights_file
 from naslora_deploy.training.config import TrainConfig
-from naslora_deploy.training.data.dataset import SegmentationDataset
+from naslora_deploy.training.data.dataset import Augmentation, SegmentationDataset
 from naslora_deploy.training.data.folder import DataSplits, discover
 from naslora_deploy.training.distributed import (
     DistInfo,
@@ -341,8 +341,9 @@ class Trainer:
             result["arch_loss"] = result["loss"]
         return result
 
-    def _loader(self, pairs, order: List[int]):
-        dataset = SegmentationDataset(pairs, self.spec.classes, self.spec.image_size, self.spec.normalization)
+    def _loader(self, pairs, order: List[int], augment: Optional[Augmentation] = None):
+        s = self.spec
+        dataset = SegmentationDataset(pairs, s.classes, s.image_size, s.normalization, augment)
         batches = [
             order[i : i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)
         ]
@@ -373,7 +374,7 @@ class Trainer:
             order = shard(epoch_order(len(train_pairs), c.seed, epoch), self.dist)
             arch_batches = self._arch_batches(epoch)
             bar = progress_bar(
-                self._loader(train_pairs, order),
+                self._loader(train_pairs, order, Augmentation(c.augment, c.seed, epoch)),
                 f"epoch {epoch + 1}/{c.epochs} [{stage}]",
                 c.progress if self.dist.is_main else False,
             )
