@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+import transformers  # a test extra: the round trips run against the real package
 from safetensors.torch import save_file
 
 from naslora_deploy import VARIANTS, CheckpointError, build_sam
@@ -20,8 +21,6 @@ from naslora_deploy.core.weights import (
     strip_prefixes,
     unwrap,
 )
-
-transformers = pytest.importorskip("transformers")
 
 
 def random_hf_sam(seed=0):

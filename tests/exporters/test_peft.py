@@ -7,8 +7,10 @@ loaded through ``build_sam`` (``core.weights``).
 
 import json
 
+import peft
 import pytest
 import torch
+import transformers  # a test extra: the round trips run against the real package
 
 from naslora_deploy import VARIANTS, AdapterConfig, CheckpointError, NasloraError, add_adapters, build_sam
 from naslora_deploy.common.io import sha256_of
@@ -20,9 +22,6 @@ from naslora_deploy.core.peft_adapter import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from naslora_deploy.core.testing import perturb_adapters
 from naslora_deploy.core.weights import hf_sam_config
 from naslora_deploy.exporters.peft import REPORT_NAME, peft_manifest, qkv_key, run_to_peft
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="module")
