@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompts", default="1,16,64")
+    parser.add_argument("--settings", default="sam_defaults,keep_all_scores")
+    parser.add_argument("--keep-all-points-per-side", type=int, default=16)
+    parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -141,15 +144,16 @@ def main() -> None:
         settings = {
             "sam_defaults": dict(points_per_side=args.points_per_side),
             "keep_all_scores": dict(
-                points_per_side=args.points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0
+                points_per_side=args.keep_all_points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0
             ),
         }
+        settings = {k: v for k, v in settings.items() if k in args.settings.split(",")}
         everything = {
             label: everything_rows(sam, seg, options, args.repeats) for label, options in settings.items()
         }
         predictor = predictor_rows(sam, seg, [int(c) for c in args.prompts.split(",")], args.repeats)
     write_record(
-        args.out / f"everything_{args.model}.json",
+        args.out / f"everything_{args.model}{args.tag}.json",
         [],
         {
             "model": args.model,

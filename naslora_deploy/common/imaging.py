@@ -172,7 +172,7 @@ def image_array(array: object, source: object = "the image array", mapping=None)
         )
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] == 2):
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] in (0, 2)):
         raise ImageReadError(
             f"{source}: an image array must be (H, W), (H, W, 1), (H, W, 3), (H, W, 4) or (H, W, bands), "
             f"got shape {array.shape}"
