@@ -10,7 +10,10 @@ from naslora_deploy.common.imaging import ImageReadError, InputMapping, image_ar
 from naslora_deploy.runtime.manifest import validate_manifest
 
 
-def test_multiband_tiff_planar_and_interleaved_read_the_same(tmp_path):
+def test_multiband_tiff_planar_and_interleaved_read_the_same(tmp_path, monkeypatch):
+    from naslora_deploy.common import imaging
+
+    monkeypatch.setattr(imaging, "_SAID", set())  # notes are said once per process: say this one again
     bands = multiband(0)
     tifffile.imwrite(tmp_path / "planar.tif", bands, photometric="minisblack", planarconfig="separate")
     tifffile.imwrite(tmp_path / "pages.tif", bands)
