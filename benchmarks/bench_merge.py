@@ -48,14 +48,15 @@ from naslora_deploy.training.prompts import component_boxes
 from naslora_deploy.training.trainer import train
 
 try:
-    from timing import mean_and_std, write_record
+    from timing import mean_and_std, write_run_record
 except ImportError:
-    from benchmarks.timing import mean_and_std, write_record
+    from benchmarks.timing import mean_and_std, write_run_record
 
 BINARY = ClassSpec()
 PROMPT = "box"
 TARGET_IOU_GAP = 0.005  # 0.5 IoU points
 TARGET_MASK_IOU = 0.98
+TARGETS = {"iou_gap_to_unmerged": TARGET_IOU_GAP, "mask_iou_vs_unmerged": TARGET_MASK_IOU}
 
 
 def load_test(pairs) -> List[tuple]:
@@ -202,18 +203,6 @@ def summarise(rows: List[dict]) -> List[dict]:
     return table
 
 
-def record(args, rows: List[dict], started: float, complete: bool) -> None:
-    """The summary table, every run and the settings, as JSON (rewritten after each seed)."""
-    extra = {
-        "complete": complete,
-        "targets": {"iou_gap_to_unmerged": TARGET_IOU_GAP, "mask_iou_vs_unmerged": TARGET_MASK_IOU},
-        "runs": rows,
-        "args": vars(args) | {"out": str(args.out)},
-        "wall_s": time.perf_counter() - started,
-    }
-    write_record(args.out, summarise(rows), extra)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -245,7 +234,14 @@ def main() -> None:
         for seed in range(args.seeds):
             rows += run_seed(args, data, root, seed, test, calibration)
             print(f"  done seed {seed} ({time.perf_counter() - started:.0f} s)", flush=True)
-            record(args, rows, started, complete=False)  # what is done survives an interrupted run
+            write_run_record(
+                args,
+                summarise(rows),
+                rows,
+                started,
+                complete=False,
+                targets={"iou_gap_to_unmerged": TARGET_IOU_GAP, "mask_iou_vs_unmerged": TARGET_MASK_IOU},
+            )  # what is done survives an interrupted run
     table = summarise(rows)
     print(
         f"litemedsam, {args.images} train / {len(test)} test photographs, box prompts, "
@@ -259,7 +255,14 @@ def main() -> None:
         gap = e["iou_gap_to_unmerged_mean"]
         met = {True: "met", False: "MISSED"}.get(e.get("meets_targets"), "")
         print(f"{e['form']:<24} {iou:>22} {gap:>8.4f} {agree:>22} {met}")
-    record(args, rows, started, complete=True)
+    write_run_record(
+        args,
+        summarise(rows),
+        rows,
+        started,
+        complete=True,
+        targets={"iou_gap_to_unmerged": TARGET_IOU_GAP, "mask_iou_vs_unmerged": TARGET_MASK_IOU},
+    )
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
 
 

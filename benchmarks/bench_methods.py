@@ -32,9 +32,9 @@ from naslora_deploy.training.evaluate import evaluate
 from naslora_deploy.training.trainer import train
 
 try:
-    from timing import mean_and_std, write_record
+    from timing import mean_and_std, write_run_record
 except ImportError:
-    from benchmarks.timing import mean_and_std, write_record
+    from benchmarks.timing import mean_and_std, write_run_record
 
 METHODS = ("none", "lora", "nas_lora", "nas_pc_lora")
 BINARY = ClassSpec()
@@ -96,17 +96,6 @@ def summarise(rows: List[dict]) -> List[dict]:
     return table
 
 
-def record(args, rows: List[dict], started: float, complete: bool) -> None:
-    """The summary table, every run and the settings, as JSON (rewritten after each arm)."""
-    extra = {
-        "complete": complete,
-        "runs": rows,
-        "args": vars(args) | {"out": str(args.out)},
-        "wall_s": time.perf_counter() - started,
-    }
-    write_record(args.out, summarise(rows), extra)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -140,7 +129,9 @@ def main() -> None:
                         f"  done {method} {prompt} seed {seed} ({time.perf_counter() - started:.0f} s)",
                         flush=True,
                     )
-                    record(args, rows, started, complete=False)  # what is done survives an interrupted run
+                    write_run_record(
+                        args, summarise(rows), rows, started, complete=False
+                    )  # what is done survives an interrupted run
     table = summarise(rows)
     print(
         f"litemedsam, {args.images} train / {len(test)} test photographs, {args.epochs} epochs x batch "
@@ -158,7 +149,7 @@ def main() -> None:
             f"{e['method']:<12} {e['prompt']:<6} {e['form']:<10} {iou:>18} {dice:>18} "
             f"{e['train_s_mean']:>7.1f}"
         )
-    record(args, rows, started, complete=True)
+    write_run_record(args, summarise(rows), rows, started, complete=True)
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
 
 

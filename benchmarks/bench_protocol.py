@@ -32,9 +32,9 @@ from naslora_deploy.training.evaluate import evaluate
 from naslora_deploy.training.trainer import train
 
 try:
-    from timing import mean_and_std, write_record
+    from timing import mean_and_std, write_run_record
 except ImportError:
-    from benchmarks.timing import mean_and_std, write_record
+    from benchmarks.timing import mean_and_std, write_run_record
 
 TABLES = ("schedule", "no_object")
 SCHEDULES = ("constant", "cosine", "poly")
@@ -98,17 +98,6 @@ def summarise(rows: List[dict]) -> List[dict]:
         entry.update(mean_and_std(members, FIGURES[name] + ("train_s",)))
         table.append(entry)
     return table
-
-
-def record(args, rows: List[dict], started: float, complete: bool) -> None:
-    """The summary table, every run (with its per-epoch lr and op shares) and the settings, as JSON."""
-    extra = {
-        "complete": complete,
-        "runs": rows,
-        "args": vars(args) | {"out": str(args.out)},
-        "wall_s": time.perf_counter() - started,
-    }
-    write_record(args.out, summarise(rows), extra)
 
 
 def print_table(table: List[dict]) -> None:
@@ -181,7 +170,7 @@ def main() -> None:
                         f"  done {table} {arm} seed {seed} ({time.perf_counter() - started:.0f} s)",
                         flush=True,
                     )
-                    record(args, rows, started, complete=False)
+                    write_run_record(args, summarise(rows), rows, started, complete=False)
     steps = args.epochs * -(-args.images // args.batch_size)
     print(
         f"litemedsam nas_pc_lora (a: box-prompted, lr {args.lr}; b: prompt-free, lr {args.no_object_lr}), "
@@ -189,7 +178,7 @@ def main() -> None:
         f"{args.epochs} epochs x batch {args.batch_size} ({steps} steps), {args.seeds} seed(s):"
     )
     print_table(summarise(rows))
-    record(args, rows, started, complete=True)
+    write_run_record(args, summarise(rows), rows, started, complete=True)
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
 
 

@@ -74,6 +74,22 @@ def write_record(path: Path, rows: List[dict], extra: Optional[dict] = None) -> 
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def write_run_record(
+    args, table: List[dict], runs: List[dict], started: float, complete: bool, **extra
+) -> None:
+    """A seeded benchmark's record at ``args.out``: the summary ``table``, every run, the settings
+    (``args``), the wall time since ``started`` and whether every run finished (rewritten after each
+    run, so what is done survives an interruption); ``extra``: more settings worth keeping."""
+    settings = {
+        "complete": complete,
+        **extra,
+        "runs": runs,
+        "args": vars(args) | {"out": str(args.out)},
+        "wall_s": time.perf_counter() - started,
+    }
+    write_record(args.out, table, settings)
+
+
 def register_sized_variant(name: str) -> str:
     """``vit_b@512`` -> register a variant with vit_b's encoder at 512 px; plain names pass through.
 
