@@ -49,6 +49,7 @@ def build_trainer(data: Path, out: Path, model: str, method: str, alpha_pass: st
         data=str(data),
         out=str(out),
         model=model,
+        pretrained=False,  # step time and memory do not depend on the weights' values
         method=method,
         alpha_pass=alpha_pass,
         batch_size=args.batch_size,

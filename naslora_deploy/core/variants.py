@@ -30,6 +30,10 @@ class VariantSpec:
 
     ``registry``: the key of segment-anything's own ``sam_model_registry``
     builder; None assembles the same modules from these numbers (``assemble_sam``).
+    ``release``: the file name of the variant's weights in segment-anything's
+    release, and its Hugging Face model id, for variants whose real weights exist but
+    do not ship with a package (the user must supply them); None for ``vit_tiny``,
+    which has no real weights.
     """
 
     embed_dim: int
@@ -44,6 +48,7 @@ class VariantSpec:
     iou_hidden: int = 256
     registry: Optional[str] = None
     normalization: str = "imagenet"
+    release: Optional[Tuple[str, str]] = None
 
     def build(self):
         """A fresh ``Sam`` of this variant (random weights, eval mode)."""
@@ -68,10 +73,32 @@ class VariantSpec:
         return None
 
 
+SAM_CHECKPOINTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+SAM_RELEASES = {  # segment-anything's checkpoint file and the Hugging Face model id of each ViT
+    "vit_b": ("sam_vit_b_01ec64.pth", "facebook/sam-vit-base"),
+    "vit_l": ("sam_vit_l_0b3195.pth", "facebook/sam-vit-large"),
+    "vit_h": ("sam_vit_h_4b8939.pth", "facebook/sam-vit-huge"),
+}
+
+
+def missing_weights_message(variant: str) -> Optional[str]:
+    """One line for a variant whose real weights the user must supply, or None where it has none
+    to supply (``vit_tiny``) or they ship with a package (``litemedsam``)."""
+    release = getattr(VARIANTS[variant], "release", None)
+    if release is None:
+        return None
+    file_name, hub_id = release
+    return (
+        f"--model {variant} needs SAM's pretrained weights: pass --checkpoint {file_name} (from "
+        f"{SAM_CHECKPOINTS_URL}) or a Hugging Face {hub_id} folder; to train from random weights on "
+        "purpose, pass --no-pretrained (or --checkpoint none)"
+    )
+
+
 VARIANTS: Dict[str, Union[VariantSpec, TinyViTSpec]] = {
-    "vit_b": VariantSpec(768, 12, 12, (2, 5, 8, 11), registry="vit_b"),
-    "vit_l": VariantSpec(1024, 24, 16, (5, 11, 17, 23), registry="vit_l"),
-    "vit_h": VariantSpec(1280, 32, 16, (7, 15, 23, 31), registry="vit_h"),
+    "vit_b": VariantSpec(768, 12, 12, (2, 5, 8, 11), registry="vit_b", release=SAM_RELEASES["vit_b"]),
+    "vit_l": VariantSpec(1024, 24, 16, (5, 11, 17, 23), registry="vit_l", release=SAM_RELEASES["vit_l"]),
+    "vit_h": VariantSpec(1280, 32, 16, (7, 15, 23, 31), registry="vit_h", release=SAM_RELEASES["vit_h"]),
     # 16x16 tokens; windows of 6 pad the grid to 18x18, as 14 pads 64 to 70 in vit_b.
     "vit_tiny": VariantSpec(
         128,

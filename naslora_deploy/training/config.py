@@ -73,11 +73,18 @@ class TrainConfig:
     )
     method: str = field(default="nas_pc_lora", metadata=option("adapter method", choices=METHODS))
     checkpoint: Optional[str] = field(
-        default=None, metadata=option("base SAM checkpoint (.pth or .safetensors); random weights without it")
+        default=None,
+        metadata=option(
+            "base SAM weights: a .pth or .safetensors file or a Hugging Face folder; 'none' trains from "
+            "random weights on purpose"
+        ),
     )
     pretrained: bool = field(
         default=True,
-        metadata=option("without --checkpoint, load the weights that ship with the variant (litemedsam)"),
+        metadata=option(
+            "without --checkpoint, load the weights that ship with the variant (litemedsam); "
+            "--no-pretrained trains from random weights on purpose"
+        ),
     )
     epochs: int = field(default=40, metadata=option("training epochs (T)", low=1))
     search_start: int = field(
@@ -271,6 +278,10 @@ class TrainConfig:
             raise ValueError(f"a training record needs {' and '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
+    def __post_init__(self) -> None:
+        if isinstance(self.checkpoint, str) and self.checkpoint.lower() == "none":  # --checkpoint none
+            self.checkpoint, self.pretrained = None, False
+
     def validate(self) -> None:
         """Raise ``ValueError`` on an option that cannot work."""
         from naslora_deploy.core.variants import VARIANTS
@@ -307,6 +318,16 @@ class TrainConfig:
             )
         self.adapter_config()
         self._check_data_options()
+        self._check_base_weights()
+
+    def _check_base_weights(self) -> None:
+        """Random base weights are a choice: a variant whose real weights the user supplies needs them."""
+        from naslora_deploy.core.variants import missing_weights_message
+
+        if self.checkpoint is None and self.pretrained and not self.resume:
+            message = missing_weights_message(self.model)
+            if message:
+                raise ValueError(message)
 
     def _check_data_options(self) -> None:
         from naslora_deploy.common.imaging import InputMapping

@@ -30,8 +30,9 @@ def test_onnx_parity(head, merge, precision, binary_adapter, multiclass_adapter,
     if precision == "fp32":
         assert report.passed and embeddings.tolerance == 1e-4
         assert embeddings.max_abs < 1e-4 and end_to_end.mask_iou > 0.999
-    else:  # fp16 is reported, not held to the fp32 tolerance; LayerNorm/softmax stay fp32 so it stays close
-        assert embeddings.tolerance is None
+    else:  # fp16 is held to relative limits and an end-to-end mask IoU (bench_fp16_parity.py)
+        assert report.passed and embeddings.tolerance is None and embeddings.max_rel == 3e-2
+        assert end_to_end.min_mask_iou == 0.98
         assert embeddings.rel < 5e-3 and end_to_end.mask_iou > 0.98
     if head == "multiclass":
         assert rows[("onnxruntime CPU", "class_logits (torch embeddings)")].max_abs < (
@@ -128,3 +129,59 @@ def test_a_darts_cell_exports_fused_with_parity(tmp_path):
     assert report.passed
     rows = {(r.backend, r.output): r for r in report.rows}
     assert rows[("onnxruntime CPU", "image_embeddings")].max_abs < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "bf16"])
+def test_every_precision_states_what_verify_checks(precision):
+    from naslora_deploy.exporters.verify import PASS_CRITERIA, criteria_for
+
+    criteria = PASS_CRITERIA[precision]
+    line = criteria.describe()
+    assert line.startswith(f"pass criteria ({precision}): image_embeddings ") and criteria.basis in line
+    assert criteria.to_dict()["precision"] == precision
+    overridden = criteria_for(precision, tolerance=2e-3)
+    assert overridden.embeddings_max_abs == 2e-3 and overridden.embeddings_max_rel is None
+
+
+def test_fp16_verify_fails_past_its_criteria_and_says_which(binary_adapter, tmp_path, capsys):
+    """A tampered fp16 encoder (one weight tensor scaled by 1.05) fails the fp16 criteria: exit 1."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from naslora_deploy.cli import main
+    from naslora_deploy.common.io import sha256_of
+
+    out, _ = export_artifacts(binary_adapter, tmp_path / "art", ExportSpec(precision="fp16"))
+    assert main(["verify", str(out), "--count", "1", "--json", str(tmp_path / "ok.json")]) == 0
+    result = json.loads((tmp_path / "ok.json").read_text())
+    assert result["criteria"]["onnx"]["embeddings_max_rel"] == 3e-2 and result["passed"]
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("onnx pass criteria (fp16): image_embeddings rel <= 3e-02")
+    model = onnx.load(str(out / "image_encoder.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float16(1.05), weight.name))
+    onnx.save(model, str(out / "image_encoder.onnx"))
+    manifest = json.loads((out / "manifest.json").read_text())  # re-signed: a deliberate change, not damage
+    manifest["files"]["image_encoder.onnx"]["sha256"] = sha256_of(out / "image_encoder.onnx")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(out), "--count", "1", "--json", str(tmp_path / "bad.json")]) == 1
+    rows = json.loads((tmp_path / "bad.json").read_text())["parity"]
+    assert not rows[0]["passed"] and rows[0]["criterion"] == "rel <= 3e-02"
+    assert "output(s) miss the pass criteria" in capsys.readouterr().err
+
+
+def test_fp16_criteria_are_the_recorded_measurement():
+    """verify's fp16 limits are what benchmarks/bench_fp16_parity.py derived, not figures typed in."""
+    from pathlib import Path
+
+    from naslora_deploy.exporters.verify import PASS_CRITERIA
+
+    record = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fp16_parity.json"
+    derived = json.loads(record.read_text())["criteria"]
+    fp16 = PASS_CRITERIA["fp16"]
+    assert derived == {
+        "embeddings_max_rel": fp16.embeddings_max_rel,
+        "decoder_max_rel": fp16.decoder_max_rel,
+        "end_to_end_min_mask_iou": fp16.end_to_end_min_mask_iou,
+    }

@@ -9,7 +9,7 @@ import pytest
 
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.specs import EngineSpec
-from naslora_deploy.exporters.verify import INT8_MIN_MASK_IOU, verify_parity
+from naslora_deploy.exporters.verify import PASS_CRITERIA, verify_parity
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 MISSING = "--precision int8 calibrates activations on your images: give them with --calibration FOLDER"
@@ -47,9 +47,10 @@ def test_int8_runs_in_onnxruntime_and_its_masks_agree_with_fp32(int8_artifacts):
     rows = {(r.backend, r.output): r for r in report.rows}
     assert report.passed, report.table()
     end_to_end = rows[("onnxruntime CPU", "mask_logits (end to end)")]
-    assert end_to_end.min_mask_iou == INT8_MIN_MASK_IOU
+    assert end_to_end.min_mask_iou == PASS_CRITERIA["int8"].end_to_end_min_mask_iou == 0.9
     assert end_to_end.mask_iou >= 0.95  # measured 0.978 on these probes (vit_tiny, random weights)
-    assert rows[("onnxruntime CPU", "image_embeddings")].rel < 0.05  # measured 0.021
+    embeddings = rows[("onnxruntime CPU", "image_embeddings")]
+    assert embeddings.rel < 0.05 and embeddings.criterion == "reported only"  # measured 0.021
     assert rows[("onnxruntime CPU", "mask_logits (torch embeddings)")].tolerance == 1e-3  # fp32 decoder
 
 

