@@ -194,7 +194,7 @@ def say(json_target: Optional[str], text: str) -> None:
 
 def _load(adapter, base, allow_base_mismatch, device):
     from naslora_deploy.core.checkpoint import load_adapter
-    from naslora_deploy.training.trainer import pick_device
+    from naslora_deploy.training.acceleration import pick_device
 
     return load_adapter(adapter, base, allow_base_mismatch, device=pick_device(device))
 

@@ -1,4 +1,4 @@
-"""Reading images and masks, and SAM's preprocessing, in numpy and Pillow only.
+"""Reading images, and SAM's preprocessing, in numpy and Pillow only (masks: ``common.masks``).
 
 No torch here: the training data pipeline and the torch-free runtime share these
 functions, so what a deployed model sees is exactly what it was trained on.
@@ -15,9 +15,7 @@ The reader refuses what it cannot read truthfully, with one line naming the file
   floats in 0..1 times 255, non-negative floats above 1 by the same bit-depth rule
   (0..255 floats read as 8-bit), other floats stretched from their min..max; NaN and
   infinite values, negative or above-16-bit integers are refused;
-* binary masks (``read_binary_mask``): 0 and one value k -> foreground = every non-zero
-  pixel; a lossy (JPEG) mask, or grey levels spanning 0..255 (0..65535) -> foreground
-  above half range; anything else (0/1/2 label maps) is refused, pointing to multi-class.
+* masks: ``common.masks`` reads them with the same opener and limits.
 * TIFF images are read with tifffile (16-bit, float and multi-band kept as numbers; at
   most ``MAX_BANDS`` bands); an image of more than 4 bands gives its first three as R, G, B.
 * an ``InputMapping`` (a run's ``--bands`` / ``--stretch``, recorded in its adapter config
@@ -32,7 +30,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -87,7 +85,7 @@ def _bomb_message(path: ImageSource, exc: Exception) -> str:
     return f"{path}: the image has {size}, {TOO_LARGE}"
 
 
-def _open(path: ImageSource) -> Image.Image:
+def open_image(path: ImageSource) -> Image.Image:
     """Open and decode an image file; every failure is an ``ImageReadError`` naming the file."""
     try:
         with warnings.catch_warnings():
@@ -224,7 +222,7 @@ def read_image(path: Union[ImageSource, ImageItem], mapping=None) -> np.ndarray:
         pixels = read_tiff(path)
         if pixels is not None:
             return image_array(pixels, path, mapping)
-    return to_rgb_uint8(_open(path), path, mapping)
+    return to_rgb_uint8(open_image(path), path, mapping)
 
 
 # ----- TIFF files and a run's input mapping (bands, percentile stretch) -----------------------------
@@ -376,89 +374,6 @@ class InputMapping:
     def of(cls, bands=None, stretch=None) -> "InputMapping":
         """From a run's ``--bands`` / ``--stretch`` values (lists or None)."""
         return cls(None if bands is None else tuple(bands), None if stretch is None else tuple(stretch))
-
-
-def _mask_values(image: Image.Image, palette) -> np.ndarray:
-    if palette is not None:
-        rgb = np.asarray(image.convert("RGB")).astype(np.int64)
-        codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        out = np.full(codes.shape, IGNORE_INDEX, dtype=np.int64)
-        for (r, g, b), index in palette.items():
-            out[codes == ((r << 16) | (g << 8) | b)] = index
-        return out
-    if image.mode not in ("P", "PA", "1", "L") + NUMERIC_MODES:
-        image = image.convert("L")
-    array = np.asarray(image)
-    return array[:, :, 0] if array.ndim == 3 else array
-
-
-def mask_labels(array: np.ndarray, source: object) -> np.ndarray:
-    """Raw mask values as int64; NaN, fractional or negative values are an ``ImageReadError``."""
-    if array.dtype.kind not in "biuf":
-        raise ImageReadError(f"{source}: mask values of type {array.dtype} are not labels")
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise ImageReadError(f"{source}: the mask holds NaN or infinite values; save whole-number labels")
-        if (array != np.round(array)).any():
-            raise ImageReadError(
-                f"{source}: the mask holds fractional values; save whole-number labels (e.g. 8-bit PNG)"
-            )
-    labels = array.astype(np.int64)
-    if labels.size and labels.min() < 0:
-        raise ImageReadError(
-            f"{source}: the mask holds negative values ({int(labels.min())}); labels are >= 0"
-        )
-    return labels
-
-
-def read_mask(path: ImageSource, palette: Optional[Dict[Tuple[int, int, int], int]] = None) -> np.ndarray:
-    """Read a mask file as an (H, W) int64 array of raw label values.
-
-    Palette PNGs give their indices; colour-coded masks are mapped through
-    ``palette`` (RGB -> class index; unknown colours become IGNORE_INDEX).
-    """
-    return _read_mask(_open(path), path, palette)
-
-
-def _read_mask(image: Image.Image, path: ImageSource, palette) -> np.ndarray:
-    try:
-        array = _mask_values(image, palette)
-    except Exception as exc:  # an exotic mode Pillow cannot convert
-        raise ImageReadError(f"{path}: cannot read the mask's values ({first_line(exc, 120)})") from None
-    return mask_labels(array, path)
-
-
-def read_binary_mask(path: ImageSource) -> np.ndarray:
-    """Read a binary task's mask file as (H, W) uint8 0/1 (rules: ``binarize_mask``)."""
-    image = _open(path)
-    return binarize_mask(_read_mask(image, path, None), lossy=image.format in LOSSY_FORMATS, source=path)
-
-
-def _listing(values: np.ndarray, limit: int = 8) -> str:
-    shown = ", ".join(str(int(v)) for v in values[:limit])
-    return shown + (f", ... ({values.size} values)" if values.size > limit else "")
-
-
-def binarize_mask(raw: np.ndarray, lossy: bool = False, source: object = "the mask") -> np.ndarray:
-    """0/1 foreground from a binary mask's raw values.
-
-    * 0 and one value k (0/1, 0/255, 0/100, 0/65535; or a single value): foreground = non-zero;
-    * ``lossy`` (a JPEG mask), or grey levels reaching 255 (65535): foreground above half range;
-    * anything else (0/1/2 label maps...): ``ImageReadError`` naming ``source`` and the values.
-    """
-    values = np.unique(raw)
-    if values.size == 0 or values.size == 1 or (values.size == 2 and values[0] == 0):
-        if values.size == 2 and int(values[1]) not in (1, 255, 65535):
-            note(f"binary masks holding 0 and {int(values[1])}: foreground is every non-zero pixel")
-        return (raw != 0).astype(np.uint8)
-    top = 65535 if values[-1] > 255 else 255
-    if lossy or values[-1] == top:
-        return (raw > top // 2).astype(np.uint8)
-    raise ImageReadError(
-        f"{source}: a binary mask holds 0 and one foreground value, this one holds {_listing(values)}; "
-        "for class indices (0 = background, 1, 2, ...) add a classes.json with the class names or pass "
-        "--classes N"
-    )
 
 
 def resized_shape(height: int, width: int, size: int) -> Tuple[int, int]:

@@ -35,9 +35,10 @@ from naslora_deploy.common.io import clean_stale_temp_dirs
 PathLike = Union[str, Path]
 
 # what a training run writes into its --out, and nothing else
-RUN_CONFIG = "train_config.json"
-RUN_FILES = (RUN_CONFIG, "base_model.safetensors", "metrics.jsonl", "run_summary.json")
-RUN_FOLDERS = ("best", "last", ".best.old", ".last.old", "tensorboard")
+RUN_CONFIG, RUN_BASE, RUN_METRICS = "train_config.json", "base_model.safetensors", "metrics.jsonl"
+RUN_SUMMARY, RUN_BEST, RUN_LAST, RUN_TENSORBOARD = "run_summary.json", "best", "last", "tensorboard"
+RUN_FILES = (RUN_CONFIG, RUN_BASE, RUN_METRICS, RUN_SUMMARY)
+RUN_FOLDERS = (RUN_BEST, RUN_LAST, f".{RUN_BEST}.old", f".{RUN_LAST}.old", RUN_TENSORBOARD)
 RUN_NAMES = RUN_FILES + RUN_FOLDERS
 
 TRITON_NAMES = ("artifacts", "model_repository")  # what export --format triton writes into its --out

@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional
 
 import torch
 
+from naslora_deploy.common import outputs as run_names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IGNORE_INDEX
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
@@ -35,7 +36,6 @@ from naslora_deploy.core.adapters import (
     adapted_layers,
     add_adapters,
     architecture_parameters,
-    attention_blocks,
     weight_parameters,
 )
 from naslora_deploy.core.checkpoint import (
@@ -50,6 +50,11 @@ from naslora_deploy.core.heads import SegmentationModel
 from naslora_deploy.core.peft_adapter import read_peft_adapter
 from naslora_deploy.core.variants import VARIANTS, build_sam
 from naslora_deploy.core.weights import base_weights_file
+from naslora_deploy.training.acceleration import (
+    compile_encoder_blocks,
+    enable_gradient_checkpointing,
+    pick_device,
+)
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import Augmentation, SegmentationDataset
 from naslora_deploy.training.data.folder import DataSplits, discover
@@ -69,15 +74,6 @@ from naslora_deploy.training.sampling import epoch_order, flip_batch
 from naslora_deploy.training.schedule import learning_rate, total_steps
 
 __all__ = ["Trainer", "TrainConfig", "train", "epoch_order", "flip_batch", "op_shares", "pick_device"]
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NasloraError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
 
 
 def op_shares(sam) -> Dict[str, float]:
@@ -106,27 +102,6 @@ def frozen(params: List[torch.nn.Parameter]) -> Iterator[None]:
     finally:
         for p, was in zip(params, previous):
             p.requires_grad_(was)
-
-
-def enable_gradient_checkpointing(sam) -> None:
-    """Recompute each image-encoder block in the backward pass to save activation memory."""
-    from torch.utils.checkpoint import checkpoint
-
-    for _, block in attention_blocks(sam.image_encoder):
-        forward = block.forward
-        block.forward = lambda x, f=forward: checkpoint(f, x, use_reentrant=False)
-
-
-def compile_encoder_blocks(sam) -> None:
-    """``torch.compile`` each image-encoder block in place (state-dict keys unchanged).
-
-    Per block rather than the whole model: the blocks are where the time goes, and
-    a graph break elsewhere (the decoder's per-image loop) then costs nothing.
-    """
-    if not hasattr(torch.nn.Module, "compile"):
-        raise NasloraError(f"--compile needs torch >= 2.2 (this is {torch.__version__})")
-    for _, block in attention_blocks(sam.image_encoder):
-        block.compile()
 
 
 class Trainer:
@@ -176,7 +151,7 @@ class Trainer:
         adapter = c.adapter_config()
         peft = read_peft_adapter(c.init_from_peft) if c.init_from_peft else None
         adapter = peft.adapter_config(adapter) if peft else adapter
-        saved_base = self.out / "base_model.safetensors"
+        saved_base = self.out / run_names.RUN_BASE
         bundled = VARIANTS[c.model].pretrained_checkpoint() if c.checkpoint is None and c.pretrained else None
         base = c.checkpoint or bundled or (saved_base if c.resume and saved_base.is_file() else None)
         torch.manual_seed(c.seed)  # random base weights (no checkpoint at all) and the class head
@@ -211,7 +186,7 @@ class Trainer:
         if checkpoint:  # a hub folder is recorded by its weights file
             path = base_weights_file(checkpoint) or Path(checkpoint)
             return str(path.resolve()), sha256_of(path)
-        path = self.out / "base_model.safetensors"
+        path = self.out / run_names.RUN_BASE
         if self.dist.is_main and not (self.config.resume and path.is_file()):
             from safetensors.torch import save_file
 
@@ -241,7 +216,7 @@ class Trainer:
             self.epoch, self.step, self.best = state["epoch"], state["step"], state.get("best")
             torch.set_rng_state(state["torch_rng"])
             random.setstate(_tuple_state(state["python_rng"]))
-        records = saved.read_jsonl(self.out / "metrics.jsonl")
+        records = saved.read_jsonl(self.out / run_names.RUN_METRICS)
         self.history = [r for r in records if r.get("epoch", 0) < self.epoch]
 
     def training_state(self) -> dict:
@@ -415,7 +390,7 @@ class Trainer:
         lazy_import("tensorboard", "tensorboard", "--tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return SummaryWriter(str(self.out / run_names.RUN_TENSORBOARD))
 
     def _end_epoch(self, epoch, stage, losses, arch_losses, step_times, lrs, seconds, writer) -> None:
         val_pairs = self.splits.split("val")
@@ -451,15 +426,15 @@ class Trainer:
     def _write_epoch(self, record: dict, writer) -> None:
         # metrics first: a kill after it but before last/ is repaired by resume's filtering
         text = "".join(json.dumps(r) + "\n" for r in self.history)
-        atomic_write_text(self.out / "metrics.jsonl", text)
+        atomic_write_text(self.out / run_names.RUN_METRICS, text)
         self.spec.progress = {"epoch": self.epoch, "step": self.step, "val": record.get("val")}
         # best/ before last/: a kill in between re-runs the epoch, which re-saves best/ identically
         if "val" in record:
             _, score = headline(record["val"])
             if self.best is None or score > self.best:
                 self.best = score
-                save_checkpoint(self.out / "best", self.model, self.spec)
-        save_checkpoint(self.out / "last", self.model, self.spec, self.training_state())
+                save_checkpoint(self.out / run_names.RUN_BEST, self.model, self.spec)
+        save_checkpoint(self.out / run_names.RUN_LAST, self.model, self.spec, self.training_state())
         val = record.get("val")
         epoch = f"{record['epoch'] + 1}/{self.config.epochs}"
         summary = f"epoch {epoch} [{record['stage']}] loss {record['train_loss']:.4f}"
@@ -483,7 +458,7 @@ class Trainer:
             }
             if self.dist.enabled:
                 summary["ranks_identical"] = agree
-            atomic_write_text(self.out / "run_summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.out / run_names.RUN_SUMMARY, json.dumps(summary, indent=2) + "\n")
         shutdown(self.dist)
         if not agree:
             raise NasloraError(
@@ -500,5 +475,5 @@ def train(config: TrainConfig) -> Path:
     """Run a whole training job; returns the run directory."""
     trainer = Trainer(config)
     if trainer.dist.is_main:
-        atomic_write_text(trainer.out / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_text(trainer.out / run_names.RUN_CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
     return trainer.run()

@@ -9,14 +9,13 @@ from PIL import Image
 from naslora_deploy.common.imaging import (
     IGNORE_INDEX,
     ImageReadError,
-    binarize_mask,
     postprocess_probabilities,
     preprocess_image,
     preprocess_mask,
     read_image,
-    read_mask,
     resized_shape,
 )
+from naslora_deploy.common.masks import binarize_mask, read_mask
 
 
 def test_image_modes_are_converted(tmp_path):
@@ -46,40 +45,6 @@ def test_unreadable_image_names_the_file(tmp_path):
         read_image(bad)
     with pytest.raises(ImageReadError, match="file not found"):
         read_image(tmp_path / "absent.png")
-
-
-@pytest.mark.parametrize(
-    "raw, lossy, expected",
-    [
-        (np.array([[0, 255], [255, 0]]), False, [[0, 1], [1, 0]]),
-        (np.array([[0, 1], [1, 0]]), False, [[0, 1], [1, 0]]),
-        (np.array([[0, 100], [100, 0]]), False, [[0, 1], [1, 0]]),  # 0/k: foreground = non-zero
-        (np.array([[0, 65535], [40000, 3]]), False, [[0, 1], [1, 0]]),  # grey levels reaching 65535
-        (np.array([[4, 250], [131, 120]]), True, [[0, 1], [1, 0]]),  # JPEG-noisy 0/255
-        (np.array([[7, 7], [7, 7]]), False, [[1, 1], [1, 1]]),  # one value: all foreground
-    ],
-)
-def test_binarize(raw, lossy, expected):
-    np.testing.assert_array_equal(binarize_mask(raw, lossy=lossy), expected)
-
-
-@pytest.mark.parametrize("values", [(0, 1, 2), (0, 100, 200), (3, 9)])
-def test_label_maps_are_not_binary_masks(values):
-    raw = np.array([values])
-    with pytest.raises(ImageReadError, match=r"m.png: a binary mask .* holds " + ", ".join(map(str, values))):
-        binarize_mask(raw, source="m.png")
-
-
-def test_palette_and_colour_masks(tmp_path):
-    indices = np.array([[0, 1, 2], [2, 1, 0]], dtype=np.uint8)
-    palette_png = Image.fromarray(indices, mode="P")
-    palette_png.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
-    palette_png.save(tmp_path / "p.png")
-    np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), indices)
-    colours = np.array([[[0, 0, 0], [255, 0, 0], [9, 9, 9]]], dtype=np.uint8)
-    Image.fromarray(colours).save(tmp_path / "c.png")
-    lookup = {(0, 0, 0): 0, (255, 0, 0): 1}
-    np.testing.assert_array_equal(read_mask(tmp_path / "c.png", lookup), [[0, 1, IGNORE_INDEX]])
 
 
 def test_preprocessing_follows_sam():
@@ -158,12 +123,6 @@ def test_bad_arrays_are_one_line(array, phrase):
 
     with pytest.raises(ImageReadError, match=re.escape(phrase)):
         image_array(array)
-
-
-def test_masks_with_nan_or_fractions_are_refused(tmp_path):
-    Image.fromarray(np.array([[0.0, 0.5]], np.float32), mode="F").save(tmp_path / "frac.tif")
-    with pytest.raises(ImageReadError, match="frac.tif: the mask holds fractional values"):
-        read_mask(tmp_path / "frac.tif")
 
 
 def test_conversion_notes_are_said_once(fresh_notes):

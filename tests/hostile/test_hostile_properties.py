@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.imaging import image_array, read_image, read_mask
+from naslora_deploy.common.imaging import image_array, read_image
+from naslora_deploy.common.masks import read_mask
 from naslora_deploy.runtime.manifest import read_manifest
 
 

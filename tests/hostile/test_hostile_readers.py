@@ -91,8 +91,8 @@ def read_image(path):
 
 
 def read_mask(path):
-    """``imaging.read_mask``, imported late."""
-    from naslora_deploy.common.imaging import read_mask as reader
+    """``masks.read_mask``, imported late."""
+    from naslora_deploy.common.masks import read_mask as reader
 
     return reader(path)
 

@@ -21,11 +21,9 @@ from naslora_deploy.common.imaging import (
     IMAGE_SUFFIXES,
     ImageReadError,
     InputMapping,
-    binarize_mask,
-    read_binary_mask,
     read_image,
-    read_mask,
 )
+from naslora_deploy.common.masks import binarize_mask, read_binary_mask, read_mask
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.training.data.sources import LabelItem, MappedFile, SourceOptions
 
@@ -115,7 +113,7 @@ def resolve_classes(root: Path, num_classes: Optional[int]) -> ClassSpec:
 def load_labels(mask_path, classes: ClassSpec) -> np.ndarray:
     """A mask file as class indices: 0/1 for binary, 0..K-1 for multi-class, 255 ignored.
 
-    Binary masks follow ``imaging.binarize_mask`` (0/k: foreground = non-zero; JPEG or
+    Binary masks follow ``masks.binarize_mask`` (0/k: foreground = non-zero; JPEG or
     0..255 grey: above half range; label maps such as 0/1/2 are refused, naming the file).
     """
     if isinstance(mask_path, LabelItem):

@@ -29,9 +29,9 @@ from naslora_deploy.common.imaging import (
     ImageReadError,
     InputMapping,
     image_array,
-    mask_labels,
     note,
 )
+from naslora_deploy.common.masks import mask_labels
 from naslora_deploy.core.classes import ClassSpec
 from naslora_deploy.training.data.sources import (
     LabelItem,

@@ -1,0 +1,42 @@
+"""Where and how fast a training step runs: the device, gradient checkpointing and ``torch.compile``.
+
+Each switch acts on the image encoder's blocks in place and leaves the state-dict keys
+unchanged, so checkpoints are the same whichever switches a run used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.core.adapters import attention_blocks
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NasloraError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def enable_gradient_checkpointing(sam) -> None:
+    """Recompute each image-encoder block in the backward pass to save activation memory."""
+    from torch.utils.checkpoint import checkpoint
+
+    for _, block in attention_blocks(sam.image_encoder):
+        forward = block.forward
+        block.forward = lambda x, f=forward: checkpoint(f, x, use_reentrant=False)
+
+
+def compile_encoder_blocks(sam) -> None:
+    """``torch.compile`` each image-encoder block in place (state-dict keys unchanged).
+
+    Per block rather than the whole model: the blocks are where the time goes, and
+    a graph break elsewhere (the decoder's per-image loop) then costs nothing.
+    """
+    if not hasattr(torch.nn.Module, "compile"):
+        raise NasloraError(f"--compile needs torch >= 2.2 (this is {torch.__version__})")
+    for _, block in attention_blocks(sam.image_encoder):
+        block.compile()
