@@ -32,6 +32,7 @@ import torch
 from naslora_deploy.core.variants import VARIANTS, build_sam
 from naslora_deploy.exporters.export import export_artifacts
 from naslora_deploy.exporters.specs import ExportSpec
+from naslora_deploy.exporters.verify import FP16_MARGIN as MARGIN
 from naslora_deploy.exporters.verify import verify_parity
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.photos import write_photo_dataset
@@ -41,8 +42,6 @@ try:
     from timing import write_record
 except ImportError:
     from benchmarks.timing import write_record
-
-MARGIN = 4.0
 
 
 def sources(models: List[str], root: Path, data: Path, steps: int) -> Dict[str, tuple]:

@@ -280,13 +280,10 @@ def evaluate(
     formats = {k: trained.get(k) for k in ("category", "bands", "stretch")}
     # the run's own data without split folders: its held-out val images, split as training split them
     same_data = trained.get("data") is not None and Path(trained["data"]).resolve() == Path(data).resolve()
-    held_out = {"val_fraction": trained.get("val_fraction", 0.1), "seed": trained.get("seed", 0)}
+    run = TrainConfig.from_dict(trained) if same_data else None
+    held_out = {"val_fraction": run.val_fraction, "seed": run.seed} if run else {"val_fraction": 0.0}
     splits = discover(
-        data,
-        None if classes.binary else classes.num_classes,
-        skip_bad=skip_bad,
-        **(held_out if same_data else {"val_fraction": 0.0}),
-        **formats,
+        data, None if classes.binary else classes.num_classes, skip_bad=skip_bad, **held_out, **formats
     )
     split = split or next(s for s in ("test", "val", "train") if splits.split(s))
     pairs = splits.split(split)

@@ -55,14 +55,14 @@ class PassCriteria:
 
     def describe(self) -> str:
         """One line: what is checked and what is only reported."""
-        parts = []
-        for part, label in (
-            ("embeddings", "image_embeddings"),
-            ("decoder", "decoder outputs on PyTorch's embeddings"),
-        ):
-            limits = self.limits(part)
-            parts.append(f"{label} {_criterion(limits['tolerance'], limits['max_rel'], None)}")
-        parts.append(f"end-to-end masks {_criterion(None, None, self.end_to_end_min_mask_iou)}")
+        parts = [
+            f"{label} {_criterion(**self.limits(part))}"
+            for part, label in (
+                ("embeddings", "image_embeddings"),
+                ("decoder", "decoder outputs on PyTorch's embeddings"),
+                ("end_to_end", "end-to-end masks"),
+            )
+        ]
         return f"pass criteria ({self.precision}): " + "; ".join(parts) + f" [{self.basis}]"
 
     def to_dict(self) -> dict:
@@ -70,10 +70,11 @@ class PassCriteria:
         return dataclasses.asdict(self)
 
 
-def _criterion(max_abs, max_rel, min_iou) -> str:
-    checks = [f"max abs <= {max_abs:.0e}"] if max_abs is not None else []
+def _criterion(tolerance=None, max_rel=None, min_mask_iou=None) -> str:
+    """``ParityRow``'s limits as a short text ("reported only" where there are none)."""
+    checks = [f"max abs <= {tolerance:.0e}"] if tolerance is not None else []
     checks += [f"rel <= {max_rel:.0e}"] if max_rel is not None else []
-    checks += [f"mask IoU >= {min_iou:.2f}"] if min_iou is not None else []
+    checks += [f"mask IoU >= {min_mask_iou:.2f}"] if min_mask_iou is not None else []
     return " and ".join(checks) or "reported only"
 
 

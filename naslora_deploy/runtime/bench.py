@@ -137,6 +137,11 @@ def bench_prompts(
     return rows
 
 
+def _runs(row: dict):
+    """A table row's runs, as (label, figures): ``a`` and, when two artifacts alternate, ``b``."""
+    return [(label, row[label]) for label in ("a", "b") if label in row]
+
+
 def format_prompt_rows(rows: List[dict]) -> str:
     """A printable table of ``bench_prompts``."""
     lines = [
@@ -144,14 +149,12 @@ def format_prompt_rows(rows: List[dict]) -> str:
         f"{'one-shot':>9} {'speedup':>8}"
     ]
     for row in rows:
-        for label in ("a", "b"):
-            if label in row:
-                r = row[label]
-                lines.append(
-                    f"{row['prompts']:>7} {label:>3} {r['backend']:<22} {r['set_image_p50_ms']:>10.2f} "
-                    f"{r['predict_p50_ms']:>9.2f} {r['per_prompt_ms']:>8.2f} {r['one_shot_p50_ms']:>9.2f} "
-                    f"{r['speedup']:>7.1f}x"
-                )
+        for label, r in _runs(row):
+            lines.append(
+                f"{row['prompts']:>7} {label:>3} {r['backend']:<22} {r['set_image_p50_ms']:>10.2f} "
+                f"{r['predict_p50_ms']:>9.2f} {r['per_prompt_ms']:>8.2f} {r['one_shot_p50_ms']:>9.2f} "
+                f"{r['speedup']:>7.1f}x"
+            )
     return "\n".join(lines)
 
 
@@ -161,14 +164,11 @@ def format_rows(rows: List[dict]) -> str:
         f"{'batch':>5} {'run':>3} {'backend':<22} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8}"
     ]
     for row in rows:
-        for label in ("a", "b"):
-            if label in row:
-                r = row[label]
-                lines.append(
-                    f"{row['batch']:>5} {label:>3} {r['backend']:<22} {r['p50_ms']:>9.2f} "
-                    f"{r['p90_ms']:>9.2f} "
-                    f"{r['p99_ms']:>9.2f} {r['images_per_s']:>8.2f}"
-                )
+        for label, r in _runs(row):
+            lines.append(
+                f"{row['batch']:>5} {label:>3} {r['backend']:<22} {r['p50_ms']:>9.2f} "
+                f"{r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['images_per_s']:>8.2f}"
+            )
         extra = f"      peak host {row['peak_host_mb']:.0f} MB"
         if row["device_mb"] is not None:
             extra += f", device {row['device_mb']:.0f} MB"
