@@ -156,3 +156,10 @@ def hostile_ctx(binary_adapter, binary_artifacts, binary_data, multiclass_data, 
         "multiclass_data": multiclass_data,
         "photo": photo,
     }
+
+
+def train_config(data, out, defaults: dict, **changes):
+    """A quiet ``TrainConfig`` on ``data`` into ``out``: a test file's ``defaults``, then ``changes``."""
+    from naslora_deploy.training.config import TrainConfig
+
+    return TrainConfig(**{"data": str(data), "out": str(out), "progress": False, **defaults, **changes})

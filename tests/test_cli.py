@@ -205,8 +205,13 @@ def test_demo_runs_end_to_end_on_real_weights(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "litemedsam (real pretrained weights)" in out
-    rows = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = summary["rows"]
+    assert f"demo finished in {summary['seconds']:.1f} s" in out  # one wall time, console and summary
     assert [r["model"] for r in rows] == [
+        "all background",
+        "all foreground",
+        "box filled in (the prompt alone)",
         "zero-shot (box)",
         "decoder only (box)",
         "LoRA (box)",
@@ -215,9 +220,13 @@ def test_demo_runs_end_to_end_on_real_weights(tmp_path, capsys):
         "NAS-PC-LoRA, dense merge (box)",
     ]
     assert all(0.0 <= r["iou"] <= 1.0 for r in rows)
-    assert rows[4]["merge embedding rel. error"] < 1e-5  # fused: exact
-    summary = (tmp_path / "summary.md").read_text()
-    assert summary.count("![](overlays/") == 6 and (tmp_path / "overlays" / "5.png").is_file()
+    assert rows[0]["iou"] == 0.0 and rows[2]["iou"] > 0.0  # the trivial baselines are measured, not assumed
+    assert rows[7]["merge embedding rel. error"] < 1e-5  # fused: exact
+    verdicts = [r["vs decoder only"]["verdict"] for r in rows[5:]]
+    assert set(verdicts) <= {"tie", "better", "worse"} and len(verdicts) == 4
+    text = (tmp_path / "summary.md").read_text()
+    assert f"Finished in {summary['seconds']:.1f} s" in text
+    assert text.count("![](overlays/") == 6 and (tmp_path / "overlays" / "8.png").is_file()
     build_sam("litemedsam", tmp_path / "merged" / "litemedsam_nas_pc_lora_dense.pth")  # plain, strictly
 
 

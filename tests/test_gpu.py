@@ -58,8 +58,10 @@ def test_bf16_train_step_moves_weights_and_alpha(binary_data, tmp_path, alpha_pa
 
 
 def test_compiled_train_step_equals_eager(binary_data, tmp_path):
-    eager = _trainer(binary_data, tmp_path / "eager", bf16=False, grad_checkpoint=False)
-    compiled = _trainer(binary_data, tmp_path / "compiled", bf16=False, grad_checkpoint=False, compile=True)
+    eager = _trainer(binary_data, tmp_path / "eager", precision="fp32", grad_checkpoint=False)
+    compiled = _trainer(
+        binary_data, tmp_path / "compiled", precision="fp32", grad_checkpoint=False, compile=True
+    )
     batch = _first_batch(eager)
     with torch.no_grad():
         torch.testing.assert_close(compiled.loss(batch), eager.loss(batch), rtol=1e-3, atol=1e-4)

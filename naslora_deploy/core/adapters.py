@@ -17,10 +17,11 @@ from naslora_deploy.core.tinyvit import qkv_layout
 def add_adapters(sam, config: AdapterConfig):
     """Wrap the chosen blocks' ``attn.qkv`` with adapters; returns the same model.
 
-    Freezes the image encoder and prompt encoder, leaves the mask decoder
-    trainable. LoRA starts the standard way (W_e random, W_d zero), so a fresh
-    adapter changes no output. Initialisation is seeded by ``config.seed`` and
-    leaves the global random state untouched.
+    Freezes the image encoder (``full``: leaves it trainable, with no adapters)
+    and prompt encoder, leaves the mask decoder trainable. LoRA starts the
+    standard way (W_e random, W_d zero), so a fresh adapter changes no output.
+    Initialisation is seeded by ``config.seed`` and leaves the global random
+    state untouched.
     """
     if any(True for _ in adapted_layers(sam)):
         raise ValueError("this model already has adapters; build a fresh SAM to add another set")
@@ -28,14 +29,14 @@ def add_adapters(sam, config: AdapterConfig):
     blocks = [block for _, block in attention_blocks(sam.image_encoder)]
     indices = config.block_indices(len(blocks))
     for param in sam.image_encoder.parameters():
-        param.requires_grad_(False)
+        param.requires_grad_(config.trains_encoder)
     for param in sam.prompt_encoder.parameters():
         param.requires_grad_(False)
     for param in sam.mask_decoder.parameters():
         param.requires_grad_(True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for index in indices if config.method != "none" else ():
+        for index in indices if config.has_adapters else ():
             base = blocks[index].attn.qkv
             columns, grid = qkv_layout(blocks[index])
             wrapped = AdaptedQKV(base, config, columns, grid)

@@ -65,14 +65,13 @@ def operation_shares(weights: Dict[Tuple[int, str], np.ndarray]) -> np.ndarray:
     return np.mean(np.stack(list(weights.values())), axis=0)
 
 
-def format_table(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray]) -> str:
-    """A text table: one row per (block, projection), one column per op, plus the top op."""
+def format_table(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], top: bool = True) -> str:
+    """A text table: one row per (block, projection), one column per op, plus the top op (``top``)."""
     short = [SHORT_NAMES.get(op, op[:9]) for op in ops]
-    lines = [f"{'block':>5} {'proj':>4} " + " ".join(f"{s:>9}" for s in short) + "  top"]
+    lines = [f"{'block':>5} {'proj':>4} " + " ".join(f"{s:>9}" for s in short) + ("  top" if top else "")]
     for (block, target), w in weights.items():
-        lines.append(
-            f"{block:>5} {target:>4} " + " ".join(f"{v:>9.3f}" for v in w) + f"  {ops[int(np.argmax(w))]}"
-        )
+        best = f"  {ops[int(np.argmax(w))]}" if top else ""
+        lines.append(f"{block:>5} {target:>4} " + " ".join(f"{v:>9.3f}" for v in w) + best)
     shares = operation_shares(weights)
     lines.append(f"{'share':>10} " + " ".join(f"{v:>9.3f}" for v in shares))
     return "\n".join(lines)
@@ -99,15 +98,86 @@ def plot_shares(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], path
     return Path(path)
 
 
+def search_history(directory) -> Tuple[Optional[bool], List[dict]]:
+    """Whether the run that wrote a checkpoint searched alpha at all, and alpha's trajectory.
+
+    Read from the run's ``metrics.jsonl`` (beside ``best/``/``last/``): each logged epoch's
+    step and mean op shares. ``(None, [])`` for a checkpoint without its run's metrics.
+    """
+    from naslora_deploy.core.checkpoint import read_jsonl
+
+    checkpoint = resolve_checkpoint_dir(directory)
+    metrics = checkpoint.parent / "metrics.jsonl"
+    if not metrics.is_file():
+        return None, []
+    records = read_jsonl(metrics)
+    searched = any(r.get("stage") in ("weights+alpha", "joint") for r in records)
+    trajectory = [{"step": r["step"], "shares": r["op_shares"]} for r in records if r.get("op_shares")]
+    return searched, trajectory
+
+
+def format_trajectory(ops: List[str], trajectory: List[dict]) -> str:
+    """Alpha's trajectory: the mean share of each op at each logged step."""
+    short = [SHORT_NAMES.get(op, op[:9]) for op in ops]
+    lines = [f"{'step':>10} " + " ".join(f"{s:>9}" for s in short)]
+    for point in trajectory:
+        lines.append(
+            f"{point['step']:>10} " + " ".join(f"{point['shares'].get(op, 0.0):>9.4f}" for op in ops)
+        )
+    return "\n".join(lines)
+
+
+def plot_trajectory(ops: List[str], trajectory: List[dict], path: Path) -> Path:
+    """Line chart of each op's mean share over the logged steps (needs matplotlib)."""
+    matplotlib = lazy_import("matplotlib", "plot", "--plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from naslora_deploy.common.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    steps = [p["step"] for p in trajectory]
+    for op in ops:
+        ax.plot(steps, [p["shares"].get(op, 0.0) for p in trajectory], label=op)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("mean softmax(alpha)")
+    ax.set_title("Alpha's trajectory (mean over blocks and q/k/v)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120))
+    plt.close(fig)
+    return Path(path)
+
+
 def inspection_summary(directory, plot: Optional[Path] = None) -> dict:
-    """Everything ``naslora-deploy inspect`` prints, as a dict."""
+    """Everything ``naslora-deploy inspect`` prints, as a dict.
+
+    A run whose search never started (``--search-start`` at or past its last epoch, or
+    ``--max-steps`` first) is said to be so, and no op is named "top": its shares are
+    alpha's random initialisation, not a searched architecture.
+    """
     ops, weights = searched_weights(directory)
+    searched, trajectory = search_history(directory)
+    table = format_table(ops, weights, top=searched is not False)
+    if searched is False:
+        table = "no search ran in this run: alpha stayed at its initialisation (no op was chosen)\n" + table
+    if trajectory:
+        table += "\n\nalpha's trajectory (mean shares per logged step):\n" + format_trajectory(
+            ops, trajectory
+        )
     summary = {
         "ops": ops,
+        "search_ran": searched,
         "shares": dict(zip(ops, operation_shares(weights).tolist())),
         "weights": {f"{b}.{t}": w.tolist() for (b, t), w in weights.items()},
-        "table": format_table(ops, weights),
+        "trajectory": trajectory,
+        "table": table,
     }
     if plot is not None:
         summary["plot"] = str(plot_shares(ops, weights, Path(plot)))
+        if trajectory:
+            path = Path(plot)
+            summary["trajectory_plot"] = str(
+                plot_trajectory(ops, trajectory, path.with_name(f"{path.stem}-trajectory{path.suffix}"))
+            )
     return summary

@@ -118,7 +118,10 @@ def trainable_state(model) -> Dict[str, torch.Tensor]:
         keep.update(prefix + name for name, _ in layer.adapters.named_parameters())
         keep.update(prefix + name for name, _ in layer.adapters.named_buffers())
     state = model.state_dict()
-    keep.update(k for k in state if k.startswith(("sam.mask_decoder.", "class_head.")))
+    trained = ("sam.mask_decoder.", "class_head.")
+    if getattr(getattr(model.sam, "adapter_config", None), "trains_encoder", False):
+        trained += ("sam.image_encoder.",)  # full fine-tuning: the whole encoder is the run's state
+    keep.update(k for k in state if k.startswith(trained))
     # named_buffers() also lists non-persistent buffers (derived kernel bases), which are not state
     return {k: state[k].detach().contiguous().cpu() for k in sorted(keep) if k in state}
 

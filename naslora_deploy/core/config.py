@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Tuple, Union
 
-METHODS = ("lora", "nas_lora", "nas_pc_lora", "none")  # none: fine-tune the mask decoder only
+# none: fine-tune the mask decoder only; full: the whole image encoder and the decoder (no adapters)
+METHODS = ("lora", "nas_lora", "nas_pc_lora", "none", "full")
+ADAPTER_METHODS = ("lora", "nas_lora", "nas_pc_lora")
 TARGETS = ("q", "k", "v")
 MERGE_MODES = ("dense", "fused")
 # How the cell's candidates are built (``core.ops``): ``linear`` (depthwise -> pointwise, no ReLU/BN,
@@ -39,7 +41,8 @@ class AdapterConfig:
 
     method: ``lora`` (plain low-rank), ``nas_lora`` (searchable cell on all rank
         channels), ``nas_pc_lora`` (cell on a fixed ``channel_ratio`` of them), or
-        ``none`` (no adapters: the decoder-only baseline).
+        ``none`` (no adapters: the decoder-only baseline) or ``full`` (no adapters;
+        every image-encoder weight is trained with the decoder, as MedSAM is fine-tuned).
     rank: LoRA rank r (paper default 3).
     targets: which slices of ``attn.qkv`` get an adapter, in q, k, v order.
     blocks: ``"all"`` or a list of image-encoder block indices.
@@ -106,6 +109,16 @@ class AdapterConfig:
             raise ValueError(f"unknown cell_form {self.cell_form!r}; choose one of {', '.join(CELL_FORMS)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def has_adapters(self) -> bool:
+        """Whether adapter layers wrap the qkv projections (not for ``none`` and ``full``)."""
+        return self.method in ADAPTER_METHODS
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether the image encoder's own weights are trained (``full``)."""
+        return self.method == "full"
 
     @property
     def has_cell(self) -> bool:

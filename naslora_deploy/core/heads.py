@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from naslora_deploy.core.modes import settle_modes
+
 
 class MultiClassHead(nn.Module):
     """N learned queries, their mask hypernetwork and a (K+1)-way class head."""
@@ -46,6 +48,13 @@ class SegmentationModel(nn.Module):
             self.class_head = MultiClassHead(dim, num_queries or num_classes, num_classes)
         for param in sam.prompt_encoder.parameters():
             param.requires_grad_(False)
+        self.encoder_cache = None  # training.prefix_cache: a callable standing in for the image encoder
+
+    def train(self, mode: bool = True) -> "SegmentationModel":
+        """Training mode for what is trained; the frozen base stays in eval mode (``core.modes``)."""
+        super().train(mode)
+        settle_modes(self.sam, mode)
+        return self
 
     def with_sam(self, sam) -> "SegmentationModel":
         """The same head (class head shared, not copied) on another SAM, e.g. a merged one."""
@@ -72,8 +81,14 @@ class SegmentationModel(nn.Module):
     def forward(
         self, images: torch.Tensor, boxes: Optional[List[torch.Tensor]] = None
     ) -> Dict[str, torch.Tensor]:
-        embeddings = self.sam.image_encoder(images)
+        embeddings = self.encode(images)
         return self.decode(embeddings) if boxes is None else self.decode_boxes(embeddings, boxes)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (B, C, h, w) of (B, 3, S, S) model inputs (through ``encoder_cache`` if set)."""
+        if self.encoder_cache is not None:
+            return self.encoder_cache(images)
+        return self.sam.image_encoder(images)
 
     def decode_boxes(self, embeddings: torch.Tensor, boxes: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Box-prompted decoding: ``boxes[b]`` (K_b, 4) x0, y0, x1, y1 in the model-input frame.

@@ -113,7 +113,7 @@ def merge(
         if calibration is not None
         else None
     )
-    folding = mode == "dense" and config.method != "none"
+    folding = mode == "dense" and config.has_adapters
     fitted = folding and config.has_cell and (batches is not None or not config.linear_cell)
     fit_images, measure_images, fitted_on, measured_on, notes = _image_plan(
         batches, fitted or (folding and recovery.steps > 0), sam, probe_count
@@ -122,11 +122,12 @@ def merge(
     recovered = None
 
     with torch.no_grad():
-        if config.method == "none":  # decoder-only fine-tuning: the encoder is plain SAM already
+        if not config.has_adapters:  # decoder-only or full fine-tuning: the encoder is plain SAM already
             merged_sam, candidates = dense_copy(sam, layers, {}), {}
-            fold = "nothing to fold (decoder-only fine-tuning)"
+            what = "full" if config.trains_encoder else "decoder-only"
+            fold = f"nothing to fold ({what} fine-tuning)"
             if recovery.steps:
-                notes.append("recovery skipped: a decoder-only model has no folded factors")
+                notes.append(f"recovery skipped: a {what} model has no folded factors")
         elif mode == "fused":
             merged_sam, candidates = _fused_copy(sam, layers)
             fold = "exact (one mixed kernel + max pool)" if config.has_cell else "exact (LoRA branch kept)"

@@ -175,7 +175,9 @@ def build_sam(variant: str, checkpoint: Optional[Union[str, Path]] = None, pretr
     if checkpoint is not None:
         state = read_state_dict(checkpoint)
         load_fitting_state_dict(sam, state, variant, checkpoint)
-    return sam
+    # eval() again after loading: TinyViT's attention caches its biases when it enters eval mode,
+    # and the cache made by spec.build() holds the random initial ones
+    return sam.eval()
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:

@@ -153,8 +153,9 @@ def _check_exportable(model) -> None:
         )
     if model.class_head is not None:
         raise NasloraError("--format peft: a multi-class run's class head has no place in SamModel; use onnx")
-    if spec.adapter.method == "none":
-        raise NasloraError("--format peft: a decoder-only run has no adapters; use merge (plain SAM) instead")
+    if not spec.adapter.has_adapters:
+        what = "full fine-tuning" if spec.adapter.trains_encoder else "a decoder-only"
+        raise NasloraError(f"--format peft: {what} run has no adapters; use merge (plain SAM) instead")
 
 
 def run_to_peft(

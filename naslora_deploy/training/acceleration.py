@@ -40,3 +40,21 @@ def compile_encoder_blocks(sam) -> None:
         raise NasloraError(f"--compile needs torch >= 2.2 (this is {torch.__version__})")
     for _, block in attention_blocks(sam.image_encoder):
         block.compile()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic natively (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether a run at ``precision`` (auto, fp32, bf16) trains under bf16 autocast on ``device``.
+
+    ``auto``: on CUDA only; on a CPU bf16 is a measured choice (benchmarks/RESULTS.md), not a default.
+    """
+    if precision == "auto":
+        return device.type == "cuda"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise NasloraError("--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use fp32")
+    return precision == "bf16"

@@ -19,6 +19,8 @@ from naslora_deploy.training.schedule import LR_SCHEDULES
 PROMPTS = ("none", "box")  # prompt-free, or one box per ground-truth component (training.prompts)
 
 ALPHA_PASSES = ("second", "same")
+ARCH_DECAYS = ("decoupled", "coupled")
+PRECISIONS = ("auto", "fp32", "bf16")
 ARCH_DATA = ("train", "val")
 
 
@@ -104,8 +106,34 @@ class TrainConfig:
         default=0, metadata=option("linear learning-rate warm-up over the first N steps (0: none)", low=0)
     )
     weight_decay: float = field(default=1e-4, metadata=option("weights' Adam weight decay", low=0))
+    adapter_lr: Optional[float] = field(
+        default=None,
+        metadata=option(
+            "adapters' (initial) learning rate (full: the image encoder's); follows --lr-schedule",
+            low=0,
+            shown="--lr",
+        ),
+    )
+    lora_alpha: Optional[float] = field(
+        default=None,
+        metadata=option(
+            "PEFT's LoRA scaling alpha/r on W_d (default r: scale 1, the paper's Eq. 1); applied as its "
+            "exact Adam equivalent, W_d's learning rate x alpha/r, so saved W_d needs no scale",
+            low=0,
+            open_low=True,
+            shown="the rank",
+        ),
+    )
     arch_lr: float = field(default=1e-3, metadata=option("alpha's learning rate (constant)", low=0))
-    arch_weight_decay: float = field(default=1e-3, metadata=option("alpha's Adam weight decay", low=0))
+    arch_weight_decay: float = field(default=1e-3, metadata=option("alpha's weight decay", low=0))
+    arch_decay: str = field(
+        default="decoupled",
+        metadata=option(
+            "how alpha's weight decay acts: decoupled (AdamW) or coupled (Adam's L2 term, the paper's; it "
+            "holds alpha near zero, benchmarks/RESULTS.md)",
+            choices=ARCH_DECAYS,
+        ),
+    )
     rank: int = field(default=3, metadata=option("LoRA rank r", low=1))
     targets: List[str] = field(
         default_factory=lambda: list(TARGETS),
@@ -244,7 +272,24 @@ class TrainConfig:
         default=None, metadata=option("stop after this many steps (smoke runs)", low=1)
     )
     workers: int = field(default=0, metadata=option("data loader worker processes", low=0))
-    bf16: Optional[bool] = None
+    precision: str = field(
+        default="auto",
+        metadata=option(
+            "training arithmetic: bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on a CPU "
+            "(benchmarks/RESULTS.md)",
+            choices=PRECISIONS,
+        ),
+    )
+    prefix_cache: bool = field(
+        default=True,
+        metadata=option(
+            "compute the image encoder's frozen front (every stage before the first adapted block; "
+            "decoder-only: all of it) once per image and flip, and keep it in memory"
+        ),
+    )
+    prefix_cache_mb: int = field(
+        default=2048, metadata=option("--prefix-cache: the most memory it may hold, MB", low=0)
+    )
     grad_checkpoint: Optional[bool] = None
     compile: bool = field(
         default=False, metadata=option("torch.compile each image-encoder block (worth it on CUDA)")
@@ -273,6 +318,8 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Rebuild from ``to_dict`` output; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
+        if "bf16" in data and "precision" not in data:  # records written before --precision
+            data = {**data, "precision": {True: "bf16", False: "fp32"}.get(data["bf16"], "auto")}
         missing = [name for name in ("data", "out") if name not in data]
         if missing:
             raise ValueError(f"a training record needs {' and '.join(missing)}")
@@ -303,6 +350,10 @@ class TrainConfig:
             )
         if self.arch_data not in ARCH_DATA:
             raise ValueError("--arch-data must be train or val")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.arch_decay not in ARCH_DECAYS:
+            raise ValueError(f"--arch-decay must be one of {', '.join(ARCH_DECAYS)}, got {self.arch_decay!r}")
         if self.alpha_pass not in ALPHA_PASSES:
             raise ValueError(f"--alpha-pass must be one of {', '.join(ALPHA_PASSES)}")
         if self.alpha_pass == "same" and self.arch_data == "val":
@@ -366,7 +417,8 @@ class DemoConfig:
         default=2, metadata=option("training epochs per method (the first weights-only)", low=1)
     )
     batch_size: int = field(default=2, metadata=option("images per step", low=1))
-    lr: float = field(default=2e-4, metadata=option("weights' learning rate", low=0))
+    lr: float = field(default=2e-4, metadata=option("the decoder's learning rate", low=0))
+    adapter_lr: float = field(default=1e-3, metadata=option("the adapters' learning rate", low=0))
     seed: int = field(default=0, metadata=option("seeds data and training", low=0))
     progress: Optional[bool] = None  # the CLI's shared --progress/--no-progress
 

@@ -1,20 +1,28 @@
 """``naslora-deploy demo``: real LiteMedSAM weights on real photographs, the methods side by side.
 
 A seeded data set is cut from the photographs in scikit-image's wheel (one
-texture in a random shape on another). Zero-shot LiteMedSAM, then the decoder
-only, LoRA and NAS-PC-LoRA fine-tuned the same number of steps (box prompts,
-as MedSAM is trained), then NAS-PC-LoRA after the fused and the dense merge,
-are all evaluated box-prompted on the same held-out images. The table is
-printed and written to ``summary.md`` with one overlay picture per row.
+texture in a random shape on another). The trivial baselines (all background, all
+foreground, the prompt box filled in) and zero-shot LiteMedSAM come first; then
+the decoder only, LoRA and NAS-PC-LoRA, fine-tuned the same number of steps (box
+prompts, as MedSAM is trained) with the fast CPU recipe (``RECIPE``: adapters on
+the last two attention blocks, the frozen front cached), then NAS-PC-LoRA after
+the fused and the dense merge. All are evaluated box-prompted on the same
+held-out images. Each trained row says how it differs from the decoder only,
+image by image, with a 95 % interval: where the interval holds zero the row is a
+tie, and says so. The table is printed and written to ``summary.md`` with one
+overlay picture per row.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from naslora_deploy.common.imaging import overlay, read_image, save_png
@@ -28,13 +36,48 @@ from naslora_deploy.training.config import DemoConfig, TrainConfig
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.data.folder import discover
 from naslora_deploy.training.data.photos import write_photo_dataset
-from naslora_deploy.training.evaluate import evaluate, predict_probabilities
+from naslora_deploy.training.evaluate import predict_probabilities
 from naslora_deploy.training.prompts import component_boxes
 from naslora_deploy.training.trainer import train
 
 MODEL = "litemedsam"
 METHODS = (("decoder only", "none"), ("LoRA", "lora"), ("NAS-PC-LoRA", "nas_pc_lora"))
+RECIPE = dict(blocks=[8, 9], prefix_cache=True, precision="fp32")  # benchmarks/RESULTS.md, issue 25
 BINARY = ClassSpec()  # the demo's task: one object per photograph
+
+
+class TestSet:
+    """The held-out photographs: images, masks and their ground-truth boxes, read once."""
+
+    def __init__(self, pairs: List[Tuple[Path, Path]]) -> None:
+        self.images = [read_image(image) for image, _ in pairs]
+        self.masks = [load_labels(mask, BINARY) == 1 for _, mask in pairs]
+        self.boxes = [component_boxes(mask)[0] for mask in self.masks]
+
+    def ious(self, predictions: List[np.ndarray]) -> List[float]:
+        """Per image IoU of boolean predictions."""
+        return [
+            float((p & m).sum() / max((p | m).sum(), 1)) if (p | m).any() else 1.0
+            for p, m in zip(predictions, self.masks)
+        ]
+
+    def predict(self, model) -> List[np.ndarray]:
+        """Box-prompted masks of ``model`` (probability >= 0.5)."""
+        with torch.no_grad():
+            return [
+                predict_probabilities(model, [image], "cpu", [boxes])[0] >= 0.5
+                for image, boxes in zip(self.images, self.boxes)
+            ]
+
+    def filled_boxes(self) -> List[np.ndarray]:
+        """The prompt boxes themselves, filled: what a box alone already says."""
+        masks = []
+        for mask, boxes in zip(self.masks, self.boxes):
+            filled = np.zeros_like(mask)
+            for x0, y0, x1, y1 in np.asarray(boxes, dtype=int):
+                filled[y0 : y1 + 1, x0 : x1 + 1] = True
+            masks.append(filled)
+        return masks
 
 
 def run_demo(config: DemoConfig) -> Path:
@@ -44,22 +87,27 @@ def run_demo(config: DemoConfig) -> Path:
     data = write_photo_dataset(
         out / "data", count=config.images, seed=config.seed, val=2, test=config.test_images
     )
-    test = discover(data, check=False).split("test")
+    test = TestSet(discover(data, check=False).split("test"))
     steps = config.epochs * -(-config.images // config.batch_size)
-    print(
-        f"{MODEL} (real pretrained weights), {config.images} training / {len(test)} test photographs, "
+    header = (
+        f"{MODEL} (real pretrained weights), {config.images} training / {len(test.images)} test photographs, "
         f"box prompts; each method: {config.epochs} epochs x batch {config.batch_size} = {steps} steps, "
-        "adapters on all 10 attention blocks"
+        f"seed {config.seed} (one seed), adapters on blocks 8-9 with the frozen front cached"
     )
-    rows: List[Dict[str, object]] = []
-    zero_shot = SegmentationModel(build_sam(MODEL)).eval()
-    rows.append(_row("zero-shot (box)", zero_shot, test, 0.0))
+    print(header)
+    rows: List[Dict[str, object]] = [
+        _row("all background", [np.zeros_like(m) for m in test.masks], test),
+        _row("all foreground", [np.ones_like(m) for m in test.masks], test),
+        _row("box filled in (the prompt alone)", test.filled_boxes(), test),
+        _row("zero-shot (box)", test.predict(SegmentationModel(build_sam(MODEL)).eval()), test),
+    ]
     trained = {}
     for label, method in METHODS:
         begun = time.perf_counter()
         run = train(_train_config(config, data, out / "runs" / method, method))
         trained[method] = load_adapter(run)
-        rows.append(_row(f"{label} (box)", trained[method], test, time.perf_counter() - begun))
+        rows.append(_row(f"{label} (box)", test.predict(trained[method]), test, time.perf_counter() - begun))
+        rows[-1]["model_object"] = trained[method]
     calibration = calibration_images(data, 2, 256, "minmax")
     for mode in ("fused", "dense"):
         merged, report, _ = write_merged(
@@ -70,12 +118,16 @@ def run_demo(config: DemoConfig) -> Path:
             source=str(out / "runs" / "nas_pc_lora"),
             progress=config.progress,
         )
-        row = _row(f"NAS-PC-LoRA, {mode} merge (box)", merged, test, 0.0)
+        row = _row(f"NAS-PC-LoRA, {mode} merge (box)", test.predict(merged), test)
         row["merge embedding rel. error"] = report.embedding_rel_error
+        row["model_object"] = merged
         rows.append(row)
-    summary = _write_summary(out, rows, test, time.perf_counter() - started)
+    _compare_with(rows, "decoder only (box)")
+    pictures = _overlays(out, rows, test)
+    seconds = time.perf_counter() - started
+    summary = _write_summary(out, header, rows, pictures, seconds)
     print(_table(rows))
-    print(f"\nsummary with overlays: {summary}\ndemo finished in {time.perf_counter() - started:.1f} s")
+    print(f"\nsummary with overlays: {summary}\ndemo finished in {seconds:.1f} s")
     return summary
 
 
@@ -89,53 +141,92 @@ def _train_config(config: DemoConfig, data: Path, out: Path, method: str) -> Tra
         search_start=min(1, config.epochs - 1),
         batch_size=config.batch_size,
         lr=config.lr,
+        adapter_lr=config.adapter_lr,
         prompt="box",
         alpha_pass="same",
         seed=config.seed,
         progress=config.progress,
         overwrite=True,  # OUT/runs/METHOD is the demo's own: a rerun replaces the run it wrote before
+        **(RECIPE if method != "none" else {"prefix_cache": True}),
     )
 
 
-def _row(name: str, model, test: List[Tuple[Path, Path]], seconds: float) -> Dict[str, object]:
-    metrics = evaluate(model, test, BINARY, batch_size=4, device="cpu", prompt="box")
+def _row(name: str, predictions: List[np.ndarray], test: TestSet, seconds: float = 0.0) -> Dict[str, object]:
+    ious = test.ious(predictions)
+    dice = [2 * i / (1 + i) for i in ious]  # per image, Dice = 2 IoU / (1 + IoU)
     return {
         "model": name,
-        "model_object": model,
-        "iou": metrics["iou"],
-        "dice": metrics["dice"],
+        "iou": statistics.fmean(ious),
+        "dice": statistics.fmean(dice),
+        "per_image_iou": ious,
         "train s": seconds,
     }
 
 
-def _table(rows: List[Dict[str, object]]) -> str:
-    lines = [f"{'model':<38} {'test IoU':>9} {'Dice':>7} {'train s':>8}"]
+def _compare_with(rows: List[Dict[str, object]], reference: str) -> None:
+    """Each trained row's paired IoU difference from ``reference``, with a 95 % interval and a verdict."""
+    base = next(r for r in rows if r["model"] == reference)["per_image_iou"]
     for row in rows:
-        lines.append(f"{row['model']:<38} {row['iou']:>9.4f} {row['dice']:>7.4f} {row['train s']:>8.1f}")
+        if row["model"] == reference or "model_object" not in row:
+            continue
+        diffs = [a - b for a, b in zip(row["per_image_iou"], base)]
+        mean = statistics.fmean(diffs)
+        half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+        verdict = "tie" if abs(mean) <= half else ("better" if mean > 0 else "worse")
+        row["vs decoder only"] = {"mean": mean, "interval95": half, "verdict": verdict}
+
+
+def _versus(row: Dict[str, object]) -> str:
+    versus: Optional[dict] = row.get("vs decoder only")  # type: ignore[assignment]
+    if versus is None:
+        return ""
+    return f"{versus['mean']:+.4f} +- {versus['interval95']:.4f} ({versus['verdict']})"
+
+
+def _table(rows: List[Dict[str, object]]) -> str:
+    lines = [f"{'model':<36} {'test IoU':>9} {'Dice':>7} {'vs decoder only, 95 %':>30} {'train s':>8}"]
+    for row in rows:
+        figures = f"{row['iou']:>9.4f} {row['dice']:>7.4f} {_versus(row):>30} {row['train s']:>8.1f}"
+        lines.append(f"{row['model']:<36} {figures}")
     return "\n".join(lines)
 
 
-def _write_summary(out: Path, rows: List[Dict[str, object]], test, seconds: float) -> Path:
-    """``summary.md``: the table, and per row the first test photograph with that model's mask."""
-    image_path, mask_path = test[0]
-    image = read_image(image_path)
-    boxes = component_boxes(load_labels(mask_path, BINARY) == 1)[0]
+def _overlays(out: Path, rows: List[Dict[str, object]], test: TestSet) -> List[Optional[Path]]:
+    """Per trained or zero-shot row, the first test photograph with that model's mask."""
+    pictures: List[Optional[Path]] = []
+    for index, row in enumerate(rows):
+        model = row.get("model_object")
+        if model is None and row["model"].startswith("zero-shot"):
+            model = SegmentationModel(build_sam(MODEL)).eval()
+        if model is None:
+            pictures.append(None)
+            continue
+        with torch.no_grad():
+            prob = predict_probabilities(model, [test.images[0]], "cpu", [test.boxes[0]])[0]
+        pictures.append(save_png(out / "overlays" / f"{index}.png", overlay(test.images[0], prob > 0.5)))
+    return pictures
+
+
+def _write_summary(out: Path, header: str, rows, pictures, seconds: float) -> Path:
+    """``summary.md`` and ``summary.json``: the table, and the overlays, with the run's wall time."""
     lines = [
         "# naslora-deploy demo",
         "",
-        f"Finished in {seconds:.0f} s.",
+        header + ".",
         "",
-        "| model | test IoU | Dice | train s | overlay |",
-        "|---|---|---|---|---|",
+        f"Finished in {seconds:.1f} s. A row is a tie with the decoder only when the 95 % interval of "
+        "its per-image IoU difference holds zero; one seed and a few steps cannot rank the methods "
+        "(benchmarks/RESULTS.md holds the multi-seed comparison).",
+        "",
+        "| model | test IoU | Dice | vs decoder only (95 %) | train s | overlay |",
+        "|---|---|---|---|---|---|",
     ]
-    for index, row in enumerate(rows):
-        with torch.no_grad():
-            prob = predict_probabilities(row["model_object"], [image], "cpu", [boxes])[0]
-        picture = save_png(out / "overlays" / f"{index}.png", overlay(image, prob > 0.5))
+    for row, picture in zip(rows, pictures):
+        shown = f"![]({picture.relative_to(out)})" if picture is not None else ""
         lines.append(
-            f"| {row['model']} | {row['iou']:.4f} | {row['dice']:.4f} | {row['train s']:.1f} | "
-            f"![]({picture.relative_to(out)}) |"
+            f"| {row['model']} | {row['iou']:.4f} | {row['dice']:.4f} | {_versus(row)} | "
+            f"{row['train s']:.1f} | {shown} |"
         )
     table = [{k: v for k, v in row.items() if k != "model_object"} for row in rows]
-    atomic_write_text(out / "summary.json", json.dumps(table, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({"seconds": seconds, "rows": table}, indent=2) + "\n")
     return atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")

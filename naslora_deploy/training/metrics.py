@@ -42,6 +42,13 @@ def min_max_stretch(prob: np.ndarray) -> np.ndarray:
     return (prob - low) / (high - low)
 
 
+def balanced_error(tp: int, tn: int, positives: int, negatives: int) -> float:
+    """Balanced error rate (%), ``100 (1 - (TPR + TNR) / 2)``; a class with no pixels counts as recalled."""
+    recall_pos = tp / positives if positives else 1.0
+    recall_neg = tn / negatives if negatives else 1.0
+    return float(100.0 * (1.0 - 0.5 * (recall_pos + recall_neg)))
+
+
 class BinaryMetrics:
     """Accumulates per-image binary segmentation metrics; ``results()`` averages them.
 
@@ -63,6 +70,7 @@ class BinaryMetrics:
         self.iou: List[float] = []
         self.dice: List[float] = []
         self.accuracy: List[float] = []
+        self.ber: List[float] = []
         self.counts = np.zeros(4, dtype=np.int64)  # TP, TN, positives, negatives
 
     def update(self, prob: np.ndarray, target: np.ndarray) -> None:
@@ -78,18 +86,21 @@ class BinaryMetrics:
         self.iou.append(1.0 if union == 0 else inter / union)
         self.dice.append(1.0 if total == 0 else 2.0 * inter / total)
         self.accuracy.append(float((pred == gt).mean()))
-        self.counts += [inter, np.logical_and(~pred, ~gt).sum(), gt.sum(), (~gt).sum()]
+        counts = np.array([inter, np.logical_and(~pred, ~gt).sum(), gt.sum(), (~gt).sum()])
+        self.ber.append(balanced_error(*counts))
+        self.counts += counts
         saliency = min_max_stretch(prob) if self.saliency == "normalized" else prob
         for metric in self._sod.values():
             metric.step(saliency, gt, normalize=False)
 
     def results(self) -> Dict[str, object]:
-        """Mean IoU/Dice/accuracy over images, pysodmetrics figures, BER (%) and the saliency protocol."""
+        """Mean IoU/Dice/accuracy over images, pysodmetrics figures, BER (%) and the saliency protocol.
+
+        ``ber`` is the mean of the per-image balanced error (the protocol the paper's SBU figures
+        come from); ``ber_pooled`` is computed once from the pixel counts of every image together.
+        """
         if not self.iou:
             raise ValueError("no images were evaluated")
-        tp, tn, positives, negatives = self.counts
-        recall_pos = tp / positives if positives else 1.0
-        recall_neg = tn / negatives if negatives else 1.0
         return {
             "images": len(self.iou),
             "iou": float(np.mean(self.iou)),
@@ -99,7 +110,8 @@ class BinaryMetrics:
             "s_alpha": float(self._sod["sm"].get_results()["sm"]),
             "e_phi": float(np.mean(self._sod["em"].get_results()["em"]["curve"])),
             "f_beta_w": float(self._sod["wfm"].get_results()["wfm"]),
-            "ber": float(100.0 * (1.0 - 0.5 * (recall_pos + recall_neg))),
+            "ber": float(np.mean(self.ber)),
+            "ber_pooled": balanced_error(*self.counts),
             "saliency_protocol": self.saliency,
         }
 

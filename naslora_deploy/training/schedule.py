@@ -47,3 +47,26 @@ def learning_rate(
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr * (1.0 - progress) ** POLY_POWER
+
+
+def search_never_starts(config, steps_per_epoch: int):
+    """Why a stage-wise run's alpha would never take a step, or None when its search does start.
+
+    Alpha's steps begin at epoch ``search_start`` (T_B); a run whose last epoch, or whose
+    ``max_steps``, comes first leaves alpha at its initialisation.
+    """
+    if config.joint:
+        return None
+    if config.search_start >= config.epochs:
+        return (
+            f"no search will run: --search-start {config.search_start} is at or past the last epoch "
+            f"({config.epochs} epochs, counted from 0); alpha stays at its initialisation"
+        )
+    first_search_step = config.search_start * steps_per_epoch
+    if config.max_steps is not None and config.max_steps <= first_search_step:
+        return (
+            f"no search will run: --max-steps {config.max_steps} ends the run before epoch "
+            f"{config.search_start + 1} (step {first_search_step + 1}), where alpha's steps start; "
+            "alpha stays at its initialisation"
+        )
+    return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -54,6 +55,7 @@ from naslora_deploy.training.acceleration import (
     compile_encoder_blocks,
     enable_gradient_checkpointing,
     pick_device,
+    uses_bf16,
 )
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import Augmentation, SegmentationDataset
@@ -69,9 +71,11 @@ from naslora_deploy.training.distributed import (
 )
 from naslora_deploy.training.evaluate import evaluate, headline
 from naslora_deploy.training.losses import binary_loss, box_loss, multiclass_loss, require_finite
+from naslora_deploy.training.optimizers import build_optimizers, set_schedule_factor
+from naslora_deploy.training.prefix_cache import PrefixCache
 from naslora_deploy.training.prompts import training_prompts
 from naslora_deploy.training.sampling import epoch_order, flip_batch
-from naslora_deploy.training.schedule import learning_rate, total_steps
+from naslora_deploy.training.schedule import learning_rate, search_never_starts, total_steps
 
 __all__ = ["Trainer", "TrainConfig", "train", "epoch_order", "flip_batch", "op_shares", "pick_device"]
 
@@ -114,7 +118,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.bf16 = self.device.type == "cuda" if config.bf16 is None else config.bf16
+        self.bf16 = uses_bf16(config.precision, self.device)
         formats = dict(category=config.category, bands=config.bands, stretch=config.stretch)
         self.splits: DataSplits = discover(
             config.data, config.classes, config.val_fraction, config.seed, config.skip_bad, **formats
@@ -131,18 +135,13 @@ class Trainer:
             list(self.model.class_head.parameters()) if self.model.class_head is not None else []
         )
         self.alphas = architecture_parameters(self.model.sam)
-        self.weight_opt = torch.optim.Adam(
-            self.weights, lr=config.lr, weight_decay=config.weight_decay, foreach=True
-        )
-        self.arch_opt = (
-            torch.optim.Adam(
-                self.alphas, lr=config.arch_lr, weight_decay=config.arch_weight_decay, foreach=True
-            )
-            if self.alphas
-            else None
-        )
+        self.weight_opt, self.arch_opt = build_optimizers(self.model, config)
         per_rank = len(shard(list(range(len(self.splits.split("train")))), self.dist))
-        self.total_steps = total_steps(config.epochs, -(-per_rank // config.batch_size), config.max_steps)
+        steps_per_epoch = -(-per_rank // config.batch_size)
+        self.total_steps = total_steps(config.epochs, steps_per_epoch, config.max_steps)
+        self.search_note = search_never_starts(config, steps_per_epoch) if self.alphas else None
+        if self.search_note and self.dist.is_main:
+            print(f"warning: {self.search_note}", file=sys.stderr, flush=True)
         self.epoch, self.step, self.best = 0, 0, None
         self.history: List[dict] = []
 
@@ -161,7 +160,9 @@ class Trainer:
             peft.apply(sam)
         classes = self.splits.classes
         self.model = SegmentationModel(sam, classes.num_classes, c.queries).to(self.device)
-        self.model.train()
+        self.model.train()  # the frozen base stays in eval mode (core.modes)
+        if c.prefix_cache and c.augment == "none" and not adapter.trains_encoder:
+            self.model.encoder_cache = PrefixCache(sam.image_encoder, c.prefix_cache_mb * 2**20)
         if c.grad_checkpoint or (c.grad_checkpoint is None and self.device.type == "cuda"):
             enable_gradient_checkpointing(sam)
         if c.compile:
@@ -272,15 +273,18 @@ class Trainer:
         return require_finite(loss, self.step + 1, self.current_lr(), self.config.arch_lr)
 
     def current_lr(self) -> float:
-        """The weights' learning rate of step ``self.step`` (``schedule.learning_rate``)."""
+        """The decoder's learning rate of step ``self.step`` (``schedule.learning_rate``)."""
+        return self.config.lr * self.schedule_factor()
+
+    def schedule_factor(self) -> float:
+        """The schedule at step ``self.step``: what every group's base learning rate is multiplied by."""
         c = self.config
-        return learning_rate(self.step, self.total_steps, c.lr, c.lr_schedule, c.warmup_steps)
+        return learning_rate(self.step, self.total_steps, 1.0, c.lr_schedule, c.warmup_steps)
 
     def train_step(self, batch: dict, arch_batch: Optional[dict], stage: str) -> Dict[str, float]:
         """One step of Alg. 1 at the scheduled learning rate; returns the losses and ``lr``."""
         lr = self.current_lr()
-        for group in self.weight_opt.param_groups:
-            group["lr"] = lr
+        set_schedule_factor(self.weight_opt, self.schedule_factor())
         if stage == "joint" or (stage == "weights+alpha" and self.config.alpha_pass == "same"):
             return {**self._one_pass_step(batch, with_alpha=True), "lr": lr}
         result = {**self._one_pass_step(batch, with_alpha=False), "lr": lr}
@@ -408,6 +412,8 @@ class Trainer:
         }
         if self.alphas:
             record["op_shares"] = op_shares(self.model.sam)
+        if self.model.encoder_cache is not None:
+            record["prefix_cache"] = self.model.encoder_cache.stats()
         if self.dist.is_main:
             if val_pairs:
                 record["val"] = evaluate(
@@ -455,10 +461,13 @@ class Trainer:
                 "epoch": self.epoch,
                 "step": self.step,
                 "world_size": self.dist.world_size,
+                "precision": "bf16" if self.bf16 else "fp32",
+                "search_ran": any(r.get("stage") in ("weights+alpha", "joint") for r in self.history),
             }
             if self.dist.enabled:
                 summary["ranks_identical"] = agree
             atomic_write_text(self.out / run_names.RUN_SUMMARY, json.dumps(summary, indent=2) + "\n")
+        self.model.encoder_cache = None  # the cached prefix is this run's only; free it
         shutdown(self.dist)
         if not agree:
             raise NasloraError(

@@ -142,3 +142,19 @@ def test_multiclass_metrics_refuse_bad_input():
         MultiClassMetrics(3).update(np.full((4, 4), 3), np.zeros((4, 4), np.int64))
     with pytest.raises(ValueError, match="2 class names for 3 classes"):
         MultiClassMetrics(3, ["a", "b"])
+
+
+def test_ber_is_the_mean_of_per_image_errors_and_the_pooled_one_has_its_own_name():
+    big = np.zeros((40, 40), bool)
+    big[0:20] = True  # 800 positives; predicted perfectly: BER 0
+    small = _square()  # 400 positives; half of them found: BER 25 %
+    half = np.zeros((40, 40), float)
+    half[10:30, 10:20] = 1.0
+    metrics = BinaryMetrics()
+    metrics.update(big.astype(float), big)
+    metrics.update(half, small)
+    r = metrics.results()
+    assert r["ber"] == pytest.approx((0.0 + 25.0) / 2)
+    pooled_tpr, pooled_tnr = (800 + 200) / 1200, 1.0
+    assert r["ber_pooled"] == pytest.approx(100 * (1 - 0.5 * (pooled_tpr + pooled_tnr)))
+    assert r["ber"] != pytest.approx(r["ber_pooled"])

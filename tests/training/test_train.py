@@ -81,7 +81,7 @@ def test_weights_untouched_during_the_alpha_step(binary_data, tmp_path):
 
 def _count_forwards(trainer):
     calls = []
-    trainer.model.sam.image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    trainer.model.register_forward_hook(lambda *_: calls.append(1))
     return calls
 
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The comparison's pieces in order, each its own process; a finished piece is skipped, so running this
+# again (another session) runs only what is missing. Logs: benchmarks/results/.logs/. Commit the
+# result files under benchmarks/results/compare/ as they land.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+mkdir -p benchmarks/results/.logs
+while pgrep -f "benchmarks/bench_compare.py" > /dev/null; do sleep 10; done  # one piece at a time
+piece() {  # name, then the bench_compare.py arguments
+  local name=$1; shift
+  echo "$(date -u +%H:%M:%S) start $name"
+  $PY benchmarks/bench_compare.py "$@" > "benchmarks/results/.logs/$name.log" 2>&1
+  local rc=$?
+  echo "$(date -u +%H:%M:%S) end $name (exit $rc)"
+}
+[ -f benchmarks/results/compare/baselines/baselines.json ] || piece baselines baselines
+[ -f benchmarks/results/compare/gonogo/gonogo-none.json ] || piece gonogo-none gonogo --prompt none
+piece sweep-none-decoder sweep --arm decoder --prompt none --lrs 1e-4,3e-4,1e-3 --steps 100
+piece sweep-none-lora sweep --arm lora --prompt none --lrs 3e-4,1e-3,3e-3 --steps 100
+runs() {  # seed, arms...
+  local seed=$1; shift
+  for arm in "$@"; do piece "run-none-$arm-s$seed" run --arm "$arm" --prompt none --seed "$seed"; done
+}
+runs 0 decoder lora nas_pc_lora
+# paired checks on seed 0: bf16 autocast (the precision default) and adapters on all blocks (the recipe)
+piece run-none-lora-s0-bf16 run --arm lora --prompt none --seed 0 --precision bf16
+runs 1 decoder lora nas_pc_lora
+runs 2 decoder lora nas_pc_lora
+runs 0 nas_lora
+runs 1 nas_lora
+runs 2 nas_lora
+piece run-none-lora-s0-blocksall run --arm lora --prompt none --seed 0 --blocks all
+for seed in 0 1 2; do
+  for arm in decoder lora nas_pc_lora nas_lora; do
+    piece "run-box-$arm-s$seed" run --arm "$arm" --prompt box --seed "$seed"
+  done
+done
+for prompt in none box; do for seed in 0 1 2; do
+  piece "run-$prompt-full-s$seed" run --arm full --prompt "$prompt" --seed "$seed"
+done; done
