@@ -130,7 +130,7 @@ class TrainConfig:
         default="decoupled",
         metadata=option(
             "how alpha's weight decay acts: decoupled (AdamW) or coupled (Adam's L2 term, the paper's; it "
-            "holds alpha near zero, benchmarks/RESULTS.md)",
+            "pins alpha near zero while W_d is tiny, benchmarks/RESULTS.md)",
             choices=ARCH_DECAYS,
         ),
     )

@@ -14,9 +14,11 @@ scaled together by the schedule (``schedule.learning_rate`` at base 1):
   exports and PEFT files need no scale. W_d starts at zero, so both forms start equal.
 
 Alpha: its own optimiser at a constant ``--arch-lr``. ``--arch-decay decoupled``
-(AdamW) shrinks alpha by ``lr x wd`` per step; ``coupled`` (the paper's Adam with an
-L2 term) adds ``wd x alpha`` to a loss gradient of ~1e-7, which then dominates Adam's
-normalised step and holds alpha near ``-grad / wd`` ~ 1e-4 (benchmarks/RESULTS.md).
+(AdamW) shrinks alpha by ``lr x wd`` per step whatever its gradient; ``coupled`` (the
+paper's Adam with an L2 term) adds ``wd x alpha`` to the loss gradient, which is linear
+in W_d: while W_d is small (~1e-7 gradients) the decay term dominates Adam's normalised
+step and pins alpha near ``-grad / wd`` ~ 1e-4; once W_d has grown both move alpha
+alike (benchmarks/RESULTS.md, issue 25).
 """
 
 from __future__ import annotations

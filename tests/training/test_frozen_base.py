@@ -29,7 +29,10 @@ def photos(tmp_path_factory):
     return write_photo_dataset(tmp_path_factory.mktemp("photos"), count=4, seed=1, val=2, test=2)
 
 
-DEFAULTS = dict(model="litemedsam", method="lora", blocks=[8, 9], epochs=2, batch_size=4, lr=1e-3)
+# box prompts: a validation IoU that the embeddings move (prompt-free, two steps leave it at 0)
+DEFAULTS = dict(
+    model="litemedsam", method="lora", blocks=[8, 9], epochs=2, batch_size=4, lr=1e-3, prompt="box"
+)
 
 
 def _config(data, out, **changes):
@@ -79,11 +82,13 @@ def _val_ious(run):
 
 def test_eval_of_best_reproduces_its_validation_figure(photos, straight):
     model = load_adapter(straight / "best")
-    again = evaluate(model, discover(photos).split("val"), model.spec.classes, batch_size=2)
+    again = evaluate(model, discover(photos).split("val"), model.spec.classes, batch_size=2, prompt="box")
+    assert 0.5 < again["iou"] < 1.0  # a figure the embeddings move, not a trivial one
     assert again["iou"] == pytest.approx(max(_val_ious(straight)), abs=1e-6)
 
 
 def test_resume_does_not_change_validation(photos, straight, tmp_path):
     train(_config(photos, tmp_path / "resumed", epochs=1))
     resumed = train(_config(photos, tmp_path / "resumed", resume=True))
+    assert all(0.5 < iou < 1.0 for iou in _val_ious(straight))
     assert _val_ious(resumed) == pytest.approx(_val_ious(straight), abs=1e-6)
