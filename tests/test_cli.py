@@ -51,8 +51,9 @@ def test_inspect_prints_the_architecture_and_plots(trained_run, tmp_path, capsys
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["block", "proj", "sep3x3", "sep5x5"]
     assert [line.split()[1] for line in lines[1:4]] == ["q", "k", "v"]
-    assert lines[-2].startswith("     share")
-    assert plot.stat().st_size > 1000
+    assert any(line.startswith("     share") for line in lines)
+    assert "alpha's trajectory" in out and "no search ran" not in out  # this run searched from epoch 2
+    assert plot.stat().st_size > 1000 and (tmp_path / "shares-trajectory.png").stat().st_size > 1000
     assert main(["inspect", str(trained_run), "--json", "-"]) == 0
     shares = json.loads(capsys.readouterr().out)["shares"]  # stdout holds only the JSON
     assert sum(shares.values()) == pytest.approx(1.0)
@@ -311,7 +312,7 @@ def test_json_means_one_thing_everywhere(trained_run, multiclass_data, tmp_path,
     assert "miou" in capsys.readouterr().out
     out = tmp_path / "arch.json"
     assert main(["inspect", str(trained_run), "--json", str(out)]) == 0
-    assert set(json.loads(out.read_text())) == {"ops", "shares", "weights"}
+    assert set(json.loads(out.read_text())) == {"ops", "search_ran", "shares", "trajectory", "weights"}
     assert "block" in capsys.readouterr().out
 
 
