@@ -55,8 +55,10 @@ class TrainConfig:
     """Options of ``naslora-deploy train``.
 
     The method's hyper-parameters default to the paper's Sec. 4.1: batch 4; Adam
-    for the weights at lr 1e-4, weight decay 1e-4; Adam for alpha at lr 1e-3, weight
-    decay 1e-3; T = 40 epochs, T_B = 10; rank 3 on Q, K and V; channel ratio 2/3;
+    for the weights at lr 1e-4, weight decay 1e-4; alpha at lr 1e-3, weight decay
+    1e-3, but decoupled (AdamW) where the paper's Adam couples it (``arch_decay``:
+    a coupled decay pins alpha while W_d is small, benchmarks/RESULTS.md issue 25);
+    T = 40 epochs, T_B = 10; rank 3 on Q, K and V; channel ratio 2/3;
     horizontal flips; lambda_seg 1, lambda_cls 2 (``losses``). The paper gives
     "initial" learning rates but no schedule: ``lr_schedule`` is constant, which
     beat cosine and poly on every seed of benchmarks/bench_protocol.py. Choices of
