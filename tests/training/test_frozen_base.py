@@ -84,11 +84,12 @@ def test_eval_of_best_reproduces_its_validation_figure(photos, straight):
     model = load_adapter(straight / "best")
     again = evaluate(model, discover(photos).split("val"), model.spec.classes, batch_size=2, prompt="box")
     assert 0.5 < again["iou"] < 1.0  # a figure the embeddings move, not a trivial one
-    assert again["iou"] == pytest.approx(max(_val_ious(straight)), abs=1e-6)
+    assert again["iou"] == pytest.approx(max(_val_ious(straight)), abs=2e-3)  # the old trainer: 8e-3 off
 
 
 def test_resume_does_not_change_validation(photos, straight, tmp_path):
     train(_config(photos, tmp_path / "resumed", epochs=1))
     resumed = train(_config(photos, tmp_path / "resumed", resume=True))
+    # a few pixels may round differently (the cache runs one image at a time); the bug moved it 8e-3
+    assert _val_ious(resumed) == pytest.approx(_val_ious(straight), abs=2e-3)
     assert all(0.5 < iou < 1.0 for iou in _val_ious(straight))
-    assert _val_ious(resumed) == pytest.approx(_val_ious(straight), abs=1e-6)

