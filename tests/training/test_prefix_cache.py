@@ -43,6 +43,14 @@ def test_the_cache_applies_only_where_something_in_front_is_frozen_and_inputs_re
     assert decoder_only.prefix_names[-1] == "neck"  # decoder-only: the embeddings themselves
 
 
+def _assert_same_up_to_rounding(out, expected):
+    """The cache runs the prefix one image at a time, the reference a batch: kernels may round a
+    few entries differently, so the check is relative to the output's scale, not to 1e-6."""
+    assert out.shape == expected.shape
+    assert float((out - expected).norm() / expected.norm()) < 1e-5
+    assert float((out - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+
+
 def _cache(max_bytes=2**30):
     torch.manual_seed(0)
     sam = add_adapters(build_sam("vit_tiny"), AdapterConfig(method="lora", blocks=[2, 3]))
@@ -63,7 +71,7 @@ def test_entries_are_keyed_by_content_and_autocast():
             cache(images)
         expected = sam.image_encoder(images)
     assert torch.equal(first, again)
-    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-6)
+    _assert_same_up_to_rounding(first, expected)
     assert (cache.hits, cache.misses) == (2 + 1, 1 + 1 + 1 + 2)
 
 
@@ -74,4 +82,4 @@ def test_the_bound_is_kept_and_misses_past_it_are_still_right():
         out = cache(images)
         expected = sam.image_encoder(images)
     assert cache.entries == {} and cache.bytes == 0
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    _assert_same_up_to_rounding(out, expected)
