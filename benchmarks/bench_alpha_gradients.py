@@ -26,7 +26,7 @@ from typing import List
 
 import torch
 
-from naslora_deploy.core.adapters import adapted_layers
+from naslora_deploy.core.adapters.injection import adapted_layers
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.photos import write_photo_dataset
 from naslora_deploy.training.sampling import epoch_order, flip_batch

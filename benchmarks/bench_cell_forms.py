@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from naslora_deploy.core.architecture import operation_shares, searched_weights
-from naslora_deploy.core.calibration import calibration_images
-from naslora_deploy.core.checkpoint import load_adapter
-from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.core.config import OP_NAMES
-from naslora_deploy.core.merge import merge
+from naslora_deploy.core.adapters.config import OP_NAMES
+from naslora_deploy.core.merging.calibration import calibration_images
+from naslora_deploy.core.merging.merge import merge
+from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.core.runs.architecture import operation_shares, searched_weights
+from naslora_deploy.core.runs.checkpoint import load_adapter
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.folder import discover
 from naslora_deploy.training.data.photos import write_photo_dataset

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam, set_cell_forward
-from naslora_deploy.core.layers import AdaptedQKV
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.layers import AdaptedQKV
+from naslora_deploy.core.adapters.testing import perturb_adapters
 
 try:
     from timing import alternate, median_ms, write_record

@@ -61,7 +61,7 @@ def _data(args) -> Path:
 
 
 def _evaluate(model, data: Path, prompt: str) -> dict:
-    from naslora_deploy.core.classes import ClassSpec
+    from naslora_deploy.core.model.classes import ClassSpec
     from naslora_deploy.training.data.folder import discover
     from naslora_deploy.training.evaluate import evaluate
 
@@ -111,7 +111,7 @@ def train_config(args, arm: str, prompt: str, seed: int, out: Path, arm_lr: floa
 
 def _alpha(records: List[dict], model) -> Optional[dict]:
     """Alpha's movement: the mean shares per logged epoch, and the largest change of any one share."""
-    from naslora_deploy.core.adapters import adapted_layers
+    from naslora_deploy.core.adapters.injection import adapted_layers
 
     trajectory = [r["op_shares"] for r in records if "op_shares" in r]
     if not trajectory:
@@ -127,7 +127,7 @@ def _alpha(records: List[dict], model) -> Optional[dict]:
 
 def run_piece(args, arm: str, prompt: str, seed: int, arm_lr: float, out: Path, **changes) -> dict:
     """Train one piece and evaluate its best/ on the test photographs."""
-    from naslora_deploy.core.checkpoint import load_adapter
+    from naslora_deploy.core.runs.checkpoint import load_adapter
     from naslora_deploy.training.trainer import train
 
     config = train_config(args, arm, prompt, seed, out, arm_lr, **changes)
@@ -196,9 +196,9 @@ def cmd_baselines(args) -> None:
     """Zero-shot LiteMedSAM (box and prompt-free), and the all-foreground / all-background masks."""
     import numpy as np
 
-    from naslora_deploy.core.classes import ClassSpec
-    from naslora_deploy.core.heads import SegmentationModel
-    from naslora_deploy.core.variants import build_sam
+    from naslora_deploy.core.model.classes import ClassSpec
+    from naslora_deploy.core.model.heads import SegmentationModel
+    from naslora_deploy.core.model.variants import build_sam
     from naslora_deploy.training.data.dataset import load_labels
     from naslora_deploy.training.data.folder import discover
     from naslora_deploy.training.metrics import BinaryMetrics
@@ -268,9 +268,9 @@ def cmd_missing(args) -> None:
 
 def cmd_merge(args) -> None:
     """The dense and fused merges of one finished piece, evaluated on the test photographs."""
-    from naslora_deploy.core.calibration import calibration_images
-    from naslora_deploy.core.checkpoint import load_adapter
-    from naslora_deploy.core.merge import merge
+    from naslora_deploy.core.merging.calibration import calibration_images
+    from naslora_deploy.core.merging.merge import merge
+    from naslora_deploy.core.runs.checkpoint import load_adapter
 
     name = f"{args.prompt}-{args.arm}-s{args.seed}"
     model = load_adapter(RUNS / name / "best")

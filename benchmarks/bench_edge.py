@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from naslora_deploy.core.variants import VARIANTS
+from naslora_deploy.core.model.variants import VARIANTS
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.runtime import Segmenter
 

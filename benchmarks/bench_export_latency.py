@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
-from naslora_deploy.core.adapters import adapted_layers
-from naslora_deploy.core.merge import constant_response_folds, dense_copy
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.injection import adapted_layers
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.merging.merge import constant_response_folds, dense_copy
 from naslora_deploy.exporters.onnx_export import module_to_onnx
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph

@@ -29,7 +29,8 @@ from typing import Dict, List
 
 import torch
 
-from naslora_deploy.core.variants import VARIANTS, build_sam
+from naslora_deploy.core.merging.spec import MergeSpec
+from naslora_deploy.core.model.variants import VARIANTS, build_sam
 from naslora_deploy.exporters.export import export_artifacts
 from naslora_deploy.exporters.specs import ExportSpec
 from naslora_deploy.exporters.verify import FP16_MARGIN as MARGIN
@@ -75,7 +76,7 @@ def sources(models: List[str], root: Path, data: Path, steps: int) -> Dict[str, 
 
 def measure(name: str, source, variant, merge: str, calibration, images: Path, count: int, root: Path):
     """One model's fp16 rows, as verify reports them."""
-    spec = ExportSpec(precision="fp16", merge=merge, calibration=calibration)
+    spec = ExportSpec(precision="fp16", merge=MergeSpec(mode=merge, calibration=calibration))
     started = time.perf_counter()
     out, _ = export_artifacts(source, root / name.replace(" ", "_"), spec, variant=variant)
     report = verify_parity(out, images, count=count)

@@ -28,8 +28,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam, merge
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.exporters.fast_attention import use_sdpa
 
 try:

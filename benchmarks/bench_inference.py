@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from naslora_deploy.core.checkpoint import load_adapter
+from naslora_deploy.core.runs.checkpoint import load_adapter
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.torch_backend import TorchBackend, open_segmenter
 from naslora_deploy.runtime.bench import summarise

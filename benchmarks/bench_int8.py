@@ -29,8 +29,8 @@ import torch
 
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.imaging import preprocess_image
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
 from naslora_deploy.exporters.export import export_graphs
 from naslora_deploy.exporters.quantize import onnx_to_int8
 from naslora_deploy.exporters.specs import ExportSpec

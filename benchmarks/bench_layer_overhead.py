@@ -9,8 +9,8 @@ import argparse
 
 import torch
 
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.layers import AdaptedQKV
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.layers import AdaptedQKV
 
 try:
     from timing import alternate, median_ms

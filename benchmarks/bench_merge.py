@@ -32,12 +32,12 @@ from typing import Dict, List
 import numpy as np
 
 from naslora_deploy.common.imaging import read_image
-from naslora_deploy.core.adapters import adapters_disabled
-from naslora_deploy.core.calibration import calibration_images
-from naslora_deploy.core.checkpoint import load_adapter
-from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.core.merge import merge
-from naslora_deploy.core.recovery import Recovery
+from naslora_deploy.core.adapters.injection import adapters_disabled
+from naslora_deploy.core.merging.calibration import calibration_images
+from naslora_deploy.core.merging.merge import merge
+from naslora_deploy.core.merging.recovery import Recovery
+from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.core.runs.checkpoint import load_adapter
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.data.folder import discover

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from naslora_deploy.core.checkpoint import load_adapter
+from naslora_deploy.core.runs.checkpoint import load_adapter
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.folder import discover
 from naslora_deploy.training.data.photos import write_photo_dataset

@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
 from naslora_deploy.common.io import sha256_of
-from naslora_deploy.core.checkpoint import RunSpec, save_checkpoint
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.runs.checkpoint import RunSpec, save_checkpoint
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.torch_backend import open_segmenter
 from naslora_deploy.runtime.bench import bench, format_rows

@@ -99,7 +99,7 @@ def register_sized_variant(name: str) -> str:
     """
     if "@" not in name:
         return name
-    from naslora_deploy.core.variants import VARIANTS
+    from naslora_deploy.core.model.variants import VARIANTS
 
     base, size = name.split("@")
     # segment-anything's own modules and decoder dimensions, assembled at the smaller size

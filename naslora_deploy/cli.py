@@ -25,7 +25,8 @@ from naslora_deploy import __version__
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.options import bound_error, check_device
-from naslora_deploy.core.config import MERGE_MODES
+from naslora_deploy.core.adapters.config import MERGE_MODES
+from naslora_deploy.core.merging.spec import MergeSpec
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
 from naslora_deploy.runtime.everything import EverythingSpec
@@ -160,17 +161,15 @@ runtime_options = _compose(
 
 
 def export_spec_from(options: Dict[str, object]) -> ExportSpec:
-    """The ``ExportSpec`` (with its ``EngineSpec``) that ``export``'s options describe.
-
-    ``--precision`` is the engines' precision with ``--format trt``; otherwise the
-    engines built later from the ONNX files (the manifest's trtexec commands) keep
-    ``EngineSpec``'s own default.
-    """
+    """The ``ExportSpec`` (with its ``MergeSpec`` and ``EngineSpec``) that ``export``'s options describe;
+    the engines' precision is resolved by ``ExportSpec`` itself."""
     engine = EngineSpec(**{k: v for k, v in fields_of(EngineSpec, options).items() if k != "precision"})
-    spec = ExportSpec(**fields_of(ExportSpec, options), engine=engine)
-    if spec.format == "trt":
-        spec.engine = dataclasses.replace(engine, precision=spec.precision)
-    return spec
+    merge = MergeSpec(**fields_of(MergeSpec, options))
+    return ExportSpec(
+        **{k: v for k, v in fields_of(ExportSpec, options).items() if k != "merge"},
+        merge=merge,
+        engine=engine,
+    )
 
 
 def emit_json(target: Optional[str], data) -> None:
@@ -193,7 +192,7 @@ def say(json_target: Optional[str], text: str) -> None:
 
 
 def _load(adapter, base, allow_base_mismatch, device):
-    from naslora_deploy.core.checkpoint import load_adapter
+    from naslora_deploy.core.runs.checkpoint import load_adapter
     from naslora_deploy.training.acceleration import pick_device
 
     return load_adapter(adapter, base, allow_base_mismatch, device=pick_device(device))
@@ -314,7 +313,7 @@ def evaluate(
 @json_option
 def inspect(adapter, plot, json_target) -> None:
     """The searched architecture: softmax(alpha) per block and projection."""
-    from naslora_deploy.core.architecture import inspection_summary
+    from naslora_deploy.core.runs.architecture import inspection_summary
 
     summary = inspection_summary(adapter, plot)
     say(json_target, summary["table"] + (f"\nplot: {summary['plot']}" if "plot" in summary else ""))
@@ -329,49 +328,29 @@ def inspect(adapter, plot, json_target) -> None:
     "--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)"
 )
 @click.option("--force", is_flag=True, help="replace an earlier merge at --out (never any other file)")
-@options_from(ExportSpec, only=("calibration", "calibration_images", "recover", "recover_decoder"))
+@options_from(MergeSpec, only=("calibration", "calibration_images", "recover", "recover_decoder"))
 @device_option
 @progress_option
-def merge(
-    adapter,
-    base,
-    allow_base_mismatch,
-    mode,
-    out,
-    force,
-    calibration,
-    calibration_images,
-    recover,
-    recover_decoder,
-    device,
-    progress,
-) -> None:
+def merge(adapter, base, allow_base_mismatch, mode, out, force, device, progress, **options) -> None:
     """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity."""
     from naslora_deploy.common.outputs import check_output_files, json_field
-    from naslora_deploy.core.calibration import calibration_images as read_calibration
-    from naslora_deploy.core.checkpoint import sidecar_paths, write_merged
-    from naslora_deploy.exporters.specs import check_recovery
+    from naslora_deploy.core.merging.files import sidecar_paths, write_merged
+    from naslora_deploy.core.merging.run import merge_run
+    from naslora_deploy.training.acceleration import pick_device
 
-    recover = recover or 0  # unset: ExportSpec's default, none
-    check_recovery(recover, mode, calibration, recover_decoder)  # before the model is loaded
+    spec = MergeSpec(mode=mode, **fields_of(MergeSpec, options))  # its rules, before the model is loaded
     sidecars = sidecar_paths(out)  # an earlier merge's report names its checkpoint
     earlier = json_field(sidecars["report"], "checkpoint") == out.name
     check_output_files([out, *sidecars.values()], kind="merged checkpoint", earlier=earlier, replace=force)
-    model = _load(adapter, base, allow_base_mismatch, device)
-    spec = model.spec
-    images = (
-        read_calibration(calibration, calibration_images, spec.image_size, spec.normalization)
-        if calibration
-        else None
+    merged, report = merge_run(
+        adapter,
+        spec,
+        base=base,
+        allow_base_mismatch=allow_base_mismatch,
+        device=pick_device(device),
+        progress=progress,
     )
-    options = {}
-    if recover:  # check_recovery made sure the mode is dense
-        from naslora_deploy.core.recovery import Recovery
-
-        options["recover"] = Recovery(recover, decoder=recover_decoder)
-    _, report, written = write_merged(
-        model, mode, out, images, source=str(adapter), progress=progress, **options
-    )
+    written = write_merged(merged, report, out, source=str(adapter))
     click.echo(report.summary())
     for path in written:
         click.echo(f"wrote {path}")
@@ -387,12 +366,13 @@ def merge(
 )
 @click.option("--model", help="variant of a SAM checkpoint file (vit_b, vit_l, vit_h, vit_tiny)")
 @options_from(ExportSpec)
+@options_from(MergeSpec)
 @options_from(EngineSpec)
 @base_options
 @progress_option
 def export(source, out, force, model, base, allow_base_mismatch, progress, **options) -> None:
     """ONNX / TensorRT / Triton artifacts from an adapter directory or a SAM checkpoint file."""
-    from naslora_deploy.core.report import MergeReport
+    from naslora_deploy.core.merging.report import MergeReport
     from naslora_deploy.exporters.export import export as run_export
 
     spec = export_spec_from(options)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
-from naslora_deploy.core.testing import perturb_adapters, set_alpha
+from naslora_deploy.core.adapters.testing import perturb_adapters, set_alpha
 
 
 def make_adapted(method="nas_pc_lora", favoured=None, seed=0, perturb=True, **config_fields):
@@ -56,9 +56,9 @@ def make_adapter_dir(root, num_classes=1, method="nas_pc_lora", seed=0, **config
     from safetensors.torch import save_file
 
     from naslora_deploy.common.io import sha256_of
-    from naslora_deploy.core.checkpoint import RunSpec, save_checkpoint
-    from naslora_deploy.core.classes import ClassSpec
-    from naslora_deploy.core.heads import SegmentationModel
+    from naslora_deploy.core.model.classes import ClassSpec
+    from naslora_deploy.core.model.heads import SegmentationModel
+    from naslora_deploy.core.runs.checkpoint import RunSpec, save_checkpoint
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,8 @@ TORCH_LIBRARIES = ("torch", "torchvision", "segment_anything")
 
 
 def room_of_module(dotted: str) -> str:
-    """``naslora_deploy.core.merge`` -> ``core``; ``cli``, ``__main__`` -> ``cli``; the package: ``root``."""
+    """``naslora_deploy.core.merging.merge`` -> ``core``; ``cli``, ``__main__`` -> ``cli``; the package:
+    ``root``."""
     parts = dotted.split(".")
     if len(parts) == 1:
         return "root"
@@ -109,7 +110,7 @@ def _fake_package(root: Path, files: Dict[str, str]) -> Path:
     for room in ROOMS:
         (package / room).mkdir(parents=True)
         (package / room / "__init__.py").write_text('"""room"""\n')
-    (package / "__init__.py").write_text('_EXPORTS = {"merge": "naslora_deploy.core.merge"}\n')
+    (package / "__init__.py").write_text('_EXPORTS = {"merge": "naslora_deploy.core.merging.merge"}\n')
     for name, text in files.items():
         (package / name).write_text(text)
     return package
@@ -129,13 +130,13 @@ BREAKS = [
     (
         "runtime/segmenter.py",
         "from naslora_deploy import merge\n",
-        "runtime/segmenter.py:1: runtime -> core (naslora_deploy.core.merge)",
+        "runtime/segmenter.py:1: runtime -> core (naslora_deploy.core.merging.merge)",
     ),
     ("runtime/predict.py", "def f():\n    import torch\n", "runtime/predict.py:2: runtime -> torch"),
     (
         "common/io.py",
-        "import naslora_deploy.core.variants\n",
-        "common/io.py:1: common -> core (naslora_deploy.core.variants)",
+        "import naslora_deploy.core.model.variants\n",
+        "common/io.py:1: common -> core (naslora_deploy.core.model.variants)",
     ),
     (
         "exporters/export.py",
@@ -158,8 +159,8 @@ def test_the_guard_passes_allowed_arrows(tmp_path):
         tmp_path,
         {
             "exporters/verify.py": "from naslora_deploy.runtime.backends import ort_session\nimport torch\n",
-            "training/trainer.py": "from naslora_deploy.core.merge import merge\nfrom naslora_deploy import "
-            "__version__\n",
+            "training/trainer.py": "from naslora_deploy.core.merging.merge import merge\n"
+            "from naslora_deploy import __version__\n",
             "runtime/backends.py": "import numpy\nfrom naslora_deploy.common.errors import NasloraError\n",
         },
     )

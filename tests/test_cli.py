@@ -8,6 +8,7 @@ import pytest
 
 from naslora_deploy import build_sam
 from naslora_deploy.cli import main
+from naslora_deploy.core.merging.spec import MergeSpec
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_export_with_recovery(binary_adapter, binary_data, tmp_path, capsys):
     args = ["export", str(binary_adapter), "--out", str(out), "--calibration", str(binary_data)]
     assert main([*args, "--calibration-images", "4", "--recover", "2"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["export"]["recover"] == 2 and manifest["merge"]["mode"] == "dense"
+    assert manifest["export"]["merge"]["recover"] == 2 and manifest["merge"]["mode"] == "dense"
     assert manifest["merge"]["report"]["recovery"]["steps"] == 2
     assert "recovery: 2 steps" in capsys.readouterr().out
 
@@ -130,11 +131,19 @@ def test_export_with_recovery(binary_adapter, binary_data, tmp_path, capsys):
 def test_export_spec_recovery_fields():
     from naslora_deploy.exporters.specs import ExportSpec
 
-    spec = ExportSpec(calibration="images", recover=20, recover_decoder=True)
+    spec = ExportSpec(merge=MergeSpec(calibration="images", recover=20, recover_decoder=True))
     assert ExportSpec.from_manifest({"export": spec.to_dict()}) == spec
-    assert ExportSpec.from_manifest({"export": {"format": "onnx"}}).recover == 0  # older manifests
+    assert ExportSpec.from_manifest({"export": {"format": "onnx"}}).merge.recover == 0  # older manifests
+    flat = {
+        "format": "onnx",
+        "merge": "dense",
+        "calibration": "images",
+        "recover": 20,
+        "recover_decoder": True,
+    }
+    assert ExportSpec.from_manifest({"export": flat}) == spec  # manifests before MergeSpec
     with pytest.raises(ValueError, match="--recover tunes the dense fold"):
-        ExportSpec(merge="fused", calibration="images", recover=20)
+        ExportSpec(merge=MergeSpec(mode="fused", calibration="images", recover=20))
 
 
 def test_merge_fused(trained_run, tmp_path):

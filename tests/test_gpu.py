@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from naslora_deploy import merge
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.exporters.fast_attention import use_sdpa
 from naslora_deploy.training.trainer import TrainConfig, Trainer
 

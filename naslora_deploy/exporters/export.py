@@ -24,6 +24,12 @@ from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import atomic_write_text, sha256_of, write_directory
 from naslora_deploy.common.outputs import prepare_artifact_dir, prepare_triton_dir
 from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.core.merging.calibration import calibration_images
+from naslora_deploy.core.merging.files import load_merged, merged_description
+from naslora_deploy.core.merging.run import merge_run, read_calibration
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
+from naslora_deploy.core.runs.checkpoint import check_finite, load_adapter, source_sha256
 from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
 from naslora_deploy.exporters.specs import ExportSpec
 from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, trtexec_command
@@ -44,6 +50,7 @@ class ExportSource:
     variant: str
     description: dict
     merge_report: Optional[dict]
+    calibration: Optional[torch.Tensor] = None  # the merge's calibration images, read once (int8 reuses them)
 
 
 def load_source(
@@ -54,29 +61,13 @@ def load_source(
     allow_base_mismatch=False,
     progress: Optional[bool] = False,
 ) -> ExportSource:
-    """An adapter run/checkpoint directory (merged here) or a plain SAM checkpoint file."""
-    from naslora_deploy.core.checkpoint import check_finite, source_sha256
-    from naslora_deploy.core.heads import SegmentationModel
-    from naslora_deploy.core.merge import merge
-    from naslora_deploy.core.recovery import Recovery
-
+    """An adapter run/checkpoint directory (merged here by ``merge_run``) or a plain SAM checkpoint file."""
     source = Path(source)
     if source.is_dir():
-        from naslora_deploy.core.checkpoint import load_adapter
-
         sha256 = source_sha256(source)  # before loading: what the artifacts were made from
         trained = load_adapter(source, base, allow_base_mismatch)  # refuses non-finite weights
-        calibration = None
-        if spec.calibration:
-            from naslora_deploy.core.calibration import calibration_images
-
-            calibration = calibration_images(
-                spec.calibration, spec.calibration_images, trained.spec.image_size, trained.spec.normalization
-            )
-        recover = Recovery(steps=spec.recover, decoder=spec.recover_decoder)
-        model, report = merge(
-            trained, spec.merge, calibration=calibration, progress=progress, recover=recover
-        )
+        calibration = read_calibration(spec.merge, trained)  # once: the merge and int8 share it
+        model, report = merge_run(trained, spec.merge, calibration=calibration, progress=progress)
         description = {
             "kind": "adapter",
             "path": str(source.resolve()),
@@ -84,17 +75,25 @@ def load_source(
             "spec": trained.spec.to_dict(),
             "sha256": sha256,
         }
-        return ExportSource(model.eval(), trained.spec.variant, description, report.to_dict())
+        return ExportSource(model, trained.spec.variant, description, report.to_dict(), calibration)
     if not source.is_file():
         raise NasloraError(
             f"export source {source} not found; pass an adapter directory or a SAM checkpoint file"
         )
+    merged_file = merged_description(source)
+    if merged_file is not None:  # written by ``merge``: reused with its report, not merged again
+        model, merged_file = load_merged(source)
+        description = {
+            "kind": "merged_checkpoint",
+            "path": str(source.resolve()),
+            "spec": merged_file.get("spec"),
+            "sha256": source_sha256(source),
+        }
+        return ExportSource(model, merged_file["variant"], description, merged_file["merge"])
     if variant is None:
         raise NasloraError(
             f"{source} is a checkpoint file: name its variant with --model (vit_b, vit_l, vit_h, vit_tiny)"
         )
-    from naslora_deploy.core.variants import build_sam
-
     sha256 = source_sha256(source)
     model = SegmentationModel(build_sam(variant, source)).eval()
     check_finite(model.sam.state_dict(), f"checkpoint {source}")
@@ -108,9 +107,10 @@ def load_source(
 
 
 def export_graphs(
-    model, spec: ExportSpec, directory: Path, progress: Optional[bool] = False
+    model, spec: ExportSpec, directory: Path, progress: Optional[bool] = False, calibration=None
 ) -> Dict[str, Path]:
-    """Write the ONNX files of ``model`` into ``directory``; returns name -> path."""
+    """Write the ONNX files of ``model`` into ``directory``; returns name -> path. ``calibration``: the
+    merge's images where it read them (int8 calibrates on those), else read from ``spec.merge``."""
     size = model.image_size
     image = torch.zeros(1, 3, size, size)
     with torch.no_grad():
@@ -151,14 +151,17 @@ def export_graphs(
                 dynamic_axes=axes,
                 **common,
             )
-        if spec.format != "trt" and spec.precision == "fp16":
+        if spec.onnx_precision == "fp16":
             path = onnx_to_fp16(path, path, spec.external_threshold)
         files[name] = path
-    if spec.precision == "int8":  # the encoder is the cost; the decoders stay fp32 (benchmarks/RESULTS.md)
-        from naslora_deploy.core.calibration import calibration_images
+    if spec.onnx_precision == "int8":  # the encoder is the cost; the decoders stay fp32 (RESULTS.md)
         from naslora_deploy.exporters.quantize import onnx_to_int8
 
-        images = calibration_images(spec.calibration, spec.calibration_images, size, model.normalization)
+        merge, images = spec.merge, calibration
+        if images is None:
+            images = calibration_images(
+                merge.calibration, merge.calibration_images, size, model.normalization
+            )
         encoder = files[names.IMAGE_ENCODER]
         feeds = ({names.IMAGE: image[None]} for image in images.numpy())  # one image a run: bounded memory
         onnx_to_int8(encoder, encoder, feeds, external_threshold=spec.external_threshold)
@@ -203,7 +206,7 @@ def export_artifacts(
     manifest: dict = {}
 
     def write(tmp: Path) -> None:
-        files = export_graphs(model, spec, tmp, progress)
+        files = export_graphs(model, spec, tmp, progress, loaded.calibration)
         engines = {}
         if spec.format == "trt":
             for name, onnx_path in progress_bar(files.items(), "export: TensorRT engines", progress):
@@ -249,7 +252,6 @@ def export(
 
 def _export_peft(source, out, spec: ExportSpec, base, allow_base_mismatch: bool, force: bool):
     """``--format peft``: a PEFT LoRA adapter folder for transformers' ``SamModel`` (``exporters.peft``)."""
-    from naslora_deploy.core.recovery import Recovery
     from naslora_deploy.exporters.peft import peft_manifest, run_to_peft
 
     written = run_to_peft(
@@ -258,9 +260,7 @@ def _export_peft(source, out, spec: ExportSpec, base, allow_base_mismatch: bool,
         replace=force,
         base_checkpoint=base,
         allow_base_mismatch=allow_base_mismatch,
-        calibration=spec.calibration,
-        calibration_count=spec.calibration_images,
-        recover=Recovery(steps=spec.recover, decoder=spec.recover_decoder),
+        merge=spec.merge,
     )
     return written, peft_manifest(written), None
 
@@ -307,12 +307,12 @@ def _manifest(
         "classes": classes,
         "num_queries": model.class_head.queries.num_embeddings if model.class_head is not None else 0,
         "merge": {
-            "mode": spec.merge if loaded.merge_report else "none (plain SAM checkpoint)",
+            "mode": loaded.merge_report["mode"] if loaded.merge_report else "none (plain SAM checkpoint)",
             "report": loaded.merge_report,
         },
         "precision": spec.precision,
         # the ONNX files: fp16 where converted (not for engines), int8 (QDQ) whatever the format
-        "onnx_precision": spec.precision if spec.format != "trt" or spec.precision == "int8" else "fp32",
+        "onnx_precision": spec.onnx_precision,
         "opset": spec.opset,
         "prompt_point_slots": spec.point_slots + 2 if spec.prompts else None,
         "export": spec.to_dict(),

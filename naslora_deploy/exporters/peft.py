@@ -34,8 +34,11 @@ import torch
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import atomic_write_text, write_directory
 from naslora_deploy.common.outputs import prepare_output_dir
-from naslora_deploy.core.config import TARGETS
-from naslora_deploy.core.peft_adapter import (
+from naslora_deploy.core.adapters.config import TARGETS
+from naslora_deploy.core.merging.run import merge_run
+from naslora_deploy.core.merging.spec import MergeSpec
+from naslora_deploy.core.runs.checkpoint import load_adapter
+from naslora_deploy.core.runs.peft_adapter import (
     PEFT_CONFIG_NAME,
     PEFT_WEIGHTS_NAME,
     PREFIX,
@@ -68,7 +71,7 @@ def block_form(
 
 def lora_factors(sam) -> Factors:
     """Plain LoRA's own (A_t, B_t) of every adapted block and projection (SAM ViT qkv layout)."""
-    from naslora_deploy.core.adapters import adapted_layers
+    from naslora_deploy.core.adapters.injection import adapted_layers
 
     return {
         i: {t: (a.lora_A.detach().cpu(), a.lora_B.detach().cpu()) for t, a in layer.adapters.items()}
@@ -90,7 +93,7 @@ def svd_factors(delta: torch.Tensor, rank: int) -> Tuple[torch.Tensor, torch.Ten
 def merged_factors(model, merged, rank: int) -> Tuple[Factors, Dict[int, torch.Tensor], List[dict]]:
     """Per adapted block and projection, the SVD factors of the dense merge's qkv delta; the bias deltas
     (intercepts) of blocks that have one; and one report row per projection."""
-    from naslora_deploy.core.adapters import adapted_layers, attention_blocks
+    from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
 
     blocks = [b for _, b in attention_blocks(merged.sam.image_encoder)]
     factors: Factors = {}
@@ -143,7 +146,7 @@ def peft_export_names(folder: Union[str, Path]) -> Optional[set]:
 
 
 def _check_exportable(model) -> None:
-    from naslora_deploy.core.variants import VARIANTS, VariantSpec
+    from naslora_deploy.core.model.variants import VARIANTS, VariantSpec
 
     spec = model.spec
     if not isinstance(VARIANTS.get(spec.variant), VariantSpec):
@@ -165,9 +168,8 @@ def run_to_peft(
     replace: bool = False,
     base_checkpoint=None,
     allow_base_mismatch: bool = False,
+    merge: Optional[MergeSpec] = None,
     calibration=None,
-    calibration_count: int = 16,
-    recover=0,
     svd_rank: Optional[int] = None,
 ) -> Path:
     """Write a run (or checkpoint) directory as a PEFT LoRA adapter for transformers' ``SamModel``.
@@ -175,27 +177,21 @@ def run_to_peft(
     ``out_dir`` gets ``adapter_config.json`` and ``adapter_model.safetensors`` (plus
     ``merge_report.json`` for NAS runs), written in a temporary folder and swapped in
     whole; an existing folder must be an earlier PEFT export and needs ``replace``.
-    LoRA: exact. NAS: dense merge (``calibration``: images as ``merge`` takes them or a
-    folder, of which ``calibration_count`` are read; ``recover``: steps or a ``Recovery``),
+    LoRA: exact. NAS: ``merge_run`` with ``merge`` (a dense ``MergeSpec``: its calibration
+    folder and recovery; ``calibration``: images already read, in place of its folder),
     then a rank-``svd_rank`` (default: the run's rank) SVD per projection. Returns ``out_dir``.
     """
-    from naslora_deploy.core.calibration import calibration_images
-    from naslora_deploy.core.checkpoint import load_adapter
-
     if Path(run_dir).is_file():
         raise NasloraError(f"--format peft exports a run or checkpoint directory; {run_dir} is a file")
     folder = prepare_output_dir(out_dir, kind="PEFT adapter", earlier=peft_export_names, replace=replace)
     model = load_adapter(run_dir, base_checkpoint, allow_base_mismatch)
     _check_exportable(model)
-    if isinstance(calibration, (str, Path)):  # a folder of images, as --calibration gives it
-        spec = model.spec
-        calibration = calibration_images(calibration, calibration_count, spec.image_size, spec.normalization)
     config, report = model.spec.adapter, None
     if config.method == "lora":
         factors, biases, decoder_sam = lora_factors(model.sam), {}, model.sam
     else:
         factors, biases, report, decoder_sam = _nas_factors(
-            model, calibration, recover, svd_rank or config.rank
+            model, merge or MergeSpec(), calibration, svd_rank or config.rank
         )
     dim = model.sam.image_encoder.patch_embed.proj.out_channels  # d: qkv has 3 * d rows
     tensors = peft_tensors(factors, biases, decoder_sam.mask_decoder, dim)
@@ -216,7 +212,7 @@ def run_to_peft(
 def peft_tensors(factors: Factors, biases: Dict[int, torch.Tensor], mask_decoder, dim: int) -> dict:
     """The ``adapter_model.safetensors`` tensors: each block's block-form A and B (and intercept bias),
     and the segment-anything ``mask_decoder``'s state under transformers' names."""
-    from naslora_deploy.core.weights import segment_anything_to_hf
+    from naslora_deploy.core.model.weights import segment_anything_to_hf
 
     tensors = {}
     for index, per_target in factors.items():
@@ -243,11 +239,11 @@ def peft_manifest(out_dir: Union[str, Path]) -> dict:
     }
 
 
-def _nas_factors(model, calibration, recover: int, rank: int):
+def _nas_factors(model, spec: MergeSpec, calibration, rank: int):
     """Dense-merge a NAS run, then factor it: (factors, biases, report dict, merged SAM)."""
-    from naslora_deploy.core.merge import merge
-
-    merged, merge_report = merge(model, "dense", calibration=calibration, recover=recover)
+    if spec.mode != "dense":
+        raise NasloraError("--format peft factors the dense merge; drop --merge fused")
+    merged, merge_report = merge_run(model, spec, calibration=calibration)
     factors, biases, rows = merged_factors(model, merged, rank)
     report = {
         "method": model.spec.adapter.method,

@@ -12,34 +12,12 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from naslora_deploy.common.options import check_bounds, option
-from naslora_deploy.core.config import MERGE_MODES
+from naslora_deploy.core.merging.spec import MergeSpec
 
 FORMATS = ("onnx", "trt", "triton", "peft")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TWO_GB = 2 * 1024**3
-
-
-def recovery_steps(text: str) -> int:
-    """``--recover STEPS`` from the command line: a whole number >= 0, or one clear ``ValueError``."""
-    try:
-        steps = int(text)
-    except ValueError:
-        steps = -1
-    if steps < 0:
-        raise ValueError(f"--recover must be a whole number of steps >= 0, got {text!r}")
-    return steps
-
-
-def check_recovery(steps, merge: str, calibration, decoder: bool = False) -> None:
-    """Raise ``ValueError`` (one line) unless ``--recover STEPS`` makes sense with the other options."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"--recover must be a whole number of steps >= 0, got {steps!r}")
-    if steps and merge != "dense":
-        raise ValueError("--recover tunes the dense fold; use it with the dense merge (fused is exact)")
-    if steps and not calibration:
-        raise ValueError("--recover distils on unlabelled images: give them with --calibration FOLDER")
-    if decoder and not steps:
-        raise ValueError("--recover-decoder needs --recover STEPS")
+MERGE_FLAT = ("calibration", "calibration_images", "recover", "recover_decoder")
 
 
 @dataclass
@@ -80,9 +58,6 @@ class ExportSpec:
             choices=FORMATS,
         ),
     )
-    merge: str = field(
-        default="dense", metadata=option("dense: plain SAM; fused: exact, tiny branch", choices=MERGE_MODES)
-    )
     precision: str = field(
         default="fp32",
         metadata=option(
@@ -103,57 +78,49 @@ class ExportSpec:
             low=1,
         ),
     )
-    calibration: Optional[str] = field(
-        default=None,
-        metadata=option(
-            "image folder for the dense merge's least-squares fold (and its measurement) and for "
-            "--precision int8's activation ranges"
-        ),
-    )
-    calibration_images: int = field(default=16, metadata=option("how many calibration images to use", low=1))
-    recover: int = field(
-        default=0,
-        metadata=option(
-            "dense merge: tune the folded low-rank factors for STEPS steps by distillation from the unmerged "
-            "model on the calibration images, then merge exactly (plain SAM; needs --calibration)",
-            metavar="STEPS",
-            parse=recovery_steps,
-            shown="0",
-        ),
-    )
-    recover_decoder: bool = field(
-        default=False,
-        metadata=option("with --recover: also tune the mask decoder (and distil its mask logits)"),
-    )
     external_threshold: int = TWO_GB
+    merge: MergeSpec = field(default_factory=MergeSpec)
     engine: EngineSpec = field(default_factory=EngineSpec)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; choose {', '.join(FORMATS)}")
-        if self.merge not in MERGE_MODES:
-            raise ValueError(f"unknown merge mode {self.merge!r}; choose dense or fused")
+        if isinstance(self.merge, str):  # the mode alone: ExportSpec(merge="fused")
+            self.merge = MergeSpec(mode=self.merge)
+        elif isinstance(self.merge, dict):  # read back from a manifest
+            self.merge = MergeSpec.from_dict(self.merge)
         if self.precision not in PRECISIONS or (self.format != "trt" and self.precision == "bf16"):
             raise ValueError(
                 f"precision {self.precision!r}: ONNX files are fp32, fp16 or int8; "
                 "engines fp32, fp16, bf16 or int8"
             )
-        if self.precision == "int8" and not self.calibration:
+        if self.precision == "int8" and not self.merge.calibration:
             raise ValueError(
                 "--precision int8 calibrates activations on your images: give them with --calibration FOLDER"
             )
         check_bounds(self)
-        check_recovery(self.recover, self.merge, self.calibration, self.recover_decoder)
-        if self.format == "peft" and (self.merge != "dense" or self.precision != "fp32" or self.prompts):
+        if self.format == "peft" and (self.merge.mode != "dense" or self.precision != "fp32" or self.prompts):
             raise ValueError(
                 "--format peft writes LoRA factors (LoRA runs exactly, NAS runs through the dense merge): "
                 "drop --merge fused, --precision and --prompts"
             )
         if isinstance(self.engine, dict):  # read back from a manifest
             self.engine = EngineSpec(**self.engine)
-        if self.precision == "int8":  # QDQ graphs: any engine built from them (trtexec too) is an INT8 build
-            self.engine = replace(self.engine, precision="int8")
-        self.engine.max_points = self.point_slots + 2
+        self.engine = replace(self.engine, precision=self.engine_precision(), max_points=self.point_slots + 2)
+
+    def engine_precision(self) -> str:
+        """The engines' precision, decided here only: ``--precision`` with ``--format trt``; int8 whatever
+        the format (QDQ graphs make any engine built from them, trtexec's too, an INT8 build); otherwise
+        the engine spec's own (engines built later from fp32/fp16 ONNX files: the manifest's trtexec)."""
+        if self.format == "trt" or self.precision == "int8":
+            return self.precision
+        return self.engine.precision
+
+    @property
+    def onnx_precision(self) -> str:
+        """The ONNX files' precision: fp16 where converted (not under engines, which take fp32 graphs),
+        int8 (QDQ) whatever the format, else fp32."""
+        return self.precision if self.format != "trt" or self.precision == "int8" else "fp32"
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -161,5 +128,10 @@ class ExportSpec:
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "ExportSpec":
-        """The spec an artifact directory was exported with."""
-        return cls(**manifest["export"])
+        """The spec an artifact directory was exported with (manifests before ``MergeSpec`` held the
+        merge's options flat: ``merge`` the mode beside ``calibration``, ``recover``, ...)."""
+        exported = dict(manifest["export"])
+        if isinstance(exported.get("merge"), str):
+            flat = {name: exported.pop(name) for name in MERGE_FLAT if name in exported}
+            exported["merge"] = MergeSpec(mode=exported["merge"], **flat)
+        return cls(**exported)

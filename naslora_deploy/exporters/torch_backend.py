@@ -63,7 +63,7 @@ class TorchBackend:
 
 def check_source_unchanged(manifest: dict, directory=None) -> None:
     """The export source must still have the sha256 recorded at export (else it rebuilds another model)."""
-    from naslora_deploy.core.checkpoint import source_sha256
+    from naslora_deploy.core.runs.checkpoint import source_sha256
 
     where = directory or "these artifacts"
     described = manifest["source"]

@@ -185,10 +185,10 @@ def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: i
     """(N, 3, S, S) float32 model inputs: preprocessed ``images_dir`` files or seeded probes."""
     size = manifest["image_size"]
     if images_dir:
-        from naslora_deploy.core.calibration import calibration_images
+        from naslora_deploy.core.merging.calibration import calibration_images
 
         return calibration_images(images_dir, count, size, manifest.get("normalization", "imagenet")).numpy()
-    from naslora_deploy.core.fidelity import probe_images
+    from naslora_deploy.core.merging.fidelity import probe_images
 
     return probe_images(size, count, seed=seed).numpy()
 
@@ -319,8 +319,8 @@ def verify_engines(
 
 def plain_sam_proof(directory, repeats: int = 10) -> dict:
     """Structure and ORT CPU latency of the artifact against plain ``build_sam(variant)``."""
-    from naslora_deploy.core.heads import SegmentationModel
-    from naslora_deploy.core.variants import build_sam
+    from naslora_deploy.core.model.heads import SegmentationModel
+    from naslora_deploy.core.model.variants import build_sam
 
     directory = Path(directory)
     manifest = read_manifest(directory)

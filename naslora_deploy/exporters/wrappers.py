@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from naslora_deploy.core.heads import batched_predict_masks, decode_queries, upsample_logits
+from naslora_deploy.core.model.heads import batched_predict_masks, decode_queries, upsample_logits
 
 
 def _batch_dynamic_merging_forward(self, x: torch.Tensor) -> torch.Tensor:

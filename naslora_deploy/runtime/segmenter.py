@@ -12,9 +12,8 @@ pad; then crop the padding and resize the masks back to the original size.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,26 +31,8 @@ from naslora_deploy.runtime.backends import Backend, open_backend
 from naslora_deploy.runtime.everything import EverythingSpec, generate_masks
 from naslora_deploy.runtime.manifest import read_manifest
 from naslora_deploy.runtime.prompts import MaskUpscaler, Prediction, prompt_batch
-
-ImageInput = Union[str, Path, np.ndarray]
-
-
-@dataclass
-class Segmentation:
-    """One image's result, at the image's original size."""
-
-    size: Tuple[int, int]
-    mask: np.ndarray  # (H, W) bool: foreground (binary) or any non-background class
-    probability: np.ndarray  # (H, W) float32: foreground / winning-class probability
-    class_map: Optional[np.ndarray] = None  # (H, W) uint8 class indices (multi-class)
-    class_areas: Optional[Dict[str, int]] = None  # pixels per class name (multi-class)
-    score: Optional[float] = None  # SAM's IoU prediction, for prompted results
-    timings: Dict[str, float] = field(default_factory=dict)  # milliseconds
-
-    @property
-    def area(self) -> int:
-        """Foreground pixels."""
-        return int(self.mask.sum())
+from naslora_deploy.runtime.results import ImageInput, Segmentation
+from naslora_deploy.runtime.tiling import segment_tiled
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -196,8 +177,6 @@ class Segmenter:
     def segment_tiled(self, image: ImageInput, tile: int, overlap: int, batch: int = 4) -> Segmentation:
         """Segment an image larger than the model input window by window (``tile`` pixels square,
         neighbours sharing ``overlap``), logits blended in the overlaps (``runtime.tiling``)."""
-        from naslora_deploy.runtime.tiling import segment_tiled  # tiling imports this module
-
         return segment_tiled(self, image, tile, overlap, batch)
 
     # -- the predictor: one embedding, many prompts (SamPredictor's shape) --

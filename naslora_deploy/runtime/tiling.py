@@ -33,7 +33,7 @@ import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.options import bound_error
-from naslora_deploy.runtime.segmenter import ImageInput, Segmentation
+from naslora_deploy.runtime.results import ImageInput, Segmentation
 
 Span = Tuple[int, int]  # [start, end) along one axis
 Window = Tuple[int, int, int, int]  # (y0, x0, y1, x1): rows y0..y1-1, columns x0..x1-1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.core.adapters import attention_blocks
+from naslora_deploy.core.adapters.injection import attention_blocks
 
 
 def pick_device(name: str) -> torch.device:

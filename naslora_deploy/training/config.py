@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
 from naslora_deploy.common.options import check_bounds, check_device, option
-from naslora_deploy.core.config import CELL_FORMS, METHODS, TARGETS, AdapterConfig
+from naslora_deploy.core.adapters.config import CELL_FORMS, METHODS, TARGETS, AdapterConfig
 from naslora_deploy.training.data.augment import AUGMENTS, check_augment
 from naslora_deploy.training.metrics import SALIENCY_PROTOCOLS
 from naslora_deploy.training.schedule import LR_SCHEDULES
@@ -333,7 +333,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on an option that cannot work."""
-        from naslora_deploy.core.variants import VARIANTS
+        from naslora_deploy.core.model.variants import VARIANTS
 
         if self.model not in VARIANTS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(VARIANTS)}")
@@ -375,7 +375,7 @@ class TrainConfig:
 
     def _check_base_weights(self) -> None:
         """Random base weights are a choice: a variant whose real weights the user supplies needs them."""
-        from naslora_deploy.core.variants import missing_weights_message
+        from naslora_deploy.core.model.variants import missing_weights_message
 
         if self.checkpoint is None and self.pretrained and not self.resume:
             message = missing_weights_message(self.model)
@@ -400,7 +400,7 @@ def recorded_config(directory) -> Optional[TrainConfig]:
 
     ``None`` for checkpoints written before the options were recorded in them.
     """
-    from naslora_deploy.core.checkpoint import read_spec
+    from naslora_deploy.core.runs.checkpoint import read_spec
 
     training = read_spec(directory).training
     return TrainConfig.from_dict(training) if training else None

@@ -27,11 +27,14 @@ import torch
 
 from naslora_deploy.common.imaging import overlay, read_image, save_png
 from naslora_deploy.common.io import atomic_write_text
-from naslora_deploy.core.calibration import calibration_images
-from naslora_deploy.core.checkpoint import load_adapter, write_merged
-from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.merging.calibration import calibration_images
+from naslora_deploy.core.merging.files import write_merged
+from naslora_deploy.core.merging.run import merge_run
+from naslora_deploy.core.merging.spec import MergeSpec
+from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
+from naslora_deploy.core.runs.checkpoint import load_adapter
 from naslora_deploy.training.config import DemoConfig, TrainConfig
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.data.folder import discover
@@ -110,14 +113,11 @@ def run_demo(config: DemoConfig) -> Path:
         rows[-1]["model_object"] = trained[method]
     calibration = calibration_images(data, 2, 256, "minmax")
     for mode in ("fused", "dense"):
-        merged, report, _ = write_merged(
-            trained["nas_pc_lora"],
-            mode,
-            out / "merged" / f"litemedsam_nas_pc_lora_{mode}.pth",
-            calibration,
-            source=str(out / "runs" / "nas_pc_lora"),
-            progress=config.progress,
+        merged, report = merge_run(
+            trained["nas_pc_lora"], MergeSpec(mode=mode), calibration=calibration, progress=config.progress
         )
+        path = out / "merged" / f"litemedsam_nas_pc_lora_{mode}.pth"
+        write_merged(merged, report, path, source=str(out / "runs" / "nas_pc_lora"))
         row = _row(f"NAS-PC-LoRA, {mode} merge (box)", test.predict(merged), test)
         row["merge embedding rel. error"] = report.embedding_rel_error
         row["model_object"] = merged

@@ -13,8 +13,8 @@ from naslora_deploy.common.imaging import (
     read_image,
     resized_shape,
 )
-from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.core.heads import semantic_probabilities, upsample_logits
+from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.core.model.heads import semantic_probabilities, upsample_logits
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics, check_saliency_protocol
 from naslora_deploy.training.prompts import component_boxes, scale_boxes

@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IGNORE_INDEX
-from naslora_deploy.core.heads import upsample_logits
+from naslora_deploy.core.model.heads import upsample_logits
 
 LAMBDA_SEG = 1.0
 LAMBDA_CLS = 2.0

@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from naslora_deploy.core.adapters import adapted_layers, architecture_parameters, weight_parameters
+from naslora_deploy.core.adapters.injection import adapted_layers, architecture_parameters, weight_parameters
 
 
 def lora_scale(config) -> float:

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from naslora_deploy.core.stages import encoder_stages, run_stages, trainable_start
+from naslora_deploy.core.model.stages import encoder_stages, run_stages, trainable_start
 
 
 def _digest(image: torch.Tensor) -> str:

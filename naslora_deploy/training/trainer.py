@@ -33,13 +33,16 @@ from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.outputs import prepare_run_dir
 from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.core.adapters import (
+from naslora_deploy.core.adapters.injection import (
     adapted_layers,
     add_adapters,
     architecture_parameters,
     weight_parameters,
 )
-from naslora_deploy.core.checkpoint import (
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import VARIANTS, build_sam
+from naslora_deploy.core.model.weights import base_weights_file
+from naslora_deploy.core.runs.checkpoint import (
     TRAINING_STATE_NAME,
     WEIGHTS_NAME,
     RunSpec,
@@ -47,10 +50,7 @@ from naslora_deploy.core.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.peft_adapter import read_peft_adapter
-from naslora_deploy.core.variants import VARIANTS, build_sam
-from naslora_deploy.core.weights import base_weights_file
+from naslora_deploy.core.runs.peft_adapter import read_peft_adapter
 from naslora_deploy.training.acceleration import (
     compile_encoder_blocks,
     enable_gradient_checkpointing,
@@ -200,7 +200,7 @@ class Trainer:
     # ----- resume -------------------------------------------------------------------
     def resume(self) -> None:
         """Restore weights, both optimisers, epoch, step, best score and RNG state from ``last/``."""
-        from naslora_deploy.core import checkpoint as saved
+        from naslora_deploy.core.runs import checkpoint as saved
 
         last = saved.resumable_checkpoint(self.out)  # last/ (or .last.old/) holding a training state
         spec = read_spec(last)

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from naslora_deploy import AdapterConfig
-from naslora_deploy.core.config import OP_NAMES
-from naslora_deploy.core.layers import AdaptedQKV, LowRankAdapter
-from naslora_deploy.core.ops import OP_SPECS, build_op, op_scales
+from naslora_deploy.core.adapters.config import OP_NAMES
+from naslora_deploy.core.adapters.layers import AdaptedQKV, LowRankAdapter
+from naslora_deploy.core.adapters.ops import OP_SPECS, build_op, op_scales
 
 
 def _bn(x, bn, training):
@@ -153,7 +153,7 @@ def test_cell_forms_round_trip_through_a_checkpoint_and_fuse_exactly(tmp_path, t
     from safetensors.torch import load_file
 
     from naslora_deploy import load_adapter, merge
-    from naslora_deploy.core.checkpoint import WEIGHTS_NAME, trainable_state
+    from naslora_deploy.core.runs.checkpoint import WEIGHTS_NAME, trainable_state
 
     directory = make_adapter_dir(tmp_path, method="nas_pc_lora", cell_form=form)
     saved = load_file(str(directory / WEIGHTS_NAME))

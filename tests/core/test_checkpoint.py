@@ -6,8 +6,8 @@ import pytest
 
 from naslora_deploy.common.errors import CheckpointError
 from naslora_deploy.common.io import write_directory
-from naslora_deploy.core.checkpoint import CONFIG_NAME, RunSpec, read_spec, resolve_checkpoint_dir
-from naslora_deploy.core.config import AdapterConfig
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.runs.checkpoint import CONFIG_NAME, RunSpec, read_spec, resolve_checkpoint_dir
 
 
 def _spec_writer(tag):
@@ -57,7 +57,7 @@ def test_source_sha256_follows_the_weights_it_exports(tmp_path):
     from conftest import make_adapter_dir
     from safetensors.torch import load_file, save_file
 
-    from naslora_deploy.core.checkpoint import WEIGHTS_NAME, source_sha256
+    from naslora_deploy.core.runs.checkpoint import WEIGHTS_NAME, source_sha256
 
     checkpoint = make_adapter_dir(tmp_path / "a")
     first = source_sha256(checkpoint)
@@ -73,7 +73,7 @@ def test_source_sha256_follows_the_weights_it_exports(tmp_path):
 def test_training_state_is_checked_before_use(tmp_path):
     import torch
 
-    from naslora_deploy.core.checkpoint import load_training_state
+    from naslora_deploy.core.runs.checkpoint import load_training_state
 
     path = tmp_path / "training_state.pt"
     good = {
@@ -97,7 +97,7 @@ def test_training_state_is_checked_before_use(tmp_path):
 def test_non_finite_weights_are_named(tmp_path):
     import torch
 
-    from naslora_deploy.core.checkpoint import check_finite
+    from naslora_deploy.core.runs.checkpoint import check_finite
 
     check_finite({"a": torch.ones(2), "steps": torch.tensor([1, 2])}, "ok")
     with pytest.raises(CheckpointError, match=r"base.pth holds NaN or infinite values \(in b\)"):

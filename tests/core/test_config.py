@@ -3,7 +3,7 @@ import json
 import pytest
 
 from naslora_deploy import AdapterConfig
-from naslora_deploy.core.config import OP_NAMES
+from naslora_deploy.core.adapters.config import OP_NAMES
 
 
 def test_defaults_follow_the_paper():

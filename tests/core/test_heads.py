@@ -3,7 +3,7 @@
 import torch
 
 from naslora_deploy import build_sam
-from naslora_deploy.core.heads import SegmentationModel, semantic_probabilities
+from naslora_deploy.core.model.heads import SegmentationModel, semantic_probabilities
 
 
 def test_binary_head_uses_sams_decoder_per_image(tiny_images):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from naslora_deploy import AdapterConfig, adapted_layers, adapters_disabled, set_cell_forward
-from naslora_deploy.core.layers import AdaptedQKV
+from naslora_deploy.core.adapters.layers import AdaptedQKV
 
 CELL_CASES = [
     dict(method="nas_lora"),

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from naslora_deploy import MergeError, adapted_layers, adapters_disabled, build_sam, merge, probe_images
-from naslora_deploy.core.layers import AdaptedQKV, FusedQKV
-from naslora_deploy.core.report import MergeReport
+from naslora_deploy.core.adapters.layers import AdaptedQKV, FusedQKV
+from naslora_deploy.core.merging.report import MergeReport
 
 CONVS = ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
 
@@ -113,8 +113,8 @@ def test_dense_conv_error_matches_an_independent_computation(adapted_factory):
 
 def test_joint_least_squares_beats_constant_response_in_sample(adapted_factory):
     """The joint fold minimises each branch's error on its fitting tokens: it cannot lose in sample."""
-    from naslora_deploy.core.fidelity import measure_fidelity
-    from naslora_deploy.core.merge import (
+    from naslora_deploy.core.merging.fidelity import measure_fidelity
+    from naslora_deploy.core.merging.merge import (
         constant_response_folds,
         dense_candidates,
         dense_copy,
@@ -144,9 +144,9 @@ def test_joint_least_squares_beats_constant_response_in_sample(adapted_factory):
 
 def _in_sample_errors(sam, calibration):
     """Embedding error of the joint and the sequential fold, measured on the images they were fitted on."""
-    from naslora_deploy.core.fidelity import measure_fidelity
-    from naslora_deploy.core.folds import sequential_folds
-    from naslora_deploy.core.merge import dense_candidates, dense_copy, least_squares_folds
+    from naslora_deploy.core.merging.fidelity import measure_fidelity
+    from naslora_deploy.core.merging.folds import sequential_folds
+    from naslora_deploy.core.merging.merge import dense_candidates, dense_copy, least_squares_folds
 
     layers = dict(adapted_layers(sam))
     errors = {}
@@ -179,7 +179,7 @@ def test_sequential_fold_with_intercept_is_no_worse_in_sample_than_the_joint_fol
 
 
 def test_sequential_intercept_goes_into_the_qkv_bias(adapted_factory):
-    from naslora_deploy.core.folds import sequential_folds
+    from naslora_deploy.core.merging.folds import sequential_folds
 
     sam = adapted_factory("nas_pc_lora", seed=2)
     calibration = probe_images(256, 2, seed=5)
@@ -361,7 +361,7 @@ def test_mask_iou_is_the_mean_per_image_iou_of_the_thresholded_predictions(tmp_p
     from conftest import make_adapter_dir
 
     from naslora_deploy import load_adapter
-    from naslora_deploy.core.heads import upsample_logits
+    from naslora_deploy.core.model.heads import upsample_logits
 
     model = load_adapter(make_adapter_dir(tmp_path))
     calibration = probe_images(256, 4, seed=9)
@@ -383,7 +383,7 @@ def test_mask_iou_is_the_mean_per_image_iou_of_the_thresholded_predictions(tmp_p
 
 
 def test_mask_iou_of_label_maps_and_empty_masks():
-    from naslora_deploy.core.fidelity import mask_iou
+    from naslora_deploy.core.merging.fidelity import mask_iou
 
     empty = torch.zeros(4, 4, dtype=torch.bool)
     assert mask_iou(empty, empty) == 1.0

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naslora_deploy.core.config import OP_NAMES
-from naslora_deploy.core.ops import OP_SPECS, build_op, common_span, linear_op_kernel
+from naslora_deploy.core.adapters.config import OP_NAMES
+from naslora_deploy.core.adapters.ops import OP_SPECS, build_op, common_span, linear_op_kernel
 
 
 @pytest.mark.parametrize("name", [n for n in OP_NAMES if OP_SPECS[n].linear])

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from naslora_deploy import adapted_layers, build_sam, merge, probe_images
-from naslora_deploy.core.layers import AdaptedQKV, FusedQKV
-from naslora_deploy.core.recovery import Recovery, lora_form
+from naslora_deploy.core.adapters.layers import AdaptedQKV, FusedQKV
+from naslora_deploy.core.merging.recovery import Recovery, lora_form
 
 CONVS = ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
 
@@ -16,7 +16,7 @@ def _encode(module, images):
 
 
 def test_the_lora_form_of_a_fold_is_the_dense_fold(adapted_factory):
-    from naslora_deploy.core.folds import dense_copy, sequential_folds
+    from naslora_deploy.core.merging.folds import dense_copy, sequential_folds
 
     sam = adapted_factory("nas_pc_lora", seed=2)
     images = probe_images(256, 2, seed=3)
@@ -126,7 +126,7 @@ def test_recovery_that_makes_the_fit_worse_keeps_the_plain_fold(adapted_factory)
 
 def test_recovery_steps_are_relative_to_the_factors_size(adapted_factory):
     """Factors 50x smaller (as after a short training) recover at the same default step."""
-    from naslora_deploy.core.testing import perturb_adapters
+    from naslora_deploy.core.adapters.testing import perturb_adapters
 
     sam = adapted_factory("nas_pc_lora", seed=0)
     perturb_adapters(sam, seed=7, b_std=1e-3)

@@ -4,11 +4,11 @@ where the first trained weight is."""
 import pytest
 import torch
 
-from naslora_deploy.core.adapters import add_adapters
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.stages import encoder_stages, run_stages, trainable_start
-from naslora_deploy.core.testing import perturb_adapters
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.injection import add_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.model.stages import encoder_stages, run_stages, trainable_start
+from naslora_deploy.core.model.variants import build_sam
 
 CASES = [  # variant, adapted blocks, name of the first trained stage
     ("vit_tiny", [2, 3], "blocks.2"),

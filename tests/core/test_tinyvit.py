@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from naslora_deploy import AdapterConfig, adapted_layers, add_adapters, build_sam, merge, probe_images
-from naslora_deploy.core.testing import perturb_adapters, set_alpha
-from naslora_deploy.core.tinyvit import LITEMEDSAM_SHA256, qkv_layout
-from naslora_deploy.core.variants import VARIANTS
+from naslora_deploy.core.adapters.testing import perturb_adapters, set_alpha
+from naslora_deploy.core.model.tinyvit import LITEMEDSAM_SHA256, qkv_layout
+from naslora_deploy.core.model.variants import VARIANTS
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -76,7 +76,7 @@ def test_a_q_only_adapter_changes_only_qs_per_head_columns():
 
 
 def _block(sam, index):
-    from naslora_deploy.core.adapters import attention_blocks
+    from naslora_deploy.core.adapters.injection import attention_blocks
 
     return attention_blocks(sam.image_encoder)[index][1]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from naslora_deploy import AdapterConfig, adapted_layers, add_adapters, build_sam, merge, trainable_summary
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import transformers  # a test extra: the round trips run against the real packag
 from safetensors.torch import save_file
 
 from naslora_deploy import VARIANTS, CheckpointError, build_sam
-from naslora_deploy.core.weights import (
+from naslora_deploy.core.model.weights import (
     detect_layout,
     hf_sam_config,
     hf_to_segment_anything,

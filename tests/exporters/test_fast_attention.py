@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, Block
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam, merge
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
 from naslora_deploy.exporters.fast_attention import (
     SdpaAttention,
     sdpa_disabled,
@@ -116,7 +116,7 @@ def test_one_vit_b_global_block():
     """One global block with vit_b's shape (64 x 64 tokens, dim 768, 12 heads), built from SAM's own Block."""
     from functools import partial
 
-    from naslora_deploy.core.variants import VARIANTS
+    from naslora_deploy.core.model.variants import VARIANTS
 
     spec = VARIANTS["vit_b"]
     grid = spec.image_size // 16

@@ -14,13 +14,13 @@ import transformers  # a test extra: the round trips run against the real packag
 
 from naslora_deploy import VARIANTS, AdapterConfig, CheckpointError, NasloraError, add_adapters, build_sam
 from naslora_deploy.common.io import sha256_of
-from naslora_deploy.core.checkpoint import RunSpec, load_adapter, load_weights, save_checkpoint
-from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.merge import merge
-from naslora_deploy.core.peft_adapter import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, read_peft_adapter
-from naslora_deploy.core.testing import perturb_adapters
-from naslora_deploy.core.weights import hf_sam_config
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.merging.merge import merge
+from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.weights import hf_sam_config
+from naslora_deploy.core.runs.checkpoint import RunSpec, load_adapter, load_weights, save_checkpoint
+from naslora_deploy.core.runs.peft_adapter import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, read_peft_adapter
 from naslora_deploy.exporters.peft import REPORT_NAME, peft_manifest, qkv_key, run_to_peft
 
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from naslora_deploy.core.merging.spec import MergeSpec
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.specs import EngineSpec
 from naslora_deploy.exporters.verify import PASS_CRITERIA, verify_parity
@@ -17,7 +18,7 @@ MISSING = "--precision int8 calibrates activations on your images: give them wit
 
 @pytest.fixture(scope="module")
 def int8_artifacts(binary_adapter, binary_data, tmp_path_factory):
-    spec = ExportSpec(precision="int8", calibration=str(binary_data), calibration_images=4)
+    spec = ExportSpec(precision="int8", merge=MergeSpec(calibration=str(binary_data), calibration_images=4))
     return export_artifacts(binary_adapter, tmp_path_factory.mktemp("int8") / "art", spec)
 
 
@@ -89,7 +90,8 @@ def test_only_weight_ops_can_be_asked_for(tmp_path):
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed here (no wheel for this machine)")
 @pytest.mark.tensorrt
 def test_int8_engines_from_the_qdq_graph(binary_adapter, binary_data, tmp_path):
-    spec = ExportSpec(format="trt", precision="int8", calibration=str(binary_data), calibration_images=4)
+    merge = MergeSpec(calibration=str(binary_data), calibration_images=4)
+    spec = ExportSpec(format="trt", precision="int8", merge=merge)
     out, manifest = export_artifacts(binary_adapter, tmp_path / "art", spec)
     assert manifest["export"]["engine"]["precision"] == "int8"
     report = verify_parity(out)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from naslora_deploy import AdapterConfig, add_adapters, build_sam
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.onnx_export import module_to_onnx
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
@@ -51,8 +51,8 @@ def test_vit_b_dense_merge_exports_as_plain_sam(tmp_path):
     adapted = build_sam("vit_b")
     add_adapters(adapted, AdapterConfig(method="nas_pc_lora"))
     perturb_adapters(adapted, seed=3)
-    from naslora_deploy.core.adapters import adapted_layers
-    from naslora_deploy.core.merge import constant_response_folds, dense_copy
+    from naslora_deploy.core.adapters.injection import adapted_layers
+    from naslora_deploy.core.merging.merge import constant_response_folds, dense_copy
 
     layers = dict(adapted_layers(adapted))
     with torch.no_grad():

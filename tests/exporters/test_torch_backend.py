@@ -16,7 +16,7 @@ def _iou(a, b):
 def test_onnxruntime_and_torch_backends_agree_with_training_inference(
     binary_artifacts, binary_adapter, photo
 ):
-    from naslora_deploy.core.checkpoint import load_adapter
+    from naslora_deploy.core.runs.checkpoint import load_adapter
     from naslora_deploy.training.evaluate import predict_probabilities
 
     ort_seg = Segmenter.open(binary_artifacts, backend="onnxruntime")
@@ -45,7 +45,7 @@ def test_prompted_torch_equals_onnxruntime(binary_artifacts, photo):
 
 def test_any_model_can_be_handed_to_the_segmenter(binary_artifacts, binary_adapter, photo):
     """The unmerged trained model, through the runtime's processing, agrees with the dense artifact."""
-    from naslora_deploy.core.checkpoint import load_adapter
+    from naslora_deploy.core.runs.checkpoint import load_adapter
     from naslora_deploy.runtime.manifest import read_manifest
 
     backend = TorchBackend(load_adapter(binary_adapter), "cpu", label="unmerged")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from naslora_deploy import build_sam
-from naslora_deploy.core.heads import SegmentationModel, batched_predict_masks
+from naslora_deploy.core.model.heads import SegmentationModel, batched_predict_masks
 from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph
 
 

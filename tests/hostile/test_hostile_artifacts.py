@@ -328,7 +328,7 @@ def call_artifact_file(name):
 
 
 def call_load_adapter(tmp, ctx):
-    from naslora_deploy.core.checkpoint import load_adapter
+    from naslora_deploy.core.runs.checkpoint import load_adapter
 
     checkpoint = copy_into(ctx["adapter"], tmp, "ckpt")
     truncate("adapter_model.safetensors", 40)(checkpoint)

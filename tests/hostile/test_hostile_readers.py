@@ -180,7 +180,7 @@ def read_back(name: str, expected: np.ndarray):
 
 
 def labels_match_the_0_255_original(tmp: Path, ctx: dict) -> None:
-    from naslora_deploy.core.classes import ClassSpec
+    from naslora_deploy.core.model.classes import ClassSpec
     from naslora_deploy.training.data.dataset import load_labels
 
     name = sorted((tmp / "data" / "train" / "masks").iterdir())[0].name

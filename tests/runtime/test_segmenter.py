@@ -44,7 +44,7 @@ def test_postprocessing_matches_sams_within_one_pixel(binary_artifacts, photo):
 def test_preprocessing_is_the_training_pipelines(binary_artifacts, tmp_path, photo):
     from PIL import Image
 
-    from naslora_deploy.core.classes import ClassSpec
+    from naslora_deploy.core.model.classes import ClassSpec
     from naslora_deploy.training.data.dataset import SegmentationDataset
 
     Image.fromarray(photo).save(tmp_path / "p.png")
@@ -60,7 +60,7 @@ def test_minmax_preprocessing_is_the_same_in_training_evaluation_and_runtime(tmp
     """LiteMedSAM's normalisation, as a manifest records it, read by the runtime's own code path."""
     from PIL import Image
 
-    from naslora_deploy.core.classes import ClassSpec
+    from naslora_deploy.core.model.classes import ClassSpec
     from naslora_deploy.training.data.dataset import SegmentationDataset
 
     Image.fromarray(photo).save(tmp_path / "p.png")

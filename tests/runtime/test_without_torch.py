@@ -6,6 +6,8 @@ import shutil
 import pytest
 from conftest import run_without, run_without_torch
 
+from naslora_deploy.core.merging.spec import MergeSpec
+
 
 def test_runtime_imports_without_torch():
     result = run_without_torch(
@@ -170,7 +172,9 @@ def test_int8_artifacts_run_without_torch(binary_adapter, binary_data, photo_fil
     """INT8 (QDQ) artifacts, exported here, segment and prompt in a process where torch cannot load."""
     from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 
-    spec = ExportSpec(precision="int8", calibration=str(binary_data), calibration_images=2, prompts=True)
+    spec = ExportSpec(
+        precision="int8", merge=MergeSpec(calibration=str(binary_data), calibration_images=2), prompts=True
+    )
     out, manifest = export_artifacts(binary_adapter, tmp_path / "int8", spec)
     assert manifest["onnx_precision"] == "int8"
     result = run_without_torch(SEGMENT.format(artifacts=str(out), device="cpu", photo=str(photo_file)))

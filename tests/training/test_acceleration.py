@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.model.variants import build_sam
 from naslora_deploy.training.acceleration import (
     compile_encoder_blocks,
     enable_gradient_checkpointing,

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import train_config
 
-from naslora_deploy.core.adapters import adapters_disabled, add_adapters
-from naslora_deploy.core.checkpoint import load_adapter
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.testing import perturb_adapters
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.injection import adapters_disabled, add_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
+from naslora_deploy.core.runs.checkpoint import load_adapter
 from naslora_deploy.training.data.folder import discover
 from naslora_deploy.training.data.photos import write_photo_dataset
 from naslora_deploy.training.evaluate import evaluate

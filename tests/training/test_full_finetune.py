@@ -4,8 +4,8 @@ trivially and reloads to the same outputs."""
 import torch
 from conftest import train_config
 
-from naslora_deploy.core.checkpoint import load_adapter, trainable_state
-from naslora_deploy.core.merge import merge
+from naslora_deploy.core.merging.merge import merge
+from naslora_deploy.core.runs.checkpoint import load_adapter, trainable_state
 from naslora_deploy.training.trainer import Trainer
 
 

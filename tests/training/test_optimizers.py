@@ -8,12 +8,12 @@ import torch
 from conftest import train_config
 from torch.nn.utils import parametrize
 
-from naslora_deploy.core.adapters import adapted_layers, add_adapters
-from naslora_deploy.core.architecture import inspection_summary
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.heads import SegmentationModel
-from naslora_deploy.core.testing import perturb_adapters
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.injection import adapted_layers, add_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
+from naslora_deploy.core.runs.architecture import inspection_summary
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.optimizers import build_optimizers, weight_groups
 from naslora_deploy.training.schedule import search_never_starts

@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import train_config
 
-from naslora_deploy.core.adapters import add_adapters
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.testing import perturb_adapters
-from naslora_deploy.core.variants import build_sam
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.injection import add_adapters
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.model.variants import build_sam
 from naslora_deploy.training.prefix_cache import PrefixCache
 from naslora_deploy.training.trainer import Trainer
 

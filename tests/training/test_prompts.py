@@ -50,7 +50,7 @@ def test_boxes_follow_the_longest_side_resize():
 
 def test_box_prompted_forward_is_sams_own_decoder_per_box():
     from naslora_deploy import build_sam
-    from naslora_deploy.core.heads import SegmentationModel
+    from naslora_deploy.core.model.heads import SegmentationModel
 
     torch.manual_seed(0)
     model = SegmentationModel(build_sam("vit_tiny")).eval()

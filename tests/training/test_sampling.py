@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from naslora_deploy.common.imaging import IGNORE_INDEX
-from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.dataset import SegmentationDataset
 from naslora_deploy.training.sampling import flip_batch, flips
 

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from naslora_deploy.common.errors import CheckpointError
-from naslora_deploy.core.adapters import adapted_layers
-from naslora_deploy.core.checkpoint import load_adapter, read_spec, trainable_state
-from naslora_deploy.core.testing import perturb_adapters
+from naslora_deploy.core.adapters.injection import adapted_layers
+from naslora_deploy.core.adapters.testing import perturb_adapters
+from naslora_deploy.core.runs.checkpoint import load_adapter, read_spec, trainable_state
 from naslora_deploy.training.trainer import TrainConfig, Trainer
 
 

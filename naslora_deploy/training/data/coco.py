@@ -30,7 +30,7 @@ import numpy as np
 
 from naslora_deploy.common.errors import NasloraError, first_line
 from naslora_deploy.common.imaging import IMAGE_SUFFIXES, ImageReadError, note
-from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.sources import (
     LabelItem,
     Lookup,

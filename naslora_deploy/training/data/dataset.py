@@ -14,7 +14,7 @@ from naslora_deploy.common.imaging import (
     read_image,
     resized_shape,
 )
-from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.augment import Augmentation
 from naslora_deploy.training.data.folder import Pair, load_labels
 

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from naslora_deploy.common.errors import NasloraError, first_line
 from naslora_deploy.common.imaging import IMAGE_SUFFIXES, ImageReadError, note
-from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.sources import (
     BACKGROUND_NAMES,
     IGNORE_NAMES,

@@ -32,7 +32,8 @@ from naslora_deploy.common.imaging import (
     note,
 )
 from naslora_deploy.common.masks import mask_labels
-from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.training.data.masks import resolve_classes
 from naslora_deploy.training.data.sources import (
     LabelItem,
     SourceOptions,
@@ -159,8 +160,6 @@ def _file_pairs(path: Path, options: SourceOptions, values) -> list:
 
 def load(root: Path, options: SourceOptions) -> Tuple[ClassSpec, Dict[str, list]]:
     """The pairs of every split and the classes (see the module's rules)."""
-    from naslora_deploy.training.data.folder import resolve_classes
-
     values = _category_values(options.category)
     classes = ClassSpec(1) if values else resolve_classes(root, options.num_classes)
     folders = split_folders(root) or {"all": root}

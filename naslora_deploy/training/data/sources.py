@@ -18,7 +18,7 @@ import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IGNORE_INDEX, ImageItem, InputMapping, read_image
-from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.model.classes import ClassSpec
 
 BACKGROUND_NAMES = ("_background_", "background")  # LabelMe's convention (and a plain word): class 0
 IGNORE_NAMES = ("__ignore__",)  # LabelMe's convention: painted 255, left out of the loss

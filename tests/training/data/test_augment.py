@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from naslora_deploy.common.imaging import IGNORE_INDEX, PIXEL_MEAN, PIXEL_STD
-from naslora_deploy.core.classes import ClassSpec
+from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.augment import AUGMENTS, Augmentation, sample_seed
 from naslora_deploy.training.data.dataset import SegmentationDataset
 from naslora_deploy.training.prompts import component_boxes

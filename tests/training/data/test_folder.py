@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.training.data.folder import discover, mask_key
+from naslora_deploy.training.data.folder import discover
+from naslora_deploy.training.data.masks import mask_key
 
 
 def _write(folder, stem, mask_stem=None, size=(24, 32), mask_value=255, suffix=".png"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fixtures_formats import write_coco, write_labelme, write_npz, write_tiff_folder
 
-from naslora_deploy.core.checkpoint import read_spec
+from naslora_deploy.core.runs.checkpoint import read_spec
 from naslora_deploy.training.trainer import TrainConfig, Trainer
 
 

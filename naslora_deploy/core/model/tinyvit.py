@@ -25,7 +25,7 @@ import torch
 from naslora_deploy.common.errors import CheckpointError
 from naslora_deploy.common.io import sha256_of
 from naslora_deploy.common.lazy import lazy_import
-from naslora_deploy.core.sam_parts import prompt_and_mask_decoder
+from naslora_deploy.core.model.sam_parts import prompt_and_mask_decoder
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 

@@ -30,11 +30,16 @@ import torch
 
 from naslora_deploy.common.errors import MergeError
 from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.core.adapters import adapted_layers, attention_blocks
-from naslora_deploy.core.calibration import Calibration, calibration_batches, count_images, split_positions
-from naslora_deploy.core.config import MERGE_MODES
-from naslora_deploy.core.fidelity import Heads, measure_fidelity, probe_images
-from naslora_deploy.core.folds import (
+from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
+from naslora_deploy.core.adapters.layers import AdaptedQKV
+from naslora_deploy.core.merging.calibration import (
+    Calibration,
+    calibration_batches,
+    count_images,
+    split_positions,
+)
+from naslora_deploy.core.merging.fidelity import Heads, measure_fidelity, probe_images
+from naslora_deploy.core.merging.folds import (
     FITS,
     Folds,
     Intercepts,
@@ -44,9 +49,9 @@ from naslora_deploy.core.folds import (
     least_squares_folds,
     sequential_folds,
 )
-from naslora_deploy.core.layers import AdaptedQKV
-from naslora_deploy.core.recovery import Recovery, recover_dense
-from naslora_deploy.core.report import MergeReport, ProjectionFidelity
+from naslora_deploy.core.merging.recovery import Recovery, recover_dense
+from naslora_deploy.core.merging.report import MergeReport, ProjectionFidelity
+from naslora_deploy.core.merging.spec import merge_problem
 
 Batches = Callable[[], Iterable[torch.Tensor]]
 
@@ -89,21 +94,16 @@ def merge(
     """
     head = model if hasattr(model, "sam") else None
     sam = head.sam if head is not None else model
-    if mode not in MERGE_MODES:
-        raise ValueError(f"unknown merge mode {mode!r}; choose dense or fused")
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
     recovery = recover if isinstance(recover, Recovery) else Recovery(steps=recover)
+    problem = merge_problem(mode, recovery.steps, calibration is not None, recovery.decoder)
+    if problem:
+        raise ValueError(problem)
     layers = dict(adapted_layers(sam))
     config = getattr(sam, "adapter_config", None) or (next(iter(layers.values())).config if layers else None)
     if config is None:
         raise MergeError("the model has no adapters; nothing to merge")
-    if recovery.steps and mode != "dense":
-        raise ValueError("recovery tunes the dense fold; it applies to --mode dense only (fused is exact)")
-    if recovery.steps and calibration is None:
-        raise ValueError(
-            "recovery distils on unlabelled calibration images: give calibration (--calibration)"
-        )
     if recovery.decoder and head is None:
         raise ValueError("recovering the decoder needs a segmentation model (what load_adapter returns)")
     parameter = next(sam.parameters())

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.core.adapters import adapted_layers, add_adapters
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.fidelity import fixed_box
-from naslora_deploy.core.folds import Folds, Intercepts, dense_copy, identity_folds
-from naslora_deploy.core.layers import AdaptedQKV
-from naslora_deploy.core.report import RecoveryReport
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.injection import adapted_layers, add_adapters
+from naslora_deploy.core.adapters.layers import AdaptedQKV
+from naslora_deploy.core.merging.fidelity import fixed_box
+from naslora_deploy.core.merging.folds import Folds, Intercepts, dense_copy, identity_folds
+from naslora_deploy.core.merging.report import RecoveryReport
 
 # Step sizes are relative: each tensor's Adam lr is this times its RMS, so one setting fits factors
 # of any scale (a W_d M trained for a few steps is 100x smaller than a perturbed test one; an absolute

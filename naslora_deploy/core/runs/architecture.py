@@ -10,7 +10,7 @@ import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
-from naslora_deploy.core.checkpoint import WEIGHTS_NAME, load_weights, read_spec, resolve_checkpoint_dir
+from naslora_deploy.core.runs.checkpoint import WEIGHTS_NAME, load_weights, read_spec, resolve_checkpoint_dir
 
 # the block's path in the encoder (SAM ViT: blocks.i; TinyViT: layers.l.blocks.j) and the projection
 ALPHA_KEY = re.compile(r"image_encoder\.(.+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
@@ -104,7 +104,7 @@ def search_history(directory) -> Tuple[Optional[bool], List[dict]]:
     Read from the run's ``metrics.jsonl`` (beside ``best/``/``last/``): each logged epoch's
     step and mean op shares. ``(None, [])`` for a checkpoint without its run's metrics.
     """
-    from naslora_deploy.core.checkpoint import read_jsonl
+    from naslora_deploy.core.runs.checkpoint import read_jsonl
 
     checkpoint = resolve_checkpoint_dir(directory)
     metrics = checkpoint.parent / "metrics.jsonl"

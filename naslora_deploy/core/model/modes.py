@@ -19,12 +19,13 @@ from typing import Dict
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from naslora_deploy.core.adapters import adapted_layers
-
 
 def _adapter_modules(sam) -> set:
-    """Ids of every module inside an adapter (``AdaptedQKV.adapters``): these are trained."""
-    return {id(module) for _, layer in adapted_layers(sam) for module in layer.adapters.modules()}
+    """Ids of every module inside a trained adapter: a module whose class sets ``follows_run_mode``
+    (``adapters.layers.LowRankAdapter``) and all of its submodules. A class attribute rather than an
+    import, so the model room needs nothing from the adapters room above it."""
+    marked = [m for m in sam.modules() if getattr(type(m), "follows_run_mode", False)]
+    return {id(module) for adapter in marked for module in adapter.modules()}
 
 
 def wanted_modes(sam, training: bool) -> Dict[nn.Module, bool]:

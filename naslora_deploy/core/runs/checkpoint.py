@@ -1,8 +1,5 @@
 """Adapter checkpoints: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-Also the files a merge writes: a plain SAM state dict (dense) or the fused model's,
-with the fidelity report and, for multi-class models, the class head beside it.
-
 A checkpoint directory holds everything needed to rebuild the trained model on
 top of its base SAM checkpoint, whose sha256 is recorded and checked. The
 safetensors file holds the whole trainable state and nothing else: adapters
@@ -26,8 +23,8 @@ from naslora_deploy.common.contract import ADAPTER_CONFIG_NAME
 from naslora_deploy.common.errors import CheckpointError, first_line
 from naslora_deploy.common.imaging import InputMapping
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
-from naslora_deploy.core.classes import ClassSpec
-from naslora_deploy.core.config import AdapterConfig
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.model.classes import ClassSpec
 
 CONFIG_NAME = ADAPTER_CONFIG_NAME
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -109,7 +106,7 @@ class RunSpec:
 
 def trainable_state(model) -> Dict[str, torch.Tensor]:
     """The whole trainable state of a ``SegmentationModel``, by structure, not by requires_grad."""
-    from naslora_deploy.core.adapters import adapted_layers, attention_blocks
+    from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
 
     paths = [path for path, _ in attention_blocks(model.sam.image_encoder)]
     keep = set()
@@ -172,7 +169,7 @@ def _base_path(spec: RunSpec, directory: Path, base_checkpoint) -> Optional[Path
     recorded = Path(spec.base_checkpoint)
     recorded = recorded if recorded.is_absolute() else (directory / recorded)
     if not recorded.is_file():  # weights that ship with a package move with its install: look there
-        from naslora_deploy.core.variants import VARIANTS
+        from naslora_deploy.core.model.variants import VARIANTS
 
         bundled = VARIANTS[spec.variant].pretrained_checkpoint() if spec.variant in VARIANTS else None
         if bundled is not None and sha256_of(bundled) == spec.base_sha256:
@@ -186,9 +183,9 @@ def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = Fa
     The base SAM checkpoint is ``base_checkpoint`` or the recorded one; its
     sha256 must match the recorded one unless ``allow_base_mismatch``.
     """
-    from naslora_deploy.core.adapters import add_adapters
-    from naslora_deploy.core.heads import SegmentationModel
-    from naslora_deploy.core.variants import build_sam
+    from naslora_deploy.core.adapters.injection import add_adapters
+    from naslora_deploy.core.model.heads import SegmentationModel
+    from naslora_deploy.core.model.variants import build_sam
 
     directory = resolve_checkpoint_dir(directory)
     spec = read_spec(directory)
@@ -248,7 +245,7 @@ def check_finite(state: Dict[str, torch.Tensor], source) -> None:
 
 def load_trainable(model, path: Path, described_by: str = "the model") -> None:
     """Load a checkpoint's trainable state into ``model`` after checking that it reads, fits and is finite."""
-    from naslora_deploy.core.variants import first_mismatch
+    from naslora_deploy.core.model.variants import first_mismatch
 
     state = load_weights(path)
     mismatch = first_mismatch(trainable_state(model), state)
@@ -349,52 +346,3 @@ def save_state(path: Path, state: dict) -> Path:
 
         return atomic_write(path, lambda tmp: save_file(state, str(tmp)))
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def sidecar_paths(out: Path) -> dict:
-    """Where the report and (multi-class) head go, beside ``out``."""
-    stem = out.with_suffix("")
-    return {"report": Path(f"{stem}.report.json"), "head": Path(f"{stem}.head.safetensors")}
-
-
-def write_merged(
-    model,
-    mode: str,
-    out,
-    calibration=None,
-    source: str = "",
-    progress: Optional[bool] = False,
-    **merge_options,
-):
-    """Merge a trained ``SegmentationModel`` and write it; returns (merged model, report, paths).
-
-    dense: ``out`` is a plain SAM state dict (loads with ``sam_model_registry``);
-    fused: ``out`` holds the fused model's state. The fidelity report (plus what
-    the model is) goes to ``<stem>.report.json``; a multi-class class head and
-    queries to ``<stem>.head.safetensors``. ``merge_options`` (e.g. ``recover``) go to ``merge``.
-    """
-    from naslora_deploy.core.merge import merge
-
-    out = Path(out)
-    spec = model.spec
-    merged, report = merge(model, mode, calibration=calibration, progress=progress, **merge_options)
-    written = [save_state(out, merged.sam.state_dict())]
-    paths = sidecar_paths(out)
-    if model.class_head is not None:
-        head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
-        written.append(save_state(paths["head"], head))
-    description = {
-        "variant": spec.variant,
-        "image_size": spec.image_size,
-        "normalization": spec.normalization,
-        "head": spec.head,
-        "classes": spec.classes.to_dict(),
-        "num_queries": spec.num_queries,
-        "adapter": spec.adapter.to_dict(),
-        "source": source,
-        "checkpoint": out.name,
-        "head_weights": paths["head"].name if model.class_head is not None else None,
-        "merge": report.to_dict(),
-    }
-    written.append(atomic_write_text(paths["report"], json.dumps(description, indent=2) + "\n"))
-    return merged, report, written

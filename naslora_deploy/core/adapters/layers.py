@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from naslora_deploy.core.config import TARGETS, AdapterConfig
-from naslora_deploy.core.ops import (
+from naslora_deploy.core.adapters.config import TARGETS, AdapterConfig
+from naslora_deploy.core.adapters.ops import (
     OP_SPECS,
     DepthwisePointwise,
     build_op,
@@ -44,6 +44,8 @@ class LowRankAdapter(nn.Module):
     fixed ``op_scale`` (N,) buffer multiplying each candidate; the ``darts`` form
     builds DARTS' non-linear primitives, which only run op by op (``naive_cell``).
     """
+
+    follows_run_mode = True  # trained: it and its submodules take the run's mode (``model.modes``)
 
     def __init__(self, in_features: int, out_features: int, config: AdapterConfig) -> None:
         super().__init__()

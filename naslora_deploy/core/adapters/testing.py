@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from naslora_deploy.core.adapters import adapted_layers
+from naslora_deploy.core.adapters.injection import adapted_layers
 
 
 def perturb_adapters(model, seed: int = 0, b_std: float = 0.05, alpha_std: float = 1.0) -> None:

@@ -19,9 +19,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from naslora_deploy.core.adapters import adapters_disabled
-from naslora_deploy.core.heads import semantic_probabilities, upsample_logits
-from naslora_deploy.core.layers import AdaptedQKV
+from naslora_deploy.core.adapters.injection import adapters_disabled
+from naslora_deploy.core.adapters.layers import AdaptedQKV
+from naslora_deploy.core.model.heads import semantic_probabilities, upsample_logits
 
 Key = Tuple[int, str]
 

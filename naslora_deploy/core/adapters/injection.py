@@ -9,9 +9,9 @@ from typing import Dict, Iterator, List, Tuple
 import torch
 from torch import nn
 
-from naslora_deploy.core.config import AdapterConfig
-from naslora_deploy.core.layers import CELL_FORWARDS, AdaptedQKV
-from naslora_deploy.core.tinyvit import qkv_layout
+from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.layers import CELL_FORWARDS, AdaptedQKV
+from naslora_deploy.core.model.tinyvit import qkv_layout
 
 
 def add_adapters(sam, config: AdapterConfig):

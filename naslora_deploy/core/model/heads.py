@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from naslora_deploy.core.modes import settle_modes
+from naslora_deploy.core.model.modes import settle_modes
 
 
 class MultiClassHead(nn.Module):

@@ -42,8 +42,8 @@ from torch import nn
 
 from naslora_deploy.common.errors import MergeError
 from naslora_deploy.common.progress import progress as progress_bar
-from naslora_deploy.core.adapters import adapted_layers, attention_blocks
-from naslora_deploy.core.layers import AdaptedQKV
+from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
+from naslora_deploy.core.adapters.layers import AdaptedQKV
 
 Folds = Dict[int, Dict[str, torch.Tensor]]  # block -> projection -> (r, r) float64 fold M
 Intercepts = Dict[int, Dict[str, torch.Tensor]]  # block -> projection -> (r,) float64 intercept c

@@ -1,0 +1,7 @@
+"""Merging: ``merge`` and its fold strategies, recovery, measured fidelity, calibration
+images, the report, ``MergeSpec``, ``merge_run`` (a run to a merged model) and the
+merged files.
+
+May import ``core.runs``, ``core.adapters``, ``core.model`` and ``common`` (the top
+sub-room of ``core``).
+"""

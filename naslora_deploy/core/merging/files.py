@@ -1,0 +1,91 @@
+"""The files a merge writes: the merged model's weights, its report, and a multi-class head.
+
+dense: ``out`` is a plain SAM state dict (loads with ``sam_model_registry``);
+fused: ``out`` holds the fused model's state. Beside it, ``<stem>.report.json``
+(what the model is, where it came from, the fidelity report) and, for a
+multi-class model, ``<stem>.head.safetensors`` (class head and queries).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from naslora_deploy.common.errors import CheckpointError
+from naslora_deploy.common.io import atomic_write_text
+from naslora_deploy.common.outputs import json_field
+from naslora_deploy.core.merging.report import MergeReport
+from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
+from naslora_deploy.core.runs.checkpoint import RunSpec, check_finite, load_weights, save_state
+
+
+def sidecar_paths(out: Path) -> Dict[str, Path]:
+    """Where the report and (multi-class) head go, beside ``out``."""
+    stem = Path(out).with_suffix("")
+    return {"report": Path(f"{stem}.report.json"), "head": Path(f"{stem}.head.safetensors")}
+
+
+def write_merged(merged, report: MergeReport, out, source: str = "") -> List[Path]:
+    """Write a merged ``SegmentationModel`` (what ``merge_run`` returns) and its report; the paths
+    written, each atomically."""
+    out = Path(out)
+    spec = merged.spec
+    written = [save_state(out, merged.sam.state_dict())]
+    paths = sidecar_paths(out)
+    if merged.class_head is not None:
+        head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
+        written.append(save_state(paths["head"], head))
+    description = {
+        "variant": spec.variant,
+        "image_size": spec.image_size,
+        "normalization": spec.normalization,
+        "head": spec.head,
+        "classes": spec.classes.to_dict(),
+        "num_queries": spec.num_queries,
+        "adapter": spec.adapter.to_dict(),
+        "spec": spec.to_dict(),
+        "source": source,
+        "checkpoint": out.name,
+        "head_weights": paths["head"].name if merged.class_head is not None else None,
+        "merge": report.to_dict(),
+    }
+    written.append(atomic_write_text(paths["report"], json.dumps(description, indent=2) + "\n"))
+    return written
+
+
+def merged_description(path) -> Optional[dict]:
+    """The report ``write_merged`` put beside the checkpoint ``path``; None if ``path`` is not one."""
+    report = sidecar_paths(Path(path))["report"]
+    if json_field(report, "checkpoint") != Path(path).name:
+        return None
+    return json.loads(report.read_text())
+
+
+def load_merged(path) -> Tuple[SegmentationModel, dict]:
+    """A dense merged checkpoint (``merge --mode dense``) as the ``SegmentationModel`` it was written
+    from, with its description (variant, classes, the merge report): reused as it is, not merged again."""
+    description = merged_description(path)
+    if description is None:
+        raise CheckpointError(f"{path} has no merge report beside it; it is not a merged checkpoint")
+    if description["merge"]["mode"] != "dense":
+        raise CheckpointError(
+            f"{path} is a fused merge (not a plain SAM); export the run directory with --merge fused instead"
+        )
+    classes = ClassSpec.from_dict(description["classes"])
+    model = SegmentationModel(
+        build_sam(description["variant"], path, pretrained=False),
+        classes.num_classes,
+        description.get("num_queries") or 0,
+    )
+    if model.class_head is not None:
+        head_file = Path(path).parent / description["head_weights"]
+        head = load_weights(head_file)
+        check_finite(head, f"class head {head_file}")
+        model.class_head.load_state_dict({k.removeprefix("class_head."): v for k, v in head.items()})
+    check_finite(model.sam.state_dict(), f"merged checkpoint {path}")
+    if "spec" in description:  # merges written before the spec was recorded lack it
+        model.spec = RunSpec.from_dict(description["spec"], f"report of {path}")
+    return model.eval(), description
