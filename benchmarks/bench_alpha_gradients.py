@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -27,14 +26,14 @@ from typing import List
 import torch
 
 from naslora_deploy.core.adapters.injection import adapted_layers
-from naslora_deploy.training.config import TrainConfig
-from naslora_deploy.training.data.photos import write_photo_dataset
 from naslora_deploy.training.sampling import epoch_order, flip_batch
 from naslora_deploy.training.trainer import Trainer
 
 try:
+    import harness
     from timing import write_record
 except ImportError:
+    from benchmarks import harness
     from benchmarks.timing import write_record
 
 ADAM_EPS = 1e-8  # torch.optim.Adam's default, which the trainer uses
@@ -66,21 +65,8 @@ def step_figures(adapters, start_shares: torch.Tensor) -> dict:
 
 def run_form(args, data: Path, root: Path, form: str) -> dict:
     """Train one cell form step by step as the trainer would; record alpha at every search step."""
-    config = TrainConfig(
-        data=str(data),
-        out=str(root / form),
-        model="litemedsam",
-        method="nas_pc_lora",
-        epochs=args.epochs,
-        search_start=args.search_start,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        arch_lr=args.arch_lr,
-        prompt="box",
-        seed=args.seed,
-        cell_form=form,
-        progress=False,
-    )
+    protocol = harness.TrainingProtocol.from_args(args)
+    config = protocol.config(data, root / form, "nas_pc_lora", args.seed, prompt="box", cell_form=form)
     trainer = Trainer(config)
     adapters = cell_adapters(trainer.model.sam)
     start = torch.stack([a.op_weights().detach().double() for a in adapters])
@@ -118,23 +104,25 @@ def print_form(entry: dict) -> None:
 
 
 def main() -> None:
+    """Train each cell form, print its per-step alpha figures and write the JSON record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forms", default="linear,scaled,darts")
-    parser.add_argument("--images", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--search-start", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--arch-lr", type=float, default=1e-2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "alpha_gradients_litemedsam.json"
+    # bench_cell_forms' training, one seed, no --alpha-pass (the trainer's default)
+    harness.add_protocol_options(
+        parser,
+        seeds=None,
+        images=6,
+        test_images=None,
+        val_images=None,
+        arch_lr=1e-2,
+        alpha_pass=None,
+        helps={"images": None},
     )
+    parser.add_argument("--seed", type=int, default=0)
+    harness.add_record_options(parser, Path(__file__).parent / "results" / "alpha_gradients_litemedsam.json")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        data = write_photo_dataset(root / "data", count=args.images, seed=0, val=2, test=6)
+    with harness.photo_workspace(args, val=2, test=6) as (root, data):
         for form in args.forms.split(","):
             rows.append(run_form(args, data, root, form))
             print_form(rows[-1])

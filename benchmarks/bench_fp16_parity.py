@@ -31,9 +31,9 @@ import torch
 
 from naslora_deploy.core.merging.spec import MergeSpec
 from naslora_deploy.core.model.variants import VARIANTS, build_sam
+from naslora_deploy.exporters.criteria import FP16_MARGIN as MARGIN
 from naslora_deploy.exporters.export import export_artifacts
 from naslora_deploy.exporters.specs import ExportSpec
-from naslora_deploy.exporters.verify import FP16_MARGIN as MARGIN
 from naslora_deploy.exporters.verify import verify_parity
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.photos import write_photo_dataset

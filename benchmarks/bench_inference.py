@@ -37,10 +37,10 @@ from naslora_deploy.runtime.manifest import read_manifest
 
 try:
     from bench_runtime import make_sources
-    from timing import median_ratio, write_record
+    from timing import add_latency_options, median_ratio, parse_batch_sizes, write_record
 except ImportError:
     from benchmarks.bench_runtime import make_sources
-    from benchmarks.timing import median_ratio, write_record
+    from benchmarks.timing import add_latency_options, median_ratio, parse_batch_sizes, write_record
 
 BACKENDS = ("onnxruntime", "torch")
 CONTENDERS = ("plain", "dense", "fused", "unmerged")
@@ -189,10 +189,7 @@ def parse_backends(text: str) -> List[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vit_tiny")
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-sizes", default="1,4")
+    add_latency_options(parser)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument(
         "--device",
@@ -203,7 +200,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     backends = parse_backends(args.backends)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    batch_sizes = parse_batch_sizes(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = args.out or Path(__file__).parent / "results" / f"inference_{args.model}.json"
     rows: List[dict] = []

@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 
@@ -37,20 +36,16 @@ from naslora_deploy.core.merging.calibration import calibration_images
 from naslora_deploy.core.merging.merge import merge
 from naslora_deploy.core.merging.recovery import Recovery
 from naslora_deploy.core.model.classes import ClassSpec
-from naslora_deploy.core.runs.checkpoint import load_adapter
-from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.data.folder import discover
-from naslora_deploy.training.data.photos import write_photo_dataset
 from naslora_deploy.training.evaluate import predict_probabilities
 from naslora_deploy.training.metrics import BinaryMetrics
 from naslora_deploy.training.prompts import component_boxes
-from naslora_deploy.training.trainer import train
 
 try:
-    from timing import mean_and_std, write_run_record
+    import harness
 except ImportError:
-    from benchmarks.timing import mean_and_std, write_run_record
+    from benchmarks import harness
 
 BINARY = ClassSpec()
 PROMPT = "box"
@@ -96,35 +91,22 @@ def agreement(probs: List[np.ndarray], reference: List[np.ndarray]) -> float:
     return float(np.mean(values))
 
 
-def train_run(args, data: Path, root: Path, method: str, seed: int, max_steps=None, epochs=None):
-    """Train one box-prompted LiteMedSAM run; returns (its final checkpoint, seconds).
+def train_run(protocol: harness.TrainingProtocol, data: Path, root: Path, method: str, seed: int, **changes):
+    """Train one box-prompted LiteMedSAM run; returns (its final checkpoint, seconds, with its loading).
 
     The final one (``last/``), not the best on validation: every arm then has had exactly
     its steps, and a noisy pick among epochs on two validation images cannot favour one arm.
     """
-    config = TrainConfig(
-        data=str(data),
-        out=str(root / f"{method}-{seed}"),
-        model="litemedsam",
-        method=method,
-        epochs=epochs or args.epochs,
-        search_start=args.search_start,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        prompt=PROMPT,
-        seed=seed,
-        max_steps=max_steps,
-        progress=False,
-    )
-    started = time.perf_counter()
-    model = load_adapter(train(config) / "last")
-    return model, time.perf_counter() - started
+    config = protocol.config(data, root / f"{method}-{seed}", method, seed, prompt=PROMPT, **changes)
+    trained = harness.train_arm(config, "last", time_load=True)
+    return trained.model, trained.seconds
 
 
 def run_seed(args, data: Path, root: Path, seed: int, test, calibration) -> List[dict]:
     """Every form of one seed: NAS-PC-LoRA and its merges, and LoRA for the same total steps."""
+    protocol = harness.TrainingProtocol.from_args(args)
     steps_per_epoch = math.ceil(args.images / args.batch_size)
-    nas_steps = args.epochs * steps_per_epoch
+    nas_steps = protocol.steps
     rows: List[dict] = []
 
     def row(form: str, probs, reference, seconds: float, report=None, steps=nas_steps) -> None:
@@ -150,7 +132,7 @@ def run_seed(args, data: Path, root: Path, seed: int, test, calibration) -> List
             flush=True,
         )
 
-    nas, seconds = train_run(args, data, root, "nas_pc_lora", seed)
+    nas, seconds = train_run(protocol, data, root, "nas_pc_lora", seed)
     unmerged = predict(nas, test)
     row("nas unmerged", unmerged, unmerged, seconds)
     with adapters_disabled(nas.sam):
@@ -171,7 +153,7 @@ def run_seed(args, data: Path, root: Path, seed: int, test, calibration) -> List
         row(form, predict(merged, test), unmerged, time.perf_counter() - started, report, steps)
     total = nas_steps + args.recover_steps
     lora, seconds = train_run(
-        args, data, root, "lora", seed, max_steps=total, epochs=math.ceil(total / steps_per_epoch)
+        protocol, data, root, "lora", seed, max_steps=total, epochs=math.ceil(total / steps_per_epoch)
     )
     merged, report = merge(lora, "dense")
     row("lora (same steps) dense", predict(merged, test), unmerged, seconds, report, total)
@@ -180,39 +162,42 @@ def run_seed(args, data: Path, root: Path, seed: int, test, calibration) -> List
 
 def summarise(rows: List[dict]) -> List[dict]:
     """Mean and standard deviation of every figure per form, over seeds, with the targets checked."""
-    groups: Dict[str, List[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["form"], []).append(row)
-    unmerged = {r["seed"]: r["iou"] for r in groups.get("nas unmerged", [])}
-    table = []
-    for form, members in groups.items():
-        entry = {"form": form, "seeds": len(members)}
-        entry.update(
-            mean_and_std(
-                members, ("iou", "mask_iou_vs_unmerged", "calibration_embedding_rel_error", "seconds")
-            )
-        )
+    unmerged = {r["seed"]: r["iou"] for r in rows if r["form"] == "nas unmerged"}
+
+    def gap_and_targets(entry: dict, members: List[dict]) -> None:
         gaps = [unmerged[m["seed"]] - m["iou"] for m in members if m["seed"] in unmerged]
         entry["iou_gap_to_unmerged_mean"] = statistics.fmean(gaps) if gaps else None
-        if form.startswith("nas dense"):
+        if entry["form"].startswith("nas dense"):
             entry["meets_targets"] = bool(
                 entry["iou_gap_to_unmerged_mean"] <= TARGET_IOU_GAP
                 and entry["mask_iou_vs_unmerged_mean"] >= TARGET_MASK_IOU
             )
-        table.append(entry)
-    return table
+
+    figures = ("iou", "mask_iou_vs_unmerged", "calibration_embedding_rel_error", "seconds")
+    return harness.summarise_by(rows, ("form",), figures, finish=gap_and_targets)
 
 
-def main() -> None:
+def print_table(table: List[dict]) -> None:
+    """One line per form: test IoU, its gap to the unmerged model, the mask IoU, the targets."""
+    print(f"{'form':<24} {'test IoU mean +- std':>22} {'gap':>8} {'mask IoU vs unmerged':>22} targets")
+    for e in table:
+        iou, agree = harness.mean_std(e, "iou"), harness.mean_std(e, "mask_iou_vs_unmerged")
+        gap = e["iou_gap_to_unmerged_mean"]
+        met = {True: "met", False: "MISSED"}.get(e.get("meets_targets"), "")
+        print(f"{e['form']:<24} {iou:>22} {gap:>8.4f} {agree:>22} {met}")
+
+
+def parse_args() -> argparse.Namespace:
+    """The benchmark's options (no --val-images: 2 validation photographs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=12, help="training photographs")
-    parser.add_argument("--test-images", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--search-start", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument(
-        "--lr", type=float, default=1e-3, help="weights' lr (high enough to move the adapters)"
+    harness.add_protocol_options(
+        parser,
+        images=12,
+        test_images=12,
+        val_images=None,
+        lr=1e-3,
+        alpha_pass=None,
+        helps={"lr": "weights' lr (high enough to move the adapters)"},
     )
     parser.add_argument(
         "--calibration", type=int, default=6, help="unlabelled training images: half fit, half measure"
@@ -220,50 +205,25 @@ def main() -> None:
     parser.add_argument("--recover-steps", type=int, default=16, help="a few hundred on a GPU")
     parser.add_argument("--recover-lr", type=float, default=Recovery().lr, help="relative step (Recovery)")
     parser.add_argument("--recover-decoder", action="store_true")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "merge_litemedsam.json"
-    )
-    args = parser.parse_args()
-    started = time.perf_counter()
-    rows: List[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        data = write_photo_dataset(root / "data", count=args.images, seed=0, val=2, test=args.test_images)
+    harness.add_record_options(parser, Path(__file__).parent / "results" / "merge_litemedsam.json")
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Every form of every seed; print the table and write the JSON record."""
+    args = parse_args()
+    record = harness.SeededRecord(args, summarise, targets=TARGETS)
+    with harness.photo_workspace(args, val=2) as (root, data):
         test = load_test(discover(data, check=False).split("test"))
         calibration = calibration_images(data, args.calibration, 256, "minmax")
         for seed in range(args.seeds):
-            rows += run_seed(args, data, root, seed, test, calibration)
-            print(f"  done seed {seed} ({time.perf_counter() - started:.0f} s)", flush=True)
-            write_run_record(
-                args,
-                summarise(rows),
-                rows,
-                started,
-                complete=False,
-                targets={"iou_gap_to_unmerged": TARGET_IOU_GAP, "mask_iou_vs_unmerged": TARGET_MASK_IOU},
-            )  # what is done survives an interrupted run
-    table = summarise(rows)
-    print(
+            record.add(run_seed(args, data, root, seed, test, calibration), f"seed {seed}")
+    header = (
         f"litemedsam, {args.images} train / {len(test)} test photographs, box prompts, "
         f"{args.epochs} epochs x batch {args.batch_size}, recovery {args.recover_steps} steps, "
         f"{args.seeds} seed(s):"
     )
-    print(f"{'form':<24} {'test IoU mean +- std':>22} {'gap':>8} {'mask IoU vs unmerged':>22} targets")
-    for e in table:
-        iou = f"{e['iou_mean']:.4f} +- {e['iou_std']:.4f}"
-        agree = f"{e['mask_iou_vs_unmerged_mean']:.4f} +- {e['mask_iou_vs_unmerged_std']:.4f}"
-        gap = e["iou_gap_to_unmerged_mean"]
-        met = {True: "met", False: "MISSED"}.get(e.get("meets_targets"), "")
-        print(f"{e['form']:<24} {iou:>22} {gap:>8.4f} {agree:>22} {met}")
-    write_run_record(
-        args,
-        summarise(rows),
-        rows,
-        started,
-        complete=True,
-        targets={"iou_gap_to_unmerged": TARGET_IOU_GAP, "mask_iou_vs_unmerged": TARGET_MASK_IOU},
-    )
-    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    record.finish(header, print_table)
 
 
 if __name__ == "__main__":

@@ -18,31 +18,27 @@ trajectory can be plotted. Prints mean +- std and writes benchmarks/results/prot
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List, Tuple
 
-from naslora_deploy.core.runs.checkpoint import load_adapter
-from naslora_deploy.training.config import TrainConfig
-from naslora_deploy.training.data.folder import discover
 from naslora_deploy.training.data.photos import write_photo_dataset
-from naslora_deploy.training.evaluate import evaluate
-from naslora_deploy.training.trainer import train
 
 try:
-    from timing import mean_and_std, write_run_record
+    import harness
 except ImportError:
-    from benchmarks.timing import mean_and_std, write_run_record
+    from benchmarks import harness
 
 TABLES = ("schedule", "no_object")
 SCHEDULES = ("constant", "cosine", "poly")
 NO_OBJECT_WEIGHTS = (1.0, 0.1)
 FIGURES = {"schedule": ("iou", "dice"), "no_object": ("miou", "mae", "mber", "accuracy")}
+EPOCH_KEYS = ("epoch", "stage", "train_loss", "lr", "lr_end", "step_time_ms", "op_shares")
 
 
-def run_arm(args, table: str, arm, data: Path, root: Path, seed: int) -> dict:
+def run_arm(
+    args, protocol: harness.TrainingProtocol, table: str, arm, data: Path, root: Path, seed: int
+) -> dict:
     """Train one (table, arm, seed) and evaluate its final checkpoint (``last/``) on the test split.
 
     The final one, not the best on validation: the schedules differ most at the end of a run,
@@ -53,51 +49,19 @@ def run_arm(args, table: str, arm, data: Path, root: Path, seed: int) -> dict:
         if table == "schedule"
         else {"no_object_weight": arm, "queries": args.queries, "lr": args.no_object_lr}  # some unmatched
     )
-    config = TrainConfig(
-        data=str(data),
-        out=str(root / f"{table}-{arm}-{seed}"),
-        model="litemedsam",
-        method="nas_pc_lora",
-        epochs=args.epochs,
-        search_start=args.search_start,
-        batch_size=args.batch_size,
-        warmup_steps=args.warmup_steps,
-        alpha_pass=args.alpha_pass,
-        seed=seed,
-        progress=False,
-        **changes,
+    config = protocol.config(
+        data, root / f"{table}-{arm}-{seed}", "nas_pc_lora", seed, warmup_steps=args.warmup_steps, **changes
     )
-    started = time.perf_counter()
-    run = train(config)
-    seconds = time.perf_counter() - started
-    splits = discover(data, check=False)
-    metrics = evaluate(
-        load_adapter(run / "last"), splits.split("test"), splits.classes, batch_size=4, prompt=config.prompt
-    )
-    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    row = {"table": table, "arm": arm, "seed": seed, "train_s": seconds}
-    row.update({key: metrics[key] for key in FIGURES[table]})
-    row["epochs"] = [
-        {
-            key: e.get(key)
-            for key in ("epoch", "stage", "train_loss", "lr", "lr_end", "step_time_ms", "op_shares")
-        }
-        for e in epochs
-    ]
+    trained = harness.train_and_evaluate(config)
+    row = {"table": table, "arm": arm, "seed": seed, "train_s": trained.seconds}
+    row.update({key: trained.metrics[key] for key in FIGURES[table]})
+    row["epochs"] = [{key: e.get(key) for key in EPOCH_KEYS} for e in trained.epoch_records()]
     return row
 
 
 def summarise(rows: List[dict]) -> List[dict]:
     """Mean and standard deviation of each table's figures per arm over seeds."""
-    groups: Dict[tuple, List[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["table"], row["arm"]), []).append(row)
-    table = []
-    for (name, arm), members in groups.items():
-        entry = {"table": name, "arm": arm, "seeds": len(members)}
-        entry.update(mean_and_std(members, FIGURES[name] + ("train_s",)))
-        table.append(entry)
-    return table
+    return harness.summarise_by(rows, ("table", "arm"), lambda group: FIGURES[group[0]] + ("train_s",))
 
 
 def print_table(table: List[dict]) -> None:
@@ -111,44 +75,44 @@ def print_table(table: List[dict]) -> None:
             f"\n({name}) {'arm':<10} " + " ".join(f"{f + ' mean +- std':>22}" for f in figures) + "  train s"
         )
         for e in entries:
-            cells = " ".join(f"{e[f + '_mean']:>12.4f} +- {e[f + '_std']:<6.4f}" for f in figures)
+            cells = " ".join(harness.mean_std(e, f, ">12.4f", "<6.4f") for f in figures)
             print(f"    {str(e['arm']):<13} {cells}  {e['train_s_mean']:7.1f}")
 
 
-def main() -> None:
+def parse_args() -> Tuple[argparse.Namespace, List[str]]:
+    """The benchmark's options (the shared protocol's, table (b)'s lr and queries) and the chosen tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=10, help="training photographs per data set")
-    parser.add_argument("--test-images", type=int, default=8)
-    parser.add_argument("--val-images", type=int, default=1, help="validation images (the per-epoch record)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--search-start", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument(
-        "--lr", type=float, default=2e-4, help="table (a): the weights' initial lr (the demo's)"
+    harness.add_protocol_options(
+        parser,
+        helps={
+            "images": "training photographs per data set",
+            "val_images": "validation images (the per-epoch record)",
+            "lr": "table (a): the weights' initial lr (the demo's)",
+        },
     )
     parser.add_argument("--no-object-lr", type=float, default=4e-4, help="table (b): the weights' initial lr")
     parser.add_argument("--warmup-steps", type=int, default=0)
-    parser.add_argument("--alpha-pass", default="same", choices=("same", "second"))
     parser.add_argument(
         "--queries", type=int, default=6, help="(no_object) mask queries; with 3 classes, 3+ go unmatched"
     )
     parser.add_argument("--tables", default=",".join(TABLES), help="schedule, no_object or both")
-    parser.add_argument("--smoke", action="store_true", help="1 seed, 2 train / 1 test image, 1 step per run")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "protocol_litemedsam.json"
+    harness.add_record_options(
+        parser, Path(__file__).parent / "results" / "protocol_litemedsam.json", smoke=True
     )
     args = parser.parse_args()
     tables = [t for t in args.tables.split(",") if t]
     if not tables or any(t not in TABLES for t in tables):
         parser.error(f"--tables: choose from {', '.join(TABLES)}")
     if args.smoke:
-        args.seeds, args.images, args.test_images, args.val_images, args.epochs = 1, 2, 1, 1, 1
-        args.batch_size, args.search_start = 2, 0
-        if args.out == parser.get_default("out"):
-            args.out = args.out.with_name("protocol_litemedsam_smoke.json")
-    started = time.perf_counter()
-    rows: List[dict] = []
+        harness.apply_smoke(parser, args, batch_size=2)
+    return args, tables
+
+
+def main() -> None:
+    """Train every (seed, table, arm), print both tables and write the JSON record."""
+    args, tables = parse_args()
+    protocol = harness.TrainingProtocol.from_args(args)
+    record = harness.SeededRecord(args, summarise)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sets = {
@@ -165,21 +129,14 @@ def main() -> None:
         for seed in range(args.seeds):
             for table in tables:
                 for arm in SCHEDULES if table == "schedule" else NO_OBJECT_WEIGHTS:
-                    rows.append(run_arm(args, table, arm, sets[table], root, seed))
-                    print(
-                        f"  done {table} {arm} seed {seed} ({time.perf_counter() - started:.0f} s)",
-                        flush=True,
-                    )
-                    write_run_record(args, summarise(rows), rows, started, complete=False)
-    steps = args.epochs * -(-args.images // args.batch_size)
-    print(
+                    row = run_arm(args, protocol, table, arm, sets[table], root, seed)
+                    record.add([row], f"{table} {arm} seed {seed}")
+    header = (
         f"litemedsam nas_pc_lora (a: box-prompted, lr {args.lr}; b: prompt-free, lr {args.no_object_lr}), "
         f"{args.images} train / {args.test_images} test photographs, "
-        f"{args.epochs} epochs x batch {args.batch_size} ({steps} steps), {args.seeds} seed(s):"
+        f"{args.epochs} epochs x batch {args.batch_size} ({protocol.steps} steps), {args.seeds} seed(s):"
     )
-    print_table(summarise(rows))
-    write_run_record(args, summarise(rows), rows, started, complete=True)
-    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    record.finish(header, print_table)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ both (dense merge) and runs the runtime's bench with the two alternating.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from naslora_deploy.exporters.torch_backend import open_segmenter
 from naslora_deploy.runtime.bench import bench, format_rows
 
 try:
-    from timing import machine
+    from timing import add_latency_options, parse_batch_sizes, write_record
 except ImportError:
-    from benchmarks.timing import machine
+    from benchmarks.timing import add_latency_options, parse_batch_sizes, write_record
 
 
 def make_sources(variant: str, root: Path):
@@ -54,10 +53,7 @@ def make_sources(variant: str, root: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vit_tiny")
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-sizes", default="1,4")
+    add_latency_options(parser)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -68,12 +64,10 @@ def main() -> None:
         merged, manifest = export_artifacts(adapter, root / "merged", ExportSpec(merge="dense"))
         plain, _ = export_artifacts(base, root / "plain", ExportSpec(), variant=args.model)
         segmenters = [open_segmenter(merged, args.backend), open_segmenter(plain, args.backend)]
-        rows = bench(segmenters, [int(b) for b in args.batch_sizes.split(",")], args.runs, args.warmup)
+        rows = bench(segmenters, parse_batch_sizes(args), args.runs, args.warmup)
     print(f"{args.model}: a = dense-merged NAS-PC-LoRA artifact, b = plain SAM artifact")
     print(format_rows(rows))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine(), "merge_report": manifest["merge"]["report"], "rows": rows}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_record(out, rows, {"merge_report": manifest["merge"]["report"]})
     print(f"wrote {out}")
 
 

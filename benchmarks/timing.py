@@ -90,6 +90,20 @@ def write_run_record(
     write_record(args.out, table, settings)
 
 
+def add_latency_options(parser, model: str = "vit_tiny") -> None:
+    """The latency benchmarks' shared options: the variant, the timed runs, the warm-up rounds and
+    the batch sizes (comma-separated; ``parse_batch_sizes`` reads them)."""
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-sizes", default="1,4")
+
+
+def parse_batch_sizes(args) -> List[int]:
+    """The ``--batch-sizes`` of ``add_latency_options`` as integers."""
+    return [int(b) for b in args.batch_sizes.split(",")]
+
+
 def register_sized_variant(name: str) -> str:
     """``vit_b@512`` -> register a variant with vit_b's encoder at 512 px; plain names pass through.
 

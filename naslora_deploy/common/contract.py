@@ -8,6 +8,8 @@ names; the runtime backends and ``verify`` feed and read them by these names.
 MANIFEST_NAME = "manifest.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"  # a checkpoint directory's spec (core.checkpoint)
 MANIFEST_FORMAT = "naslora-deploy-artifacts/1"
+# the manifest's "variant": core.model.variants.VARIANTS builds each (a test holds the two equal)
+VARIANT_NAMES = ("vit_b", "vit_l", "vit_h", "vit_tiny", "litemedsam", "mobile_sam")
 
 IMAGE_ENCODER = "image_encoder"
 MASK_DECODER = "mask_decoder"

@@ -28,8 +28,8 @@ from naslora_deploy.core.merging.calibration import calibration_images
 from naslora_deploy.core.merging.files import load_merged, merged_description
 from naslora_deploy.core.merging.run import merge_run, read_calibration
 from naslora_deploy.core.model.heads import SegmentationModel
-from naslora_deploy.core.model.variants import build_sam
-from naslora_deploy.core.runs.checkpoint import check_finite, load_adapter, source_sha256
+from naslora_deploy.core.model.variants import VARIANTS, build_sam
+from naslora_deploy.core.runs.checkpoint import RunSpec, check_finite, load_adapter, source_sha256
 from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
 from naslora_deploy.exporters.specs import ExportSpec
 from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, trtexec_command
@@ -40,6 +40,7 @@ from naslora_deploy.exporters.wrappers import (
     batch_dynamic,
 )
 from naslora_deploy.runtime.engines import import_tensorrt
+from naslora_deploy.runtime.manifest import Manifest
 
 
 @dataclass
@@ -92,7 +93,7 @@ def load_source(
         return ExportSource(model, merged_file["variant"], description, merged_file["merge"])
     if variant is None:
         raise NasloraError(
-            f"{source} is a checkpoint file: name its variant with --model (vit_b, vit_l, vit_h, vit_tiny)"
+            f"{source} is a checkpoint file: name its variant with --model ({', '.join(VARIANTS)})"
         )
     sha256 = source_sha256(source)
     model = SegmentationModel(build_sam(variant, source)).eval()
@@ -191,7 +192,7 @@ def export_artifacts(
     allow_base_mismatch=False,
     progress: Optional[bool] = False,
     force: bool = False,
-) -> Tuple[Path, dict]:
+) -> Tuple[Path, Manifest]:
     """Export ``source`` into the artifact directory ``out``; returns (out, manifest).
 
     ``out`` must be new, empty or (with ``force``) an earlier artifact directory
@@ -203,7 +204,7 @@ def export_artifacts(
         import_tensorrt()  # fail before any work, with install help
     loaded = load_source(source, spec, variant, base, allow_base_mismatch, progress)
     model = loaded.model
-    manifest: dict = {}
+    written: Dict[str, Manifest] = {}
 
     def write(tmp: Path) -> None:
         files = export_graphs(model, spec, tmp, progress, loaded.calibration)
@@ -212,11 +213,12 @@ def export_artifacts(
             for name, onnx_path in progress_bar(files.items(), "export: TensorRT engines", progress):
                 inputs = io_signature(onnx_path)["inputs"]
                 engines[name] = onnx_to_engine(onnx_path, tmp / names.engine_file(name), spec.engine, inputs)
-        manifest.update(_manifest(loaded, spec, files, engines))
-        atomic_write_text(tmp / names.MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+        written["manifest"] = _manifest(loaded, spec, files, engines)
+        text = json.dumps(written["manifest"].to_dict(), indent=2)
+        atomic_write_text(tmp / names.MANIFEST_NAME, text + "\n")
 
     write_directory(folder, write)
-    return Path(out), manifest
+    return Path(out), written["manifest"]
 
 
 def export(
@@ -265,9 +267,9 @@ def _export_peft(source, out, spec: ExportSpec, base, allow_base_mismatch: bool,
     return written, peft_manifest(written), None
 
 
-def rebuild_source(manifest: dict, base=None) -> ExportSource:
+def rebuild_source(manifest: Manifest, base=None) -> ExportSource:
     """The PyTorch model an artifact directory was exported from, merged the same way."""
-    described = manifest["source"]
+    described = manifest.source
     spec = ExportSpec.from_manifest(manifest)
     spec.format, spec.precision = "onnx", "fp32"  # the PyTorch reference: no engine, full precision
     path = Path(described["path"])
@@ -276,13 +278,13 @@ def rebuild_source(manifest: dict, base=None) -> ExportSource:
             f"the export source {path} is gone; the PyTorch model cannot be rebuilt without it"
         )
     return load_source(
-        path, spec, described.get("variant") or manifest["variant"], base or described.get("base")
+        path, spec, described.get("variant") or manifest.variant, base or described.get("base")
     )
 
 
 def _manifest(
     loaded: ExportSource, spec: ExportSpec, files: Dict[str, Path], engines: Dict[str, Path]
-) -> dict:
+) -> Manifest:
     import onnx
 
     model = loaded.model
@@ -290,38 +292,46 @@ def _manifest(
     for path in engines.values():
         described[path.name] = _describe(path)
         described[path.name + ".json"] = _describe(Path(str(path) + ".json"))
-    classes = {"num_classes": model.num_classes}
     spec_dict = loaded.description.get("spec")
-    if spec_dict:
-        classes = spec_dict["classes"]
-    return {
-        "format": names.MANIFEST_FORMAT,
-        "naslora_deploy_version": __version__,
-        "torch_version": torch.__version__,
-        "onnx_version": onnx.__version__,
-        "variant": loaded.variant,
-        "image_size": model.image_size,
-        "normalization": model.normalization,
-        "input_mapping": (spec_dict or {}).get("input_mapping"),  # the run's --bands/--stretch (None: plain)
-        "head": "multiclass" if model.class_head is not None else "binary",
-        "classes": classes,
-        "num_queries": model.class_head.queries.num_embeddings if model.class_head is not None else 0,
-        "merge": {
+    # which model this is: the run's own record, or (a plain SAM checkpoint) the model's
+    record = (
+        RunSpec.from_dict(spec_dict).model_record()
+        if spec_dict
+        else plain_model_record(model, loaded.variant)
+    )
+    return Manifest(
+        **record,
+        naslora_deploy_version=__version__,
+        torch_version=torch.__version__,
+        onnx_version=onnx.__version__,
+        merge={
             "mode": loaded.merge_report["mode"] if loaded.merge_report else "none (plain SAM checkpoint)",
             "report": loaded.merge_report,
         },
-        "precision": spec.precision,
-        # the ONNX files: fp16 where converted (not for engines), int8 (QDQ) whatever the format
-        "onnx_precision": spec.onnx_precision,
-        "opset": spec.opset,
-        "prompt_point_slots": spec.point_slots + 2 if spec.prompts else None,
-        "export": spec.to_dict(),
-        "source": loaded.description,
-        "files": described,
-        "trtexec": {  # how to build each engine on the target (a Jetson) from the ONNX files
+        precision=spec.precision,
+        onnx_precision=spec.onnx_precision,
+        opset=spec.opset,
+        prompt_point_slots=spec.point_slots + 2 if spec.prompts else None,
+        export=spec.to_dict(),
+        source=loaded.description,
+        files=described,
+        trtexec={  # how to build each engine on the target (a Jetson) from the ONNX files
             name: trtexec_command(
                 path, path.with_suffix(".engine"), io_signature(path)["inputs"], spec.engine
             )
             for name, path in files.items()
         },
+    )
+
+
+def plain_model_record(model, variant: str) -> dict:
+    """``RunSpec.model_record`` for a plain SAM checkpoint: no run, so read from the model."""
+    return {
+        "variant": variant,
+        "image_size": model.image_size,
+        "normalization": model.normalization,
+        "head": "binary",
+        "classes": {"num_classes": model.num_classes},
+        "num_queries": 0,
+        "input_mapping": None,
     }

@@ -130,7 +130,7 @@ class ExportSpec:
     def from_manifest(cls, manifest: dict) -> "ExportSpec":
         """The spec an artifact directory was exported with (manifests before ``MergeSpec`` held the
         merge's options flat: ``merge`` the mode beside ``calibration``, ``recover``, ...)."""
-        exported = dict(manifest["export"])
+        exported = dict(manifest["export"])  # a Manifest or its JSON
         if isinstance(exported.get("merge"), str):
             flat = {name: exported.pop(name) for name in MERGE_FLAT if name in exported}
             exported["merge"] = MergeSpec(mode=exported["merge"], **flat)

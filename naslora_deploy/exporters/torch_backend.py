@@ -66,7 +66,7 @@ def check_source_unchanged(manifest: dict, directory=None) -> None:
     from naslora_deploy.core.runs.checkpoint import source_sha256
 
     where = directory or "these artifacts"
-    described = manifest["source"]
+    described = manifest.source
     path = Path(described["path"])
     if not path.exists():
         raise NasloraError(
@@ -100,9 +100,9 @@ def rebuild_verified(manifest: dict, directory=None):
         ) from None
     check_source_unchanged(manifest, directory)
     source = rebuild_source(manifest)
-    if source.model.image_size != manifest["image_size"]:
+    if source.model.image_size != manifest.image_size:
         raise NasloraError(
-            f"{directory or 'the manifest'} says image_size {manifest['image_size']}, but its source model "
+            f"{directory or 'the manifest'} says image_size {manifest.image_size}, but its source model "
             f"takes {source.model.image_size} (the manifest was changed); re-export the artifacts"
         )
     return source

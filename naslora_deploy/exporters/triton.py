@@ -90,7 +90,7 @@ def artifacts_to_triton(artifact_dir, repository, backend: str = "onnxruntime", 
     manifest = read_manifest(artifact_dir)
     if backend not in ("onnxruntime", "tensorrt"):
         raise ValueError(f"unknown Triton backend {backend!r}; choose onnxruntime or tensorrt")
-    files = manifest["files"]
+    files = manifest.files
     encoder, decoder = files["image_encoder.onnx"], files["mask_decoder.onnx"]
 
     def write(tmp: Path) -> None:

@@ -23,98 +23,12 @@ import torch
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.exporters.criteria import PASS_CRITERIA, PassCriteria, criteria_for, criterion_text
 from naslora_deploy.exporters.export import ExportSpec, export_graphs
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 from naslora_deploy.exporters.torch_backend import rebuild_verified
 from naslora_deploy.runtime.backends import available_providers, open_graph, ort_session
 from naslora_deploy.runtime.manifest import artifact_file, read_manifest
-
-
-@dataclass(frozen=True)
-class PassCriteria:
-    """What ``verify`` holds one precision's outputs to; a limit left None is reported, not checked.
-
-    Embeddings: the encoder's (N, C, h, w) output against PyTorch's. Decoder: each decoder
-    output computed from PyTorch's embeddings (so the decoder alone is measured). End to
-    end: the encoder's and decoder's masks (logits > 0) against PyTorch's, as mask IoU.
-    """
-
-    precision: str
-    embeddings_max_abs: Optional[float] = None
-    embeddings_max_rel: Optional[float] = None
-    decoder_max_abs: Optional[float] = None
-    decoder_max_rel: Optional[float] = None
-    end_to_end_min_mask_iou: Optional[float] = None
-    basis: str = ""
-
-    def limits(self, part: str) -> dict:
-        """``ParityRow`` limits for ``part``: embeddings, decoder or end_to_end."""
-        if part == "end_to_end":
-            return {"min_mask_iou": self.end_to_end_min_mask_iou}
-        return {"tolerance": getattr(self, f"{part}_max_abs"), "max_rel": getattr(self, f"{part}_max_rel")}
-
-    def describe(self) -> str:
-        """One line: what is checked and what is only reported."""
-        parts = [
-            f"{label} {_criterion(**self.limits(part))}"
-            for part, label in (
-                ("embeddings", "image_embeddings"),
-                ("decoder", "decoder outputs on PyTorch's embeddings"),
-                ("end_to_end", "end-to-end masks"),
-            )
-        ]
-        return f"pass criteria ({self.precision}): " + "; ".join(parts) + f" [{self.basis}]"
-
-    def to_dict(self) -> dict:
-        """The criteria as JSON."""
-        return dataclasses.asdict(self)
-
-
-def _criterion(tolerance=None, max_rel=None, min_mask_iou=None) -> str:
-    """``ParityRow``'s limits as a short text ("reported only" where there are none)."""
-    checks = [f"max abs <= {tolerance:.0e}"] if tolerance is not None else []
-    checks += [f"rel <= {max_rel:.0e}"] if max_rel is not None else []
-    checks += [f"mask IoU >= {min_mask_iou:.2f}"] if min_mask_iou is not None else []
-    return " and ".join(checks) or "reported only"
-
-
-FP16_MARGIN = 4  # benchmarks/bench_fp16_parity.py: criteria = worst real-weight figure with this margin
-PASS_CRITERIA = {
-    "fp32": PassCriteria(
-        "fp32", embeddings_max_abs=1e-4, decoder_max_abs=1e-3, basis="float32 rounding; end to end reported"
-    ),
-    "fp16": PassCriteria(
-        "fp16",
-        embeddings_max_rel=3e-2,
-        decoder_max_rel=1e-2,
-        end_to_end_min_mask_iou=0.98,
-        basis=f"{FP16_MARGIN}x the worst measured on LiteMedSAM's real weights, plain and NAS-PC-LoRA fused "
-        "and dense, on photographs: rel 5.0e-3, 2.5e-3, IoU 0.9973 (benchmarks/bench_fp16_parity.py)",
-    ),
-    # the encoder is quantized (its embeddings are reported), the decoders stay fp32 (held to fp32's
-    # limit on PyTorch's embeddings), the masks must agree (benchmarks/RESULTS.md, Issue 14: INT8)
-    "int8": PassCriteria(
-        "int8",
-        decoder_max_abs=1e-3,
-        end_to_end_min_mask_iou=0.9,
-        basis="int8 encoder reported; box masks measured at mean IoU 0.98, worst image 0.954 "
-        "(benchmarks/bench_int8.py)",
-    ),
-    "bf16": PassCriteria("bf16", basis="bf16 exists as TensorRT engines only and has not been measured here"),
-}
-
-
-def criteria_for(precision: str, tolerance: Optional[float] = None) -> PassCriteria:
-    """The criteria of ``precision``; ``tolerance`` (``--tolerance``) replaces the embeddings' limits."""
-    criteria = PASS_CRITERIA[precision]
-    if tolerance is None:
-        return criteria
-    return dataclasses.replace(
-        criteria,
-        embeddings_max_abs=tolerance,
-        embeddings_max_rel=None,
-        basis=criteria.basis + "; --tolerance",
-    )
 
 
 @dataclass
@@ -141,7 +55,7 @@ class ParityRow:
     @property
     def criterion(self) -> str:
         """The limits as a short text."""
-        return _criterion(self.tolerance, self.max_rel, self.min_mask_iou)
+        return criterion_text(self.tolerance, self.max_rel, self.min_mask_iou)
 
 
 @dataclass
@@ -183,11 +97,11 @@ class ParityReport:
 
 def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: int = 0) -> np.ndarray:
     """(N, 3, S, S) float32 model inputs: preprocessed ``images_dir`` files or seeded probes."""
-    size = manifest["image_size"]
+    size = manifest.image_size
     if images_dir:
         from naslora_deploy.core.merging.calibration import calibration_images
 
-        return calibration_images(images_dir, count, size, manifest.get("normalization", "imagenet")).numpy()
+        return calibration_images(images_dir, count, size, manifest.normalization).numpy()
     from naslora_deploy.core.merging.fidelity import probe_images
 
     return probe_images(size, count, seed=seed).numpy()
@@ -232,7 +146,7 @@ def verify_parity(
     source = rebuild_verified(manifest, directory)
     images = verification_images(manifest, images_dir, count, seed)
     expected = torch_outputs(source.model, images)
-    criteria = criteria_for(manifest["onnx_precision"], tolerance)
+    criteria = criteria_for(manifest.onnx_precision, tolerance)
     report = ParityReport(criteria={"onnx": criteria})
     for provider in progress_bar(available_providers(), "verify: onnxruntime providers", progress):
         encoder = open_graph(directory, manifest, names.IMAGE_ENCODER, provider)
@@ -269,7 +183,7 @@ def verify_parity(
         )
     engine_rows = verify_engines(directory, manifest, images, expected)
     if engine_rows:
-        report.criteria["tensorrt"] = engine_criteria(manifest["precision"])
+        report.criteria["tensorrt"] = engine_criteria(manifest.precision)
     report.rows.extend(engine_rows)
     return report
 
@@ -299,8 +213,8 @@ def verify_engines(
 
     from naslora_deploy.runtime.engines import load_engine_bytes
 
-    tag = f"tensorrt {manifest['precision']} (polygraphy)"
-    criteria = engine_criteria(manifest["precision"])
+    tag = f"tensorrt {manifest.precision} (polygraphy)"
+    criteria = engine_criteria(manifest.precision)
     feeds = {
         names.IMAGE_ENCODER: {names.IMAGE: images},
         names.MASK_DECODER: {names.IMAGE_EMBEDDINGS: expected[names.IMAGE_EMBEDDINGS]},
@@ -326,7 +240,7 @@ def plain_sam_proof(directory, repeats: int = 10) -> dict:
     manifest = read_manifest(directory)
     spec = ExportSpec.from_manifest(manifest)
     spec.format, spec.prompts = "onnx", False
-    plain = SegmentationModel(build_sam(manifest["variant"])).eval()  # pretrained weights where it has them
+    plain = SegmentationModel(build_sam(manifest.variant)).eval()  # pretrained weights where it has them
     with tempfile.TemporaryDirectory() as tmp:
         files = export_graphs(plain, spec, Path(tmp))
         artifact_encoder, plain_encoder = (
@@ -336,14 +250,14 @@ def plain_sam_proof(directory, repeats: int = 10) -> dict:
         structure = compare_signatures(graph_signature(artifact_encoder), graph_signature(plain_encoder))
         if repeats > 0:
             structure["image_encoder_latency"] = latency_ratio(
-                artifact_encoder, plain_encoder, manifest["image_size"], repeats
+                artifact_encoder, plain_encoder, manifest.image_size, repeats
             )
     structure["plain_sam"] = (
         structure["identical_operators"]
         and structure["identical_initializers"]
         and structure["identical_macs"]
     )
-    structure["merge_mode"] = manifest["merge"]["mode"]
+    structure["merge_mode"] = manifest.merge["mode"]
     return structure
 
 

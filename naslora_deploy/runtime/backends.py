@@ -18,7 +18,7 @@ import numpy as np
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
-from naslora_deploy.runtime.manifest import artifact_file, check_image_input, is_listed
+from naslora_deploy.runtime.manifest import Manifest, artifact_file, check_image_input, is_listed
 
 RUNTIME_BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
@@ -67,7 +67,7 @@ def ort_session(path: Path, providers):
     )
 
 
-def open_graph(directory: Path, manifest: dict, graph: str, providers):
+def open_graph(directory: Path, manifest: Manifest, graph: str, providers):
     """A session on one of the artifact's listed graphs, checked against the manifest.
 
     The file must be listed (``artifact_file``); onnxruntime's own refusals (a
@@ -94,22 +94,22 @@ def open_graph(directory: Path, manifest: dict, graph: str, providers):
     return session
 
 
-def check_graph(manifest: dict, path, graph: str, input_shapes, output_names) -> None:
+def check_graph(manifest: Manifest, path, graph: str, input_shapes, output_names) -> None:
     """A graph's inputs and outputs against the manifest: its image size, its binary or multi-class head."""
     if graph == names.IMAGE_ENCODER:
         check_image_input(manifest, path, input_shapes[0] if input_shapes else None)
     if graph == names.PROMPT_DECODER:
         check_prompt_graph(manifest, path, output_names)
     if graph == names.MASK_DECODER:
-        expected = names.decoder_outputs(manifest["head"] == "multiclass")
+        expected = names.decoder_outputs(manifest.multiclass)
         if tuple(output_names) != tuple(expected):
             raise NasloraError(
-                f"{path} has outputs {', '.join(output_names)}, but the manifest's head {manifest['head']!r} "
+                f"{path} has outputs {', '.join(output_names)}, but the manifest's head {manifest.head!r} "
                 f"needs {', '.join(expected)} (the manifest was changed); export the artifacts again"
             )
 
 
-def check_prompt_graph(manifest: dict, path, output_names) -> None:
+def check_prompt_graph(manifest: Manifest, path, output_names) -> None:
     """The prompt decoder must give every mask token's logits and IoU (multimask), and the manifest's
     point slots (the TensorRT profile's points) must agree with its export section."""
     if tuple(output_names) != names.PROMPT_OUTPUTS:
@@ -117,9 +117,8 @@ def check_prompt_graph(manifest: dict, path, output_names) -> None:
             f"{path} has outputs {', '.join(output_names)}, not {', '.join(names.PROMPT_OUTPUTS)}: it was "
             "exported by an older naslora-deploy without multimask outputs; export the artifacts again"
         )
-    slots = manifest.get("prompt_point_slots")
-    section = manifest.get("export")
-    exported = section.get("point_slots") if isinstance(section, dict) else None
+    slots = manifest.prompt_point_slots
+    exported = manifest.export.get("point_slots")
     if isinstance(exported, int) and slots != exported + 2:
         raise NasloraError(
             f"the manifest says {slots} prompt point slots, but its export section says {exported} + 2 "
@@ -139,7 +138,7 @@ class OnnxRuntimeBackend:
     """onnxruntime sessions, best execution provider first; on a GPU the encoder's
     output stays on the device and is bound straight into the decoder."""
 
-    def __init__(self, directory: Path, manifest: dict, providers: Optional[List[str]] = None) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, providers: Optional[List[str]] = None) -> None:
         ort = lazy_import("onnxruntime", "pip:onnxruntime (or onnxruntime-gpu)", "the onnxruntime backend")
         available = ort.get_available_providers()
         chosen = providers or available_providers()
@@ -195,7 +194,7 @@ class TensorRTBackend:
     """TensorRT engines with device buffers from cuda-python, allocated once at the
     profile's largest batch and reused; the decoder reads the encoder's output buffer."""
 
-    def __init__(self, directory: Path, manifest: dict) -> None:
+    def __init__(self, directory: Path, manifest: Manifest) -> None:
         from naslora_deploy.runtime.engines import import_tensorrt, load_engine_bytes
 
         trt = import_tensorrt()
@@ -333,7 +332,7 @@ class TensorRTBackend:
 
 
 def open_backend(
-    directory: Path, manifest: dict, backend: str = "auto", device: Optional[str] = None
+    directory: Path, manifest: Manifest, backend: str = "auto", device: Optional[str] = None
 ) -> Backend:
     """Open one of the runtime's own backends; ``auto`` takes TensorRT (where engines were
     built and the device is not the CPU), else onnxruntime."""

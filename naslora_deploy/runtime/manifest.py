@@ -15,8 +15,9 @@ import json
 import os
 import re
 import stat
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.contract import MANIFEST_FORMAT, MANIFEST_NAME
@@ -58,6 +59,7 @@ def _names(value) -> bool:
     return value is None or (isinstance(value, list) and all(isinstance(n, str) for n in value))
 
 
+SOURCE_KINDS = ("adapter", "merged_checkpoint", "sam_checkpoint")
 # key -> (required, check, what it must be); nested dicts have their own tables
 EXTERNAL_SCHEMA = {
     "file": (True, _kind(str), "a file name"),
@@ -76,7 +78,7 @@ CLASSES_SCHEMA = {
     "names": (False, _names, "a list of strings"),
 }
 SOURCE_SCHEMA = {
-    "kind": (True, lambda v: v in ("adapter", "sam_checkpoint"), "adapter or sam_checkpoint"),
+    "kind": (True, lambda v: v in SOURCE_KINDS, " or ".join(SOURCE_KINDS)),
     "path": (True, _kind(str), "a path"),
     "sha256": (False, _sha256, "64 hex digits"),
 }
@@ -144,6 +146,74 @@ def validate_manifest(data, path: Path) -> dict:
     return data
 
 
+@dataclass
+class Manifest:
+    """An artifact directory's ``manifest.json``: what the exporter writes and the runtime reads.
+
+    Built by ``exporters.export`` (``to_dict`` is the file), read back by ``read_manifest``
+    (``from_dict`` validates against ``SCHEMA`` first). The nested records stay JSON objects:
+    ``files`` (name -> sha256, bytes, inputs, outputs, external data), ``merge`` (mode and report),
+    ``export`` (the ``ExportSpec``), ``source`` (what was exported), ``classes``, ``trtexec``.
+    Read by attribute; ``manifest["key"]`` also reads it, as the JSON it is.
+    """
+
+    variant: str
+    image_size: int
+    head: str  # binary or multiclass
+    files: Dict[str, dict]
+    precision: str  # --precision: the engines' with --format trt
+    onnx_precision: str  # the ONNX files' own
+    merge: dict
+    export: dict
+    source: dict
+    normalization: str = "imagenet"  # manifests before the field: SAM's
+    classes: dict = field(default_factory=lambda: {"num_classes": 1})
+    num_queries: int = 0
+    opset: Optional[int] = None
+    prompt_point_slots: Optional[int] = None  # points per prompt the prompt decoder takes; None: no prompts
+    trtexec: Dict[str, str] = field(default_factory=dict)
+    input_mapping: Optional[dict] = None  # the run's --bands / --stretch (imaging.InputMapping)
+    naslora_deploy_version: Optional[str] = None
+    torch_version: Optional[str] = None
+    onnx_version: Optional[str] = None
+    format: str = MANIFEST_FORMAT
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the mask decoder has the multi-class head."""
+        return self.head == "multiclass"
+
+    def __getitem__(self, key: str):
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        """``dict.get``, for code that reads the manifest as the JSON it is."""
+        return getattr(self, key) if key in self._names() else default
+
+    @classmethod
+    def _names(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def to_dict(self) -> dict:
+        """The JSON object written as ``manifest.json`` (format and versions first)."""
+        first = ("format", "naslora_deploy_version", "torch_version", "onnx_version")
+        names = first + tuple(n for n in self._names() if n not in first)
+        return {name: getattr(self, name) for name in names}
+
+    @classmethod
+    def from_dict(cls, data, path: Path = Path(MANIFEST_NAME)) -> "Manifest":
+        """A parsed ``manifest.json``, validated (one ``NasloraError`` line naming ``path``); keys this
+        version does not know are ignored, keys it needs are required."""
+        validate_manifest(data, path)
+        known = cls._names()
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("classes") is None:
+            values.pop("classes", None)
+        return cls(**values)
+
+
 def member(directory: Path, name) -> Path:
     """``directory / name`` where ``name`` is a plain file name of a regular file in ``directory``.
 
@@ -174,21 +244,21 @@ def member(directory: Path, name) -> Path:
     return path
 
 
-def listed_files(manifest: dict) -> Iterator[Tuple[str, str]]:
+def listed_files(manifest: Manifest) -> Iterator[Tuple[str, str]]:
     """(file name, sha256) of every file the manifest lists, external data included."""
-    for name, entry in manifest["files"].items():
+    for name, entry in manifest.files.items():
         yield name, entry["sha256"]
         external = entry.get("external_data")
         if external:
             yield external["file"], external["sha256"]
 
 
-def is_listed(manifest: dict, name: str) -> bool:
+def is_listed(manifest: Manifest, name: str) -> bool:
     """Whether ``name`` is one of the manifest's files (or their external data)."""
     return any(name == listed for listed, _ in listed_files(manifest))
 
 
-def artifact_file(directory, manifest: dict, name: str) -> Path:
+def artifact_file(directory, manifest: Manifest, name: str) -> Path:
     """The path of a listed file, checked by ``member``; an unlisted name is refused (it was never hashed)."""
     directory = Path(directory)
     if not is_listed(manifest, name):
@@ -216,10 +286,10 @@ def _read_json(directory: Path) -> object:
         raise NasloraError(f"{path} is damaged ({str(exc).splitlines()[0][:120]}); {AGAIN}") from None
 
 
-def read_manifest(directory, check_files: bool = True) -> dict:
+def read_manifest(directory, check_files: bool = True) -> Manifest:
     """Read and validate an artifact manifest; check every listed file's place and (by default) sha256."""
     directory = Path(directory)
-    manifest = validate_manifest(_read_json(directory), directory / MANIFEST_NAME)
+    manifest = Manifest.from_dict(_read_json(directory), directory / MANIFEST_NAME)
     for name, sha256 in listed_files(manifest):
         file = member(directory, name)
         if check_files and sha256_of(file) != sha256:
@@ -229,9 +299,9 @@ def read_manifest(directory, check_files: bool = True) -> dict:
     return manifest
 
 
-def check_image_input(manifest: dict, file, shape: Optional[Sequence]) -> None:
+def check_image_input(manifest: Manifest, file, shape: Optional[Sequence]) -> None:
     """The manifest's ``image_size`` against the encoder graph's input shape (B, 3, S, S)."""
-    size = manifest["image_size"]
+    size = manifest.image_size
     if shape is None or len(shape) != 4:
         raise NasloraError(f"{file} does not take (batch, 3, size, size) images; {AGAIN}")
     height, width = shape[2], shape[3]

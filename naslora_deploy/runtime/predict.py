@@ -36,6 +36,7 @@ from naslora_deploy.common.imaging import IMAGE_SUFFIXES, overlay, save_png
 from naslora_deploy.common.io import append_line
 from naslora_deploy.common.outputs import prepare_write_folder, refusal
 from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.runtime.tiling import check_tiling, segment_tiled, tile_windows
 
 RESULTS_NAME = "results.jsonl"
 TILED_PROMPTS = (
@@ -170,8 +171,6 @@ def predict_files(
     ``everything``: an ``EverythingSpec``: every object of each image (``Segmenter.generate``),
     written as one instance-label PNG and COCO RLEs in the record (``write_everything``).
     """
-    from naslora_deploy.runtime.tiling import segment_tiled, tile_windows
-
     if tiling is not None and (points is not None or box is not None):
         raise ValueError(TILED_PROMPTS)
     if everything is not None and (tiling is not None or points is not None or box is not None):
@@ -264,3 +263,18 @@ def write_everything(out: Path, name: str, path: Path, image: np.ndarray, segmen
         "masks": masks,
     }
     append_line(out / RESULTS_NAME, json.dumps(record))
+
+
+def tiling_from_options(
+    tile: Optional[int], overlap: Optional[int], prompted: bool
+) -> Optional[Tuple[int, int]]:
+    """``--tile``/``--overlap`` as (tile, overlap), None without ``--tile``, or one ``ValueError`` line."""
+    if tile is None:
+        if overlap is not None:
+            raise ValueError("--overlap needs --tile SIZE (it is the pixels that neighbouring windows share)")
+        return None
+    if prompted:
+        raise ValueError(TILED_PROMPTS)
+    overlap = tile // 8 if overlap is None else overlap
+    check_tiling(tile, overlap, ("--tile", "--overlap"))
+    return tile, overlap

@@ -9,8 +9,9 @@ to the model input, crop the padding, bilinear to the original size, both with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -151,3 +152,35 @@ class MaskUpscaler:
         x = _resize_axis(x, x.ndim - 1, size, new_w)
         x = _resize_axis(x, x.ndim - 2, height, height)
         return _resize_axis(x, x.ndim - 1, width, width).astype(np.float32)
+
+
+# ----- prompts given as text (the command line's --points / --box) --------------------------------
+def _numbers(flag: str, text: str, counts: Tuple[int, ...], form: str) -> List[float]:
+    """Comma-separated finite numbers, as many as one of ``counts``, or one clear ``ValueError``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{flag} {text!r}: give {form} as finite numbers")
+    return values
+
+
+def parse_points(text: Optional[str]) -> Optional[List[Tuple[float, ...]]]:
+    """``--points 'x,y[,label];...'`` as point tuples (None for no text), or one ``ValueError`` line."""
+    if not text:
+        return None
+    points = [tuple(_numbers("--points", item, (2, 3), "x,y or x,y,label")) for item in text.split(";")]
+    if any(len(p) == 3 and p[2] not in (0.0, 1.0) for p in points):
+        raise ValueError(f"--points {text!r}: a label is 1 (object) or 0 (background)")
+    return points
+
+
+def parse_box(text: Optional[str]) -> Optional[List[float]]:
+    """``--box x0,y0,x1,y1`` as four numbers (None for no text), or one ``ValueError`` line."""
+    if not text:
+        return None
+    x0, y0, x1, y1 = _numbers("--box", text, (4,), "x0,y0,x1,y1")
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"--box {text!r}: x1 must exceed x0 and y1 must exceed y0")
+    return [x0, y0, x1, y1]

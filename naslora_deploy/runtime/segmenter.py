@@ -29,7 +29,7 @@ from naslora_deploy.common.imaging import (
 )
 from naslora_deploy.runtime.backends import Backend, open_backend
 from naslora_deploy.runtime.everything import EverythingSpec, generate_masks
-from naslora_deploy.runtime.manifest import read_manifest
+from naslora_deploy.runtime.manifest import Manifest, read_manifest
 from naslora_deploy.runtime.prompts import MaskUpscaler, Prediction, prompt_batch
 from naslora_deploy.runtime.results import ImageInput, Segmentation
 from naslora_deploy.runtime.tiling import segment_tiled
@@ -56,17 +56,17 @@ class Segmenter:
     caller (e.g. ``exporters.torch_backend.TorchBackend``).
     """
 
-    def __init__(self, directory: Path, manifest: dict, backend: Backend) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, backend: Backend) -> None:
         self.directory = directory
         self.manifest = manifest
         self.backend = backend
-        self.image_size = int(manifest["image_size"])
-        self.normalization = manifest.get("normalization", "imagenet")  # older manifests: SAM's
-        self.classes = manifest.get("classes") or {"num_classes": 1}
-        self.multiclass = manifest["head"] == "multiclass"
-        self.point_slots = manifest.get("prompt_point_slots")
+        self.image_size = int(manifest.image_size)
+        self.normalization = manifest.normalization
+        self.classes = manifest.classes
+        self.multiclass = manifest.multiclass
+        self.point_slots = manifest.prompt_point_slots
         try:  # the run's --bands / --stretch, applied to every input as in training (None: plain reading)
-            self.input_mapping = InputMapping.from_dict(manifest.get("input_mapping"))
+            self.input_mapping = InputMapping.from_dict(manifest.input_mapping)
         except ValueError as exc:
             raise NasloraError(f"{directory}: the manifest's input_mapping is damaged ({exc})") from None
         self._input = np.zeros((1, 3, self.image_size, self.image_size), np.float32)  # reused batch buffer

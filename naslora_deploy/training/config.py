@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
+from naslora_deploy.common.contract import VARIANT_NAMES
 from naslora_deploy.common.options import check_bounds, check_device, option
-from naslora_deploy.core.adapters.config import CELL_FORMS, METHODS, TARGETS, AdapterConfig
+from naslora_deploy.core.adapters.config import ADAPTER_OPTIONS, TARGETS, AdapterConfig, parse_names
 from naslora_deploy.training.data.augment import AUGMENTS, check_augment
 from naslora_deploy.training.metrics import SALIENCY_PROTOCOLS
 from naslora_deploy.training.schedule import LR_SCHEDULES
@@ -22,18 +23,6 @@ ALPHA_PASSES = ("second", "same")
 ARCH_DECAYS = ("decoupled", "coupled")
 PRECISIONS = ("auto", "fp32", "bf16")
 ARCH_DATA = ("train", "val")
-
-
-def _targets(text: str) -> List[str]:
-    return list(text.replace(",", ""))
-
-
-def _blocks(text: str) -> List[int]:
-    return [int(b) for b in text.split(",") if b.strip()]
-
-
-def _ops(text: str) -> List[str]:
-    return [op.strip() for op in text.split(",") if op.strip()]
 
 
 def _numbers(text: str) -> List[float]:
@@ -72,10 +61,8 @@ class TrainConfig:
 
     data: str = field(metadata=option("folder with images/ and masks/ (optionally train/ val/ test/)"))
     out: str = field(metadata=option("run directory"))
-    model: str = field(
-        default="vit_b", metadata=option("SAM variant: vit_b, vit_l, vit_h, vit_tiny or litemedsam")
-    )
-    method: str = field(default="nas_pc_lora", metadata=option("adapter method", choices=METHODS))
+    model: str = field(default="vit_b", metadata=option(f"SAM variant: {', '.join(VARIANT_NAMES)}"))
+    method: str = field(default="nas_pc_lora", metadata=ADAPTER_OPTIONS["method"])
     checkpoint: Optional[str] = field(
         default=None,
         metadata=option(
@@ -136,37 +123,12 @@ class TrainConfig:
             choices=ARCH_DECAYS,
         ),
     )
-    rank: int = field(default=3, metadata=option("LoRA rank r", low=1))
-    targets: List[str] = field(
-        default_factory=lambda: list(TARGETS),
-        metadata=option("projections to adapt, e.g. qkv or qv", parse=_targets, shown="qkv", metavar="QKV"),
-    )
-    ops: Optional[List[str]] = field(
-        default=None,
-        metadata=option("comma-separated candidate ops", parse=_ops, shown="all eight", metavar="OPS"),
-    )
-    blocks: Optional[List[int]] = field(
-        default=None,
-        metadata=option(
-            "attention blocks to adapt, e.g. 4,5,6,7,8,9", parse=_blocks, shown="all", metavar="N,N"
-        ),
-    )
-    channel_ratio: float = field(
-        default=2.0 / 3.0,
-        metadata=option(
-            "nas_pc_lora: share of the rank channels that go through the cell (Table D1)",
-            low=0,
-            high=1,
-            open_low=True,
-        ),
-    )
-    cell_form: str = field(
-        default="linear",
-        metadata=option(
-            "how the cell's candidates are built: linear (one collapsible kernel), scaled or darts",
-            choices=CELL_FORMS,
-        ),
-    )
+    rank: int = field(default=3, metadata=ADAPTER_OPTIONS["rank"])
+    targets: List[str] = field(default_factory=lambda: list(TARGETS), metadata=ADAPTER_OPTIONS["targets"])
+    ops: Optional[List[str]] = field(default=None, metadata=ADAPTER_OPTIONS["ops"])  # None: all eight
+    blocks: Optional[List[int]] = field(default=None, metadata=ADAPTER_OPTIONS["blocks"])  # None: all
+    channel_ratio: float = field(default=2.0 / 3.0, metadata=ADAPTER_OPTIONS["channel_ratio"])
+    cell_form: str = field(default="linear", metadata=ADAPTER_OPTIONS["cell_form"])
     no_object_weight: float = field(
         default=0.1,
         metadata=option(
@@ -227,7 +189,7 @@ class TrainConfig:
         metadata=option(
             "COCO / LabelMe: train the binary head on these categories only (comma-separated names); npz: "
             "on these label values",
-            parse=_ops,
+            parse=parse_names,
             shown="every category",
             metavar="NAME[,NAME]",
         ),
@@ -301,16 +263,11 @@ class TrainConfig:
 
     def adapter_config(self) -> AdapterConfig:
         """The ``AdapterConfig`` these options describe (validated: a bad op raises ``ValueError``)."""
-        return AdapterConfig(
-            method=self.method,
-            rank=self.rank,
-            targets=tuple(self.targets),
-            channel_ratio=self.channel_ratio,
-            blocks=self.blocks if self.blocks else "all",
-            seed=self.seed,
-            cell_form=self.cell_form,
-            **({"ops": tuple(self.ops)} if self.ops else {}),
-        )
+        values = {name: getattr(self, name) for name in ADAPTER_OPTIONS}  # the fields both declare
+        values["blocks"] = self.blocks or "all"
+        if not self.ops:
+            del values["ops"]
+        return AdapterConfig(**values, seed=self.seed)
 
     def to_dict(self) -> dict:
         """JSON-ready form (``train_config.json`` and the checkpoints' ``training`` record)."""

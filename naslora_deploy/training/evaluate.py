@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import (
     postprocess_probabilities,
     preprocess_image,
@@ -15,7 +17,9 @@ from naslora_deploy.common.imaging import (
 )
 from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.core.model.heads import semantic_probabilities, upsample_logits
+from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import load_labels
+from naslora_deploy.training.data.folder import discover
 from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics, check_saliency_protocol
 from naslora_deploy.training.prompts import component_boxes, scale_boxes
 
@@ -113,3 +117,38 @@ def format_metrics(metrics: Dict[str, object]) -> str:
         else:
             lines.append(f"  {name:<22} {value:.4f}" if isinstance(value, float) else f"  {name:<22} {value}")
     return "\n".join(lines)
+
+
+def evaluate_run(
+    model,
+    data,
+    split: Optional[str] = None,
+    batch_size: int = 4,
+    skip_bad: bool = False,
+    prompt: Optional[str] = None,
+    saliency_protocol: str = "normalized",
+) -> Dict[str, object]:
+    """``naslora-deploy eval``: a loaded run (``load_adapter``) on the folder data set ``data``.
+
+    ``split``: default test, else val, else train. On the run's own data without split folders,
+    val is the images training held out, split as training split them (its val fraction and
+    seed); the run's data options (COCO category, bands, stretch) apply. ``prompt``: default as
+    trained. Returns ``{"split", "images", "prompt", "metrics"}``.
+    """
+    classes = model.spec.classes
+    trained = model.spec.training or {}
+    formats = {k: trained.get(k) for k in ("category", "bands", "stretch")}
+    same_data = trained.get("data") is not None and Path(trained["data"]).resolve() == Path(data).resolve()
+    run = TrainConfig.from_dict(trained) if same_data else None
+    held_out = {"val_fraction": run.val_fraction, "seed": run.seed} if run else {"val_fraction": 0.0}
+    splits = discover(
+        data, None if classes.binary else classes.num_classes, skip_bad=skip_bad, **held_out, **formats
+    )
+    split = split or next(s for s in ("test", "val", "train") if splits.split(s))
+    pairs = splits.split(split)
+    if not pairs:
+        raise NasloraError(f"{data} has no {split} split")
+    prompt = prompt or model.spec.prompt
+    device = next(model.parameters()).device
+    metrics = evaluate(model, pairs, classes, batch_size, device, prompt, saliency_protocol)
+    return {"split": split, "images": len(pairs), "prompt": prompt, "metrics": metrics}

@@ -239,7 +239,8 @@ def test_float64_models_merge(adapted_factory, calibrated):
     for mode in ("dense", "fused"):
         merged, report = merge(sam, mode, calibration=calibration)
         assert next(merged.parameters()).dtype == torch.float64
-        assert 0 < report.embedding_rel_error < (1e-10 if mode == "fused" else 0.1)
+        # upper bounds only: an exact (fused) merge may measure 0.0, depending on the machine's rounding
+        assert report.embedding_rel_error < (1e-10 if mode == "fused" else 0.1)
 
 
 def test_a_darts_cell_without_calibration_is_fitted_on_probe_images(adapted_factory):
@@ -289,9 +290,9 @@ def test_bad_inputs_to_merge(adapted_factory):
         merge(sam, "dense", calibration=torch.zeros(2, 3, 64, 64))
     with pytest.raises(ValueError, match="unknown fit 'greedy'"):
         merge(sam, "dense", fit="greedy")
-    with pytest.raises(ValueError, match="give calibration"):
+    with pytest.raises(ValueError, match="give them with --calibration"):
         merge(sam, "dense", recover=5)
-    with pytest.raises(ValueError, match="dense only"):
+    with pytest.raises(ValueError, match="use it with the dense merge"):
         merge(sam, "fused", calibration=probe_images(256, 2), recover=5)
     with pytest.raises(ValueError, match="recovery steps must be an integer >= 0"):
         merge(sam, "dense", calibration=probe_images(256, 2), recover=-1)

@@ -28,7 +28,8 @@ def test_the_lora_form_of_a_fold_is_the_dense_fold(adapted_factory):
     lora_layers = dict(adapted_layers(student))
     assert sorted(lora_layers) == sorted(layers)
     assert all(layer.config.method == "lora" for layer in lora_layers.values())
-    torch.testing.assert_close(_encode(student, images), _encode(dense, images), rtol=0, atol=1e-5)
+    # the same weights as factors and as one matrix: float32 rounding apart, whatever the machine
+    torch.testing.assert_close(_encode(student, images), _encode(dense, images), rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,7 @@ def test_sam_model_file_gives_the_same_embeddings_and_masks(hf_model, hub_folder
             image_embeddings=hf_embedding, input_points=points[:, None], input_labels=labels[:, None]
         )
     embedding, masks, iou = sam_prompted(sam, image, points, labels, box, mask)
-    torch.testing.assert_close(embedding, hf_embedding, atol=1e-5, rtol=0)
+    torch.testing.assert_close(embedding, hf_embedding, atol=1e-4, rtol=1e-4)  # two float32 implementations
     torch.testing.assert_close(masks, out.pred_masks[:, 0], atol=1e-5, rtol=0)
     torch.testing.assert_close(iou, out.iou_scores[:, 0], atol=1e-5, rtol=0)
     _, masks, _ = sam_prompted(sam, image, points, labels, None, None)

@@ -80,7 +80,7 @@ def test_manifest_describes_every_file(binary_adapter, tmp_path):
     assert manifest["variant"] == "vit_tiny" and manifest["opset"] == 17
     assert set(manifest["trtexec"]) == {"image_encoder", "mask_decoder", "prompt_decoder"}
     assert "--maxShapes=image:8x3x256x256" in manifest["trtexec"]["image_encoder"]
-    assert read_manifest(out) == json.loads((out / "manifest.json").read_text())
+    assert read_manifest(out).to_dict() == json.loads((out / "manifest.json").read_text())
 
 
 def test_external_data_on_a_small_threshold(binary_adapter, tmp_path):
@@ -133,7 +133,7 @@ def test_a_darts_cell_exports_fused_with_parity(tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "bf16"])
 def test_every_precision_states_what_verify_checks(precision):
-    from naslora_deploy.exporters.verify import PASS_CRITERIA, criteria_for
+    from naslora_deploy.exporters.criteria import PASS_CRITERIA, criteria_for
 
     criteria = PASS_CRITERIA[precision]
     line = criteria.describe()
@@ -175,7 +175,7 @@ def test_fp16_criteria_are_the_recorded_measurement():
     """verify's fp16 limits are what benchmarks/bench_fp16_parity.py derived, not figures typed in."""
     from pathlib import Path
 
-    from naslora_deploy.exporters.verify import PASS_CRITERIA
+    from naslora_deploy.exporters.criteria import PASS_CRITERIA
 
     record = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fp16_parity.json"
     derived = json.loads(record.read_text())["criteria"]

@@ -53,13 +53,14 @@ def test_sdpa_encoder_matches_original(images, adapters):
     assert 0 in windowed and any(w > 0 for w in windowed)  # both block kinds are exercised
     original, fast = encode_both_ways(encoder, images)
     assert original.abs().max() > 0.1
-    torch.testing.assert_close(fast, original, rtol=1e-5, atol=1e-5)
+    # SDPA and SAM's attention round differently (by kernel and machine): a float32 bound, not 1e-5
+    torch.testing.assert_close(fast, original, rtol=1e-4, atol=1e-4)
 
 
 def test_sdpa_matches_after_dense_merge(images):
     merged, _ = merge(tiny_sam(True), "dense", probe_count=1)
     original, fast = encode_both_ways(merged.image_encoder, images)
-    torch.testing.assert_close(fast, original, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, original, rtol=1e-4, atol=1e-4)
 
 
 def test_patching_keeps_state_dict_and_counts(images):
@@ -98,7 +99,7 @@ def test_sdpa_is_really_called(images, monkeypatch):
             assert restored == 4
             original = encoder(images[:1])
         assert len(calls) == 4 and sdpa_enabled_count(encoder) == 4
-    torch.testing.assert_close(fast, original, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, original, rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_autocast_close(images):

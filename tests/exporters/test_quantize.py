@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from naslora_deploy.core.merging.spec import MergeSpec
+from naslora_deploy.exporters.criteria import PASS_CRITERIA
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.specs import EngineSpec
-from naslora_deploy.exporters.verify import PASS_CRITERIA, verify_parity
+from naslora_deploy.exporters.verify import verify_parity
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 MISSING = "--precision int8 calibrates activations on your images: give them with --calibration FOLDER"

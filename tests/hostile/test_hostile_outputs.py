@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import Attack, check_attack, copy_into, train_argv
+from harness import USER_ERROR, Attack, check_attack, copy_into, train_argv
 from PIL import Image
 
 from naslora_deploy.runtime.manifest import read_manifest
@@ -101,16 +101,36 @@ def results(out: Path) -> list:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
 
 
+# ----- the rows' shared parts ---------------------------------------------------------------------
+def after_building(build, command):
+    """CLI arguments ``command(tmp, ctx, target)`` for what ``build(tmp, ctx)`` made, ``tmp`` remembered."""
+
+    def argv(tmp: Path, ctx: dict):
+        target = build(tmp, ctx)
+        remember(tmp, "")
+        return command(tmp, ctx, target)
+
+    return argv
+
+
+def table_rows(item: int, into, rows, exit_code=USER_ERROR, after=unchanged("")) -> list:
+    """One table's rows, each ``(name, phrase, build, *options)`` run as ``into(build, *options)``.
+
+    Each must exit with ``exit_code`` saying ``phrase``; ``after`` checks the files (by default:
+    every one exactly as the row built it).
+    """
+    return [
+        Attack(name, item, phrase, argv=into(build, *options), exit_code=exit_code, after=after)
+        for name, phrase, build, *options in rows
+    ]
+
+
 # ----- export (item 1, and 12) --------------------------------------------------------------------
 def export_into(build, *extra):
     """``export ADAPTER --out <build(tmp, ctx)>``, after ``build`` made the target."""
-
-    def argv(tmp: Path, ctx: dict):
-        out = build(tmp, ctx)
-        remember(tmp, "")
-        return ["export", str(ctx["adapter"]), "--out", str(out), *extra]
-
-    return argv
+    return after_building(
+        build, lambda tmp, ctx, out: ["export", str(ctx["adapter"]), "--out", str(out), *extra]
+    )
 
 
 def user_folder(tmp: Path, ctx: dict) -> Path:
@@ -162,70 +182,37 @@ def replaced_the_artifact(tmp: Path, ctx: dict) -> None:
     assert_no_temp_dirs(tmp)
 
 
-EXPORT_ROWS = [
-    Attack(
-        "export_into_a_user_folder",
-        1,
-        "holds no naslora-deploy artifact",
-        argv=export_into(user_folder),
-        after=unchanged(""),
-    ),
-    Attack(
-        "export_into_a_user_folder_with_force",
-        1,
-        "never replaced, not even with --force",
-        argv=export_into(user_folder, "--force"),
-        after=unchanged(""),
-    ),
-    Attack("export_over_a_file", 1, "is a file", argv=export_into(a_file), after=unchanged("")),
-    Attack(
-        "export_over_a_file_with_force",
-        1,
-        "is a file",
-        argv=export_into(a_file, "--force"),
-        after=unchanged(""),
-    ),
-    Attack(
-        "export_below_a_file",
-        1,
-        "which is a file",
-        argv=export_into(lambda tmp, ctx: a_file(tmp, ctx) / "art"),
-        after=unchanged(""),
-    ),
-    Attack("export_into_a_link_loop", 1, "broken link", argv=export_into(a_link_loop), after=unchanged("")),
-    Attack(
-        "export_into_the_current_folder",
-        1,
-        "current folder",
-        argv=export_into(here_with_a_user_file, "--force"),
-        after=unchanged(""),
-    ),
-    Attack(
-        "export_over_an_artifact_without_force",
-        1,
-        "pass --force",
-        argv=export_into(an_artifact),
-        after=unchanged(""),
-    ),
-    Attack(
+EXPORT_REFUSALS = [  # (name, phrase, target, *options): refused, every file as it was
+    ("export_into_a_user_folder", "holds no naslora-deploy artifact", user_folder),
+    ("export_into_a_user_folder_with_force", "never replaced, not even with --force", user_folder, "--force"),
+    ("export_over_a_file", "is a file", a_file),
+    ("export_over_a_file_with_force", "is a file", a_file, "--force"),
+    ("export_below_a_file", "which is a file", lambda tmp, ctx: a_file(tmp, ctx) / "art"),
+    ("export_into_a_link_loop", "broken link", a_link_loop),
+    ("export_into_the_current_folder", "current folder", here_with_a_user_file, "--force"),
+    ("export_over_an_artifact_without_force", "pass --force", an_artifact),
+    (
         "export_over_an_artifact_holding_a_user_file",
-        1,
         "no export wrote (notes.txt)",
-        argv=export_into(an_artifact_with_user_file, "--force"),
-        after=unchanged(""),
+        an_artifact_with_user_file,
+        "--force",
     ),
-    Attack(
+    (
         "export_triton_into_a_user_folder",
-        1,
         "holds no triton export",
-        argv=export_into(user_folder, "--format", "triton", "--force"),
-        after=unchanged(""),
+        user_folder,
+        "--format",
+        "triton",
+        "--force",
     ),
+]
+
+EXPORT_ROWS = table_rows(1, export_into, EXPORT_REFUSALS) + [
     Attack(
         "export_over_an_artifact_with_force",
         1,
         "manifest",
-        argv=export_into(an_artifact, "--force"),
+        export_into(an_artifact, "--force"),
         exit_code=0,
         after=replaced_the_artifact,
     ),
@@ -233,7 +220,7 @@ EXPORT_ROWS = [
         "export_after_a_killed_export",
         12,
         "manifest",
-        argv=export_into(stale_and_live_temp_dirs),
+        export_into(stale_and_live_temp_dirs),
         exit_code=0,
         after=exported_cleanly,
     ),
@@ -242,12 +229,10 @@ EXPORT_ROWS = [
 
 # ----- merge (item 1, and 12) ---------------------------------------------------------------------
 def merge_into(build, *extra):
-    def argv(tmp: Path, ctx: dict):
-        out = build(tmp, ctx)
-        remember(tmp, "")
-        return ["merge", str(ctx["adapter"]), "--mode", "fused", "--out", str(out), *extra]
-
-    return argv
+    return after_building(
+        build,
+        lambda tmp, ctx, out: ["merge", str(ctx["adapter"]), "--mode", "fused", "--out", str(out), *extra],
+    )
 
 
 def earlier_merge(tmp: Path, ctx: dict) -> Path:
@@ -261,42 +246,29 @@ def a_user_report(tmp: Path, ctx: dict) -> Path:
     return tmp / "m.safetensors"
 
 
+def a_sam_checkpoint(tmp: Path, ctx: dict) -> Path:
+    return user_file(tmp / "sam_vit_b.pth", "the original SAM")
+
+
 def merged_with_ordinary_modes(tmp: Path, ctx: dict) -> None:
     assert_ordinary_modes(tmp / "new" / "m.safetensors")
     assert json.loads((tmp / "new" / "m.report.json").read_text())["checkpoint"] == "m.safetensors"
 
 
-MERGE_ROWS = [
-    Attack(
-        "merge_over_a_sam_checkpoint",
-        1,
-        "is no merged checkpoint",
-        argv=merge_into(lambda tmp, ctx: user_file(tmp / "sam_vit_b.pth", "the original SAM")),
-        after=unchanged(""),
-    ),
-    Attack(
-        "merge_over_a_sam_checkpoint_with_force",
-        1,
-        "never replaced",
-        argv=merge_into(lambda tmp, ctx: user_file(tmp / "sam_vit_b.pth", "the original SAM"), "--force"),
-        after=unchanged(""),
-    ),
-    Attack(
-        "merge_over_a_user_report",
-        1,
-        "m.report.json exists",
-        argv=merge_into(a_user_report),
-        after=unchanged(""),
-    ),
-    Attack("merge_into_a_folder", 1, "is a folder", argv=merge_into(user_folder), after=unchanged("")),
-    Attack(
-        "merge_over_an_earlier_merge", 1, "pass --force", argv=merge_into(earlier_merge), after=unchanged("")
-    ),
+MERGE_REFUSALS = [  # (name, phrase, target, *options): refused, every file as it was
+    ("merge_over_a_sam_checkpoint", "is no merged checkpoint", a_sam_checkpoint),
+    ("merge_over_a_sam_checkpoint_with_force", "never replaced", a_sam_checkpoint, "--force"),
+    ("merge_over_a_user_report", "m.report.json exists", a_user_report),
+    ("merge_into_a_folder", "is a folder", user_folder),
+    ("merge_over_an_earlier_merge", "pass --force", earlier_merge),
+]
+
+MERGE_ROWS = table_rows(1, merge_into, MERGE_REFUSALS) + [
     Attack(
         "merge_safetensors_mode",
         12,
         "wrote",
-        argv=merge_into(lambda tmp, ctx: tmp / "new" / "m.safetensors"),
+        merge_into(lambda tmp, ctx: tmp / "new" / "m.safetensors"),
         exit_code=0,
         after=merged_with_ordinary_modes,
     ),
@@ -305,12 +277,9 @@ MERGE_ROWS = [
 
 # ----- train (item 2, and 12) ---------------------------------------------------------------------
 def train_into(build, *extra):
-    def argv(tmp: Path, ctx: dict):
-        out = build(tmp, ctx)
-        remember(tmp, "")
-        return train_argv(ctx, out, "--epochs", "1", "--max-steps", "1", *extra)
-
-    return argv
+    return after_building(
+        build, lambda tmp, ctx, out: train_argv(ctx, out, "--epochs", "1", "--max-steps", "1", *extra)
+    )
 
 
 def finished_run(tmp: Path, ctx: dict) -> Path:
@@ -362,55 +331,33 @@ def new_run_with_ordinary_modes(tmp: Path, ctx: dict) -> None:
     assert_ordinary_modes(tmp / "new")
 
 
-TRAIN_ROWS = [
-    Attack(
-        "train_into_a_finished_run",
-        2,
-        "holds a training run",
-        argv=train_into(finished_run),
-        after=unchanged(""),
-    ),
-    Attack(
-        "train_into_a_finished_run_keeps_it",
-        2,
-        "--overwrite to replace it",
-        argv=train_into(run_with_user_files),
-        after=unchanged(""),
-    ),
-    Attack(
-        "train_into_a_user_folder",
-        2,
-        "is not empty",
-        argv=train_into(user_folder),
-        after=unchanged(""),
-    ),
-    Attack(
+def a_new_folder(tmp: Path, ctx: dict) -> Path:
+    return tmp / "new"
+
+
+TRAIN_REFUSALS = [  # (name, phrase, target, *options): refused, every file as it was
+    ("train_into_a_finished_run", "holds a training run", finished_run),
+    ("train_into_a_finished_run_keeps_it", "--overwrite to replace it", run_with_user_files),
+    ("train_into_a_user_folder", "is not empty", user_folder),
+    (
         "train_overwrite_a_user_best_folder",
-        2,
         "which no training run wrote",
-        argv=train_into(user_folder_with_best, "--overwrite"),
-        after=unchanged(""),
-    ),
-    Attack("train_out_is_a_file", 2, "is a file", argv=train_into(a_file), after=unchanged("")),
-    Attack(
-        "train_resume_and_overwrite",
-        2,
+        user_folder_with_best,
         "--overwrite",
-        argv=train_into(finished_run, "--resume", "--overwrite"),
-        after=unchanged(""),
     ),
+    ("train_out_is_a_file", "is a file", a_file),
+    ("train_resume_and_overwrite", "--overwrite", finished_run, "--resume", "--overwrite"),
+]
+
+TRAIN_ROWS = table_rows(2, train_into, TRAIN_REFUSALS) + [
     Attack(
-        "train_resume_nothing",
-        2,
-        "no run to resume",
-        argv=train_into(lambda tmp, ctx: tmp / "new", "--resume"),
-        after=nothing_new,
+        "train_resume_nothing", 2, "no run to resume", train_into(a_new_folder, "--resume"), after=nothing_new
     ),
     Attack(
         "train_overwrite_replaces_only_the_run",
         2,
         "run directory",
-        argv=train_into(run_with_user_files, "--overwrite"),
+        train_into(run_with_user_files, "--overwrite"),
         exit_code=0,
         after=replaced_only_the_run,
     ),
@@ -418,7 +365,7 @@ TRAIN_ROWS = [
         "train_safetensors_mode",
         12,
         "run directory",
-        argv=train_into(lambda tmp, ctx: tmp / "new"),
+        train_into(a_new_folder),
         exit_code=0,
         after=new_run_with_ordinary_modes,
     ),
@@ -428,13 +375,17 @@ TRAIN_ROWS = [
 # ----- predict (item 4) ---------------------------------------------------------------------------
 def predict_on(build, out="out", *extra):
     """``predict ARTIFACTS <inputs from build(tmp, ctx)> --out tmp/<out>``."""
-
-    def argv(tmp: Path, ctx: dict):
-        inputs = build(tmp, ctx)
-        remember(tmp, "")
-        return ["predict", str(ctx["artifacts"]), *map(str, inputs), "--out", str(tmp / out), *extra]
-
-    return argv
+    return after_building(
+        build,
+        lambda tmp, ctx, inputs: [
+            "predict",
+            str(ctx["artifacts"]),
+            *map(str, inputs),
+            "--out",
+            str(tmp / out),
+            *extra,
+        ],
+    )
 
 
 def same_stem(tmp: Path, ctx: dict) -> list:
@@ -515,127 +466,61 @@ def only_the_inputs_there(tmp: Path, ctx: dict) -> None:
     assert not (tmp / "out").exists()
 
 
-PREDICT_ROWS = [
-    Attack(
-        "predict_same_stem_two_suffixes",
-        4,
-        "2 image(s)",
-        argv=predict_on(same_stem),
-        exit_code=0,
-        after=distinct_outputs("x.png_mask.png", "x.jpg_mask.png"),
-    ),
-    Attack(
-        "predict_two_folders_same_names",
-        4,
-        "2 image(s)",
-        argv=predict_on(two_folders_same_names),
-        exit_code=0,
-        after=distinct_outputs("a/imgs/x.png_mask.png", "b/imgs/x.png_mask.png"),
-    ),
-    Attack(
-        "predict_rerun_appends_to_results",
-        4,
-        "1 image(s)",
-        argv=predict_on(earlier_results('{"file": "earlier.png"}\n')),
-        exit_code=0,
-        after=kept_earlier_records('{"file": "earlier.png"}'),
-    ),
-    Attack(
-        "predict_after_a_killed_run",
-        4,
-        "1 image(s)",
-        argv=predict_on(earlier_results('{"file": "earlier.png"}')),  # its newline never written
-        exit_code=0,
-        after=kept_earlier_records('{"file": "earlier.png"}'),
-    ),
-    Attack(
-        "predict_out_is_the_input_folder",
-        4,
-        "input folder",
-        argv=predict_on(one_folder, "in"),
-        after=unchanged(""),
-    ),
-    Attack(
-        "predict_out_inside_the_input_folder",
-        4,
-        "input folder",
-        argv=predict_on(one_folder, "in/masks"),
-        after=only_the_inputs_there,
-    ),
-    Attack(
+PREDICT_REFUSALS = [  # (name, phrase, inputs, out): refused, every file as it was
+    ("predict_out_is_the_input_folder", "input folder", one_folder, "in"),
+    (
         "predict_out_is_the_folder_of_an_input_file",
-        4,
         "holds input images",
-        argv=predict_on(lambda tmp, ctx: [photo(ctx, tmp / "in" / "a.png")], "in"),
-        after=unchanged(""),
+        lambda tmp, ctx: [photo(ctx, tmp / "in" / "a.png")],
+        "in",
     ),
-    Attack(
-        "predict_out_holds_the_input_folders",
-        4,
-        "holds input images",
-        argv=predict_on(two_folders_same_names, "."),
-        after=unchanged(""),
-    ),
-    Attack(
-        "predict_out_is_a_file",
-        4,
-        "is a file",
-        argv=predict_on(lambda tmp, ctx: [*one_folder(tmp, ctx), user_file(tmp / "out")]),
-        after=unchanged(""),
-    ),
-    Attack(
+    ("predict_out_holds_the_input_folders", "holds input images", two_folders_same_names, "."),
+    ("predict_out_is_a_file", "is a file", lambda tmp, ctx: [*one_folder(tmp, ctx), user_file(tmp / "out")]),
+]
+
+PREDICT_NO_OUT = [  # (name, phrase, inputs, out): refused, no output folder made
+    ("predict_out_inside_the_input_folder", "input folder", one_folder, "in/masks"),
+    ("predict_link_loop_given", "link loop", lambda tmp, ctx: [a_link_loop(tmp, ctx)]),
+    ("predict_empty_folder", "no images in this folder", empty_folder),
+    ("predict_missing_input", "no such file", lambda tmp, ctx: [tmp / "nowhere.png"]),
+]
+
+PREDICT_SKIPS = [  # (name, phrase, inputs): exit 1 naming the bad input, the good one segmented
+    (
         "predict_gif_in_a_folder",
-        4,
         "b.gif: not a supported image type",
-        argv=predict_on(folder_with(lambda d: Image.fromarray(palette_image()).save(d / "b.gif"))),
-        exit_code=1,
-        after=inputs_untouched_and_segmented,
+        folder_with(lambda d: Image.fromarray(palette_image()).save(d / "b.gif")),
     ),
-    Attack(
-        "predict_subfolder_in_a_folder",
-        4,
-        "a folder, not an image",
-        argv=predict_on(folder_with(lambda d: (d / "more").mkdir())),
-        exit_code=1,
-        after=inputs_untouched_and_segmented,
+    ("predict_subfolder_in_a_folder", "a folder, not an image", folder_with(lambda d: (d / "more").mkdir())),
+    ("predict_link_loop_in_a_folder", "link loop", folder_with(lambda d: os.symlink("loop", d / "loop"))),
+    ("predict_glob_matching_a_folder", "a folder, not an image", glob_matching_a_folder),
+]
+
+PREDICT_WRITES = [  # (name, inputs, masks): exit 0, each input's mask and overlay under its own name
+    ("predict_same_stem_two_suffixes", same_stem, ["x.png_mask.png", "x.jpg_mask.png"]),
+    (
+        "predict_two_folders_same_names",
+        two_folders_same_names,
+        ["a/imgs/x.png_mask.png", "b/imgs/x.png_mask.png"],
     ),
-    Attack(
-        "predict_link_loop_in_a_folder",
-        4,
-        "link loop",
-        argv=predict_on(folder_with(lambda d: os.symlink("loop", d / "loop"))),
-        exit_code=1,
-        after=inputs_untouched_and_segmented,
+]
+
+EARLIER = '{"file": "earlier.png"}'
+
+PREDICT_APPENDS = [  # (name, phrase, inputs): exit 0, the earlier record kept and the new one after it
+    ("predict_rerun_appends_to_results", "1 image(s)", earlier_results(EARLIER + "\n")),
+    ("predict_after_a_killed_run", "1 image(s)", earlier_results(EARLIER)),  # its newline never written
+]
+
+PREDICT_ROWS = [
+    *(
+        Attack(name, 4, "2 image(s)", argv=predict_on(inputs), exit_code=0, after=distinct_outputs(*masks))
+        for name, inputs, masks in PREDICT_WRITES
     ),
-    Attack(
-        "predict_link_loop_given",
-        4,
-        "link loop",
-        argv=predict_on(lambda tmp, ctx: [a_link_loop(tmp, ctx)]),
-        after=only_the_inputs_there,
-    ),
-    Attack(
-        "predict_glob_matching_a_folder",
-        4,
-        "a folder, not an image",
-        argv=predict_on(glob_matching_a_folder),
-        exit_code=1,
-        after=inputs_untouched_and_segmented,
-    ),
-    Attack(
-        "predict_empty_folder",
-        4,
-        "no images in this folder",
-        argv=predict_on(empty_folder),
-        after=only_the_inputs_there,
-    ),
-    Attack(
-        "predict_missing_input",
-        4,
-        "no such file",
-        argv=predict_on(lambda tmp, ctx: [tmp / "nowhere.png"]),
-        after=only_the_inputs_there,
-    ),
+    *table_rows(4, predict_on, PREDICT_APPENDS, exit_code=0, after=kept_earlier_records(EARLIER)),
+    *table_rows(4, predict_on, PREDICT_REFUSALS),
+    *table_rows(4, predict_on, PREDICT_NO_OUT, after=only_the_inputs_there),
+    *table_rows(4, predict_on, PREDICT_SKIPS, exit_code=1, after=inputs_untouched_and_segmented),
 ]
 
 

@@ -23,7 +23,7 @@ def manifest(binary_artifacts):
 
 
 def test_an_exported_manifest_passes_and_records_its_source(binary_artifacts, manifest):
-    assert read_manifest(binary_artifacts) == manifest
+    assert read_manifest(binary_artifacts).to_dict() == manifest
     assert len(manifest["source"]["sha256"]) == 64
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Tuple, Union
+
+from naslora_deploy.common.options import option
 
 # none: fine-tune the mask decoder only; full: the whole image encoder and the decoder (no adapters)
 METHODS = ("lora", "nas_lora", "nas_pc_lora", "none", "full")
@@ -35,6 +37,45 @@ OP_NAMES = (
 )
 
 
+def parse_targets(text: str) -> List[str]:
+    """``--targets qv`` (or ``q,v``) as a list of projections."""
+    return list(text.replace(",", ""))
+
+
+def parse_blocks(text: str) -> List[int]:
+    """``--blocks 8,9`` as block indices."""
+    return [int(b) for b in text.split(",") if b.strip()]
+
+
+def parse_names(text: str) -> List[str]:
+    """``--ops a,b`` (comma-separated names) as a list."""
+    return [op.strip() for op in text.split(",") if op.strip()]
+
+
+# the command-line options of the adapter fields, declared once here (``TrainConfig`` takes them over)
+ADAPTER_OPTIONS = {
+    "method": option("adapter method", choices=METHODS),
+    "rank": option("LoRA rank r", low=1),
+    "targets": option(
+        "projections to adapt, e.g. qkv or qv", parse=parse_targets, shown="qkv", metavar="QKV"
+    ),
+    "ops": option("comma-separated candidate ops", parse=parse_names, shown="all eight", metavar="OPS"),
+    "blocks": option(
+        "attention blocks to adapt, e.g. 4,5,6,7,8,9", parse=parse_blocks, shown="all", metavar="N,N"
+    ),
+    "channel_ratio": option(
+        "nas_pc_lora: share of the rank channels that go through the cell (Table D1)",
+        low=0,
+        high=1,
+        open_low=True,
+    ),
+    "cell_form": option(
+        "how the cell's candidates are built: linear (one collapsible kernel), scaled or darts",
+        choices=CELL_FORMS,
+    ),
+}
+
+
 @dataclass
 class AdapterConfig:
     """Adapters on the Q/K/V projections of a SAM image encoder.
@@ -53,15 +94,15 @@ class AdapterConfig:
     seed: seeds every adapter initialisation, so a config rebuilds the same adapters.
     """
 
-    method: str = "nas_pc_lora"
-    rank: int = 3
-    targets: Tuple[str, ...] = TARGETS
-    blocks: Union[str, List[int]] = "all"
-    ops: Tuple[str, ...] = OP_NAMES
-    channel_ratio: float = 2.0 / 3.0
+    method: str = field(default="nas_pc_lora", metadata=ADAPTER_OPTIONS["method"])
+    rank: int = field(default=3, metadata=ADAPTER_OPTIONS["rank"])
+    targets: Tuple[str, ...] = field(default=TARGETS, metadata=ADAPTER_OPTIONS["targets"])
+    blocks: Union[str, List[int]] = field(default="all", metadata=ADAPTER_OPTIONS["blocks"])
+    ops: Tuple[str, ...] = field(default=OP_NAMES, metadata=ADAPTER_OPTIONS["ops"])
+    channel_ratio: float = field(default=2.0 / 3.0, metadata=ADAPTER_OPTIONS["channel_ratio"])
     alpha_init_std: float = 1e-3
     seed: int = 0
-    cell_form: str = "linear"
+    cell_form: str = field(default="linear", metadata=ADAPTER_OPTIONS["cell_form"])
 
     def __post_init__(self) -> None:
         self.targets = tuple(self.targets)

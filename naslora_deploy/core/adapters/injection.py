@@ -1,4 +1,9 @@
-"""Put adapters into a SAM model, and the parameter groups the optimisers use."""
+"""Put adapters into a SAM model, and the parameter groups the optimisers use.
+
+Every function here takes what the public loaders return: a SAM (``build_sam``,
+``add_adapters``, a merged one) or a ``SegmentationModel`` around one
+(``load_adapter``, a merged one); ``heads.sam_of`` finds the SAM.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,30 @@ from torch import nn
 
 from naslora_deploy.core.adapters.config import AdapterConfig
 from naslora_deploy.core.adapters.layers import CELL_FORWARDS, AdaptedQKV
+from naslora_deploy.core.model.heads import sam_of
 from naslora_deploy.core.model.tinyvit import qkv_layout
 
 
-def add_adapters(sam, config: AdapterConfig):
-    """Wrap the chosen blocks' ``attn.qkv`` with adapters; returns the same model.
+def add_adapters(model, config: AdapterConfig):
+    """Wrap the chosen blocks' ``attn.qkv`` with adapters; returns the same ``model``.
 
     Freezes the image encoder (``full``: leaves it trainable, with no adapters)
     and prompt encoder, leaves the mask decoder trainable. LoRA starts the
     standard way (W_e random, W_d zero), so a fresh adapter changes no output.
     Initialisation is seeded by ``config.seed`` and leaves the global random
-    state untouched.
+    state untouched. Raises ``ValueError``, leaving ``model`` as it was, if it
+    already has adapters or a chosen block's qkv is not a plain ``Linear`` (a
+    fused merge keeps its cells in place).
     """
+    sam = sam_of(model)
     if any(True for _ in adapted_layers(sam)):
         raise ValueError("this model already has adapters; build a fresh SAM to add another set")
     config.validate()
     blocks = [block for _, block in attention_blocks(sam.image_encoder)]
-    indices = config.block_indices(len(blocks))
+    indices = config.block_indices(len(blocks))  # raises for a block out of range, whatever the method
+    if not config.has_adapters:
+        indices = []
+    refuse_non_linear_qkv(blocks, indices)
     for param in sam.image_encoder.parameters():
         param.requires_grad_(config.trains_encoder)
     for param in sam.prompt_encoder.parameters():
@@ -36,13 +48,24 @@ def add_adapters(sam, config: AdapterConfig):
         param.requires_grad_(True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for index in indices if config.has_adapters else ():
+        for index in indices:
             base = blocks[index].attn.qkv
             columns, grid = qkv_layout(blocks[index])
             wrapped = AdaptedQKV(base, config, columns, grid)
             blocks[index].attn.qkv = wrapped.to(device=base.weight.device, dtype=base.weight.dtype)
     sam.adapter_config = config
-    return sam
+    return model
+
+
+def refuse_non_linear_qkv(blocks: List[nn.Module], indices: List[int]) -> None:
+    """Raise ``ValueError`` naming the first chosen block whose ``attn.qkv`` is not an ``nn.Linear``."""
+    for index in indices:
+        qkv = blocks[index].attn.qkv
+        if not isinstance(qkv, nn.Linear):
+            raise ValueError(
+                f"block {index}'s attn.qkv is a {type(qkv).__name__}, not a Linear: add adapters to a fresh "
+                "or a dense-merged SAM (a fused merge keeps its cells in place)"
+            )
 
 
 def attention_blocks(image_encoder) -> List[Tuple[str, nn.Module]]:
@@ -60,7 +83,7 @@ def attention_blocks(image_encoder) -> List[Tuple[str, nn.Module]]:
 
 def adapted_layers(model) -> Iterator[Tuple[int, AdaptedQKV]]:
     """Yield ``(block_index, AdaptedQKV)`` for every adapted block, in order."""
-    for index, (_, block) in enumerate(attention_blocks(model.image_encoder)):
+    for index, (_, block) in enumerate(attention_blocks(sam_of(model).image_encoder)):
         if isinstance(block.attn.qkv, AdaptedQKV):
             yield index, block.attn.qkv
 
@@ -76,7 +99,8 @@ def architecture_parameters(model) -> List[nn.Parameter]:
 
 
 def weight_parameters(model) -> List[nn.Parameter]:
-    """Every trainable parameter that is not an alpha: adapters' weights and the decoder."""
+    """Every trainable parameter that is not an alpha: adapters' weights, the decoder and, on a
+    ``SegmentationModel``, its class head."""
     arch = {id(p) for p in architecture_parameters(model)}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in arch]
 
@@ -120,9 +144,10 @@ class TrainableSummary:
 
 
 def trainable_summary(model) -> TrainableSummary:
-    """Count trainable and total parameters, split into adapters / decoder / other."""
+    """Count trainable and total parameters of ``model``, split into adapters / SAM's mask decoder /
+    other (a full fine-tune's encoder, a ``SegmentationModel``'s class head)."""
     adapter_params = {id(p) for _, layer in adapted_layers(model) for p in layer.adapters.parameters()}
-    decoder_params = {id(p) for p in model.mask_decoder.parameters()}
+    decoder_params = {id(p) for p in sam_of(model).mask_decoder.parameters()}
     counts: Dict[str, List[int]] = {"adapters": [0, 0], "decoder": [0, 0], "other": [0, 0]}
     for param in model.parameters():
         part = (

@@ -39,12 +39,7 @@ def write_merged(merged, report: MergeReport, out, source: str = "") -> List[Pat
         head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
         written.append(save_state(paths["head"], head))
     description = {
-        "variant": spec.variant,
-        "image_size": spec.image_size,
-        "normalization": spec.normalization,
-        "head": spec.head,
-        "classes": spec.classes.to_dict(),
-        "num_queries": spec.num_queries,
+        **spec.model_record(),
         "adapter": spec.adapter.to_dict(),
         "spec": spec.to_dict(),
         "source": source,

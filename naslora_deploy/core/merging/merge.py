@@ -24,7 +24,8 @@ The per-layer maths lives on the layers (``AdaptedQKV.delta_weight``,
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Iterable, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -63,6 +64,34 @@ __all__ = [
     "constant_response_folds",
     "FITS",
 ]
+
+
+@dataclass
+class MergeJob:
+    """One merge's inputs, checked: what the fold strategies read."""
+
+    sam: object
+    head: object  # the SegmentationModel around ``sam``, or None
+    layers: Dict[int, AdaptedQKV]
+    config: object  # the AdapterConfig
+    batches: Optional[Batches]  # calibration, or None
+    fit_images: Batches
+    fitted: bool  # a dense cell fold is fitted by least squares
+    fit: str
+    recovery: Recovery
+    prompt: str
+    progress: Optional[bool]
+    notes: List[str]
+
+
+@dataclass
+class Merged:
+    """What a merge strategy gives: the merged SAM, its branches to measure, how it folded."""
+
+    sam: object
+    candidates: Dict[int, Callable]
+    fold: str
+    recovered: object = None  # a RecoveryReport where recovery ran
 
 
 def merge(
@@ -107,72 +136,48 @@ def merge(
     if recovery.decoder and head is None:
         raise ValueError("recovering the decoder needs a segmentation model (what load_adapter returns)")
     parameter = next(sam.parameters())
-    image_size = sam.image_encoder.img_size
-    batches = (
-        calibration_batches(calibration, image_size, parameter.dtype, parameter.device)
-        if calibration is not None
-        else None
-    )
+    batches = None
+    if calibration is not None:
+        batches = calibration_batches(
+            calibration, sam.image_encoder.img_size, parameter.dtype, parameter.device
+        )
     folding = mode == "dense" and config.has_adapters
     fitted = folding and config.has_cell and (batches is not None or not config.linear_cell)
     fit_images, measure_images, fitted_on, measured_on, notes = _image_plan(
         batches, fitted or (folding and recovery.steps > 0), sam, probe_count
     )
     prompt = getattr(getattr(head, "spec", None), "prompt", "none")
-    recovered = None
-
+    job = MergeJob(
+        sam, head, layers, config, batches, fit_images, fitted, fit, recovery, prompt, progress, notes
+    )
     with torch.no_grad():
-        if not config.has_adapters:  # decoder-only or full fine-tuning: the encoder is plain SAM already
-            merged_sam, candidates = dense_copy(sam, layers, {}), {}
-            what = "full" if config.trains_encoder else "decoder-only"
-            fold = f"nothing to fold ({what} fine-tuning)"
-            if recovery.steps:
-                notes.append(f"recovery skipped: a {what} model has no folded factors")
-        elif mode == "fused":
-            merged_sam, candidates = _fused_copy(sam, layers)
-            fold = "exact (one mixed kernel + max pool)" if config.has_cell else "exact (LoRA branch kept)"
-            if config.has_cell and not config.linear_cell:
-                fold = "exact (the darts cell kept as trained)"
-        else:
-            intercepts: Optional[Intercepts] = None
-            if not config.has_cell:
-                folds, fold = identity_folds(layers), "identity (plain LoRA)"
-            elif fitted:
-                folds, intercepts, fold = _fit(sam, layers, fit_images, fit, progress, notes)
-                fold += (
-                    " over calibration images"
-                    if batches is not None
-                    else " over generated probe images (the darts cell is non-linear and no calibration "
-                    "was given)"
-                )
-            else:
-                folds, fold = constant_response_folds(layers), "constant-input response"
-            if recovery.steps:
-                merged_sam, recovered = recover_dense(
-                    sam, head, layers, folds, intercepts, fit_images, recovery, prompt, progress
-                )
-                fold += f", then {recovery.steps} steps of merge-aware recovery"
-            else:
-                merged_sam = dense_copy(sam, layers, folds, intercepts)
-            candidates = dense_candidates(merged_sam, layers)
-
+        merged = MERGE_STRATEGIES[mode if config.has_adapters else "plain"](job)
         merged_head = None
         if head is not None:
-            merged_head = head.with_sam(merged_sam)
+            merged_head = head.with_sam(merged.sam)
             merged_head.class_head = copy.deepcopy(head.class_head)
         prompts = ["box"] if prompt == "box" and head is not None and head.class_head is None else ["none"]
         fidelity = measure_fidelity(
             sam,
-            merged_sam,
+            merged.sam,
             layers,
-            candidates,
+            merged.candidates,
             progress_bar(measure_images(), "merge: measure", progress),
             Heads(head, merged_head, prompts) if head is not None else None,
         )
+    fitted_on = fitted_on if (fitted or merged.recovered is not None) else "nothing"
+    report = _report(mode, config, merged, fidelity, layers, notes, fitted_on, measured_on)
+    if head is None:
+        return merged.sam, report
+    return merged_head.train(head.training), report
+
+
+def _report(mode, config, merged: Merged, fidelity, layers, notes, fitted_on, measured_on) -> MergeReport:
+    """The merge's report: its fold, the images, the measured fidelity and the notes that qualify it."""
     report = MergeReport(
         mode=mode,
         method=config.method,
-        fold=fold,
+        fold=merged.fold,
         measured_on=measured_on,
         images=fidelity.images,
         embedding_rel_error=fidelity.embedding_rel_error,
@@ -182,9 +187,9 @@ def merge(
             for (i, t), (err, norm) in fidelity.branch_errors.items()
         ],
         notes=notes,
-        fitted_on=fitted_on if (fitted or recovered is not None) else "nothing",
+        fitted_on=fitted_on,
         mask_iou=fidelity.mask_iou,
-        recovery=recovered,
+        recovery=merged.recovered,
     )
     if "box" in report.mask_iou:
         report.notes.append("box prompt for the mask IoU: the central 3/4 of the input (fidelity.fixed_box)")
@@ -192,9 +197,74 @@ def merge(
         report.notes.append("the darts cell is non-linear: its dense fold is an approximation")
     elif mode == "dense" and config.has_cell and "max_pool_3x3" in config.ops:
         report.notes.append("max pooling is non-linear: its dense fold is an approximation")
-    if head is None:
-        return merged_sam, report
-    return merged_head.train(head.training), report
+    return report
+
+
+# ----- merge strategies: the encoder as it is, fused, or dense (with its fold table) --------------
+def _plain(job: MergeJob) -> Merged:
+    """Decoder-only or full fine-tuning: the encoder is plain SAM already."""
+    what = "full" if job.config.trains_encoder else "decoder-only"
+    if job.recovery.steps:
+        job.notes.append(f"recovery skipped: a {what} model has no folded factors")
+    return Merged(dense_copy(job.sam, job.layers, {}), {}, f"nothing to fold ({what} fine-tuning)")
+
+
+def _fused(job: MergeJob) -> Merged:
+    """Exact: each cell collapses into one kernel (a darts cell is kept as trained)."""
+    merged_sam, candidates = _fused_copy(job.sam, job.layers)
+    fold = "exact (one mixed kernel + max pool)" if job.config.has_cell else "exact (LoRA branch kept)"
+    if job.config.has_cell and not job.config.linear_cell:
+        fold = "exact (the darts cell kept as trained)"
+    return Merged(merged_sam, candidates, fold)
+
+
+def _dense(job: MergeJob) -> Merged:
+    """Plain SAM: the first fold of ``DENSE_FOLDS`` that applies, then recovery where asked."""
+    folds, intercepts, fold = next(make(job) for applies, make in DENSE_FOLDS if applies(job))
+    if job.recovery.steps:
+        merged_sam, recovered = recover_dense(
+            job.sam,
+            job.head,
+            job.layers,
+            folds,
+            intercepts,
+            job.fit_images,
+            job.recovery,
+            job.prompt,
+            job.progress,
+        )
+        fold += f", then {job.recovery.steps} steps of merge-aware recovery"
+    else:
+        merged_sam, recovered = dense_copy(job.sam, job.layers, folds, intercepts), None
+    return Merged(merged_sam, dense_candidates(merged_sam, job.layers), fold, recovered)
+
+
+def _fitted_folds(job: MergeJob) -> Tuple[Folds, Optional[Intercepts], str]:
+    folds, intercepts, fold = _fit(job.sam, job.layers, job.fit_images, job.fit, job.progress, job.notes)
+    if job.batches is not None:
+        return folds, intercepts, fold + " over calibration images"
+    return (
+        folds,
+        intercepts,
+        fold + (" over generated probe images (the darts cell is non-linear and no calibration was given)"),
+    )
+
+
+FoldMaker = Callable[[MergeJob], Tuple[Folds, Optional[Intercepts], str]]
+# (applies, make folds): the first that applies folds the cells; each gives (folds, intercepts, description)
+DENSE_FOLDS: Tuple[Tuple[Callable[[MergeJob], bool], FoldMaker], ...] = (
+    (
+        lambda job: not job.config.has_cell,
+        lambda job: (identity_folds(job.layers), None, "identity (plain LoRA)"),
+    ),
+    (lambda job: job.fitted, _fitted_folds),
+    (lambda job: True, lambda job: (constant_response_folds(job.layers), None, "constant-input response")),
+)
+MERGE_STRATEGIES: Dict[str, Callable[[MergeJob], Merged]] = {
+    "plain": _plain,
+    "fused": _fused,
+    "dense": _dense,
+}
 
 
 def _image_plan(

@@ -141,6 +141,24 @@ class SegmentationModel(nn.Module):
         return decode_queries(self.sam.mask_decoder, self.class_head, embeddings, dense, image_pe)
 
 
+def sam_of(model):
+    """The segment-anything ``Sam`` that ``model`` is or wraps.
+
+    ``model``: what the public loaders return: a ``Sam`` (``build_sam``, an
+    adapted or merged one) or a ``SegmentationModel`` (``load_adapter``, a merged
+    one), whose ``.sam`` this gives. Every public function that reads a model's
+    encoder or decoder reads it through here, so each takes all of them.
+    Raises ``TypeError`` for anything else.
+    """
+    sam = model.sam if isinstance(model, SegmentationModel) else model
+    if not hasattr(sam, "image_encoder"):
+        raise TypeError(
+            f"expected a SAM model (build_sam, add_adapters, merge) or a SegmentationModel (load_adapter), "
+            f"got {type(model).__name__}"
+        )
+    return sam
+
+
 def two_way_pass(
     decoder,
     embeddings: torch.Tensor,

@@ -20,6 +20,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 from naslora_deploy.common.errors import CheckpointError, first_line
+from naslora_deploy.core.model.heads import sam_of
 from naslora_deploy.core.model.sam_parts import prompt_and_mask_decoder
 from naslora_deploy.core.model.tinyvit import TinyViTSpec
 
@@ -235,8 +236,12 @@ def load_fitting_state_dict(model, state: Dict[str, torch.Tensor], variant: str,
     model.load_state_dict(state)
 
 
-def variant_of(sam) -> str:
-    """Name the registered variant that ``sam``'s image encoder matches."""
+def variant_of(model) -> str:
+    """Name the registered variant that ``model``'s image encoder matches.
+
+    ``model``: a SAM or a ``SegmentationModel``, adapted or merged (``heads.sam_of``).
+    """
+    sam = sam_of(model)
     for name, spec in VARIANTS.items():
         if spec.matches(sam):
             return name

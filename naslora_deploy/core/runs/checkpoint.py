@@ -73,6 +73,20 @@ class RunSpec:
             "input_mapping": self.input_mapping,
         }
 
+    def model_record(self) -> dict:
+        """Which model this is, as an artifact manifest and a merge report record it: variant, input
+        size and normalisation, head, classes, queries (the class head's own count) and input mapping."""
+        queries = (self.num_queries or self.classes.num_classes) if self.head == "multiclass" else 0
+        return {
+            "variant": self.variant,
+            "image_size": self.image_size,
+            "normalization": self.normalization,
+            "head": self.head,
+            "classes": self.classes.to_dict(),
+            "num_queries": queries,
+            "input_mapping": self.input_mapping,
+        }
+
     @property
     def input_mapping(self) -> Optional[dict]:
         """The run's ``--bands`` / ``--stretch`` as ``imaging.InputMapping.to_dict`` (None: plain reading);

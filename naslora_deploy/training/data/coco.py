@@ -32,12 +32,11 @@ from naslora_deploy.common.errors import NasloraError, first_line
 from naslora_deploy.common.imaging import IMAGE_SUFFIXES, ImageReadError, note
 from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.sources import (
-    LabelItem,
     Lookup,
+    PaintedLabels,
     SourceOptions,
     choose_classes,
     flatten,
-    paint,
     random_split,
     split_folders,
 )
@@ -48,20 +47,13 @@ SPLIT_WORDS = (("train", "train"), ("val", "val"), ("valid", "val"), ("test", "t
 
 
 @dataclass
-class CocoLabels(LabelItem):
+class CocoLabels(PaintedLabels):
     """One image's annotations: ``layers`` are (painted value, segmentation, annotation id)."""
 
-    source: str
-    height: int
-    width: int
-    layers: List[Tuple[Optional[int], object, object]]
-
-    def read_labels(self, classes: ClassSpec) -> np.ndarray:
-        """The annotations painted into an (H, W) label map (see the module's rules)."""
-        shape = (self.height, self.width)
-        return paint(
-            shape, ((v, _decode(seg, shape, f"{self.source}, annotation {i}")) for v, seg, i in self.layers)
-        )
+    def region(self, layer: tuple, shape: Tuple[int, int]) -> np.ndarray:
+        """One annotation's segmentation (polygons or RLE) as a region."""
+        _, segmentation, annotation = layer
+        return _decode(segmentation, shape, f"{self.source}, annotation {annotation}")
 
     def __str__(self) -> str:
         return self.source

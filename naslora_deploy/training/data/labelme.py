@@ -33,12 +33,11 @@ from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.sources import (
     BACKGROUND_NAMES,
     IGNORE_NAMES,
-    LabelItem,
     Lookup,
+    PaintedLabels,
     SourceOptions,
     choose_classes,
     flatten,
-    paint,
     random_split,
     split_folders,
 )
@@ -47,20 +46,13 @@ AREA_SHAPES = ("polygon", "rectangle", "circle")
 
 
 @dataclass
-class ShapeLabels(LabelItem):
-    """One image's LabelMe shapes: (painted value, shape type, points)."""
+class ShapeLabels(PaintedLabels):
+    """One image's LabelMe shapes: ``layers`` are (painted value, shape type, points)."""
 
-    source: str
-    height: int
-    width: int
-    shapes: List[Tuple[Optional[int], str, list]]
-
-    def read_labels(self, classes: ClassSpec) -> np.ndarray:
-        """The shapes painted into an (H, W) label map (see the module's rules)."""
-        shape = (self.height, self.width)
-        return paint(
-            shape, ((value, _draw(kind, points, shape, self.source)) for value, kind, points in self.shapes)
-        )
+    def region(self, layer: tuple, shape: Tuple[int, int]) -> np.ndarray:
+        """One shape (polygon, rectangle, circle) drawn as a region."""
+        _, kind, points = layer
+        return _draw(kind, points, shape, self.source)
 
     def __str__(self) -> str:
         return self.source

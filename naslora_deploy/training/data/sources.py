@@ -34,6 +34,26 @@ class LabelItem:
         raise NotImplementedError
 
 
+@dataclass
+class PaintedLabels(LabelItem):
+    """Labels drawn from annotations (COCO, LabelMe): each of ``layers`` is a tuple whose first item is
+    the painted value; ``region`` turns a layer into its (H, W) bool region, painted in order."""
+
+    source: str
+    height: int
+    width: int
+    layers: List[tuple]
+
+    def region(self, layer: tuple, shape: Tuple[int, int]) -> np.ndarray:
+        """The (H, W) bool region one layer covers."""
+        raise NotImplementedError
+
+    def read_labels(self, classes: ClassSpec) -> np.ndarray:
+        """The layers painted into an (H, W) label map (``paint``: later layers win)."""
+        shape = (self.height, self.width)
+        return paint(shape, ((layer[0], self.region(layer, shape)) for layer in self.layers))
+
+
 @dataclass(frozen=True)
 class MappedFile(ImageItem):
     """An image file read through the run's ``InputMapping`` (``--bands``, ``--stretch``)."""

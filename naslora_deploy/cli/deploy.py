@@ -1,0 +1,146 @@
+"""``merge``, ``export`` and ``verify``: a run to a merged model, artifacts, and their proofs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from naslora_deploy.cli.options import (
+    Bounded,
+    adapter_argument,
+    base_options,
+    device_option,
+    emit_json,
+    export_spec_from,
+    fields_of,
+    json_option,
+    options_from,
+    progress_option,
+    say,
+)
+from naslora_deploy.common.contract import VARIANT_NAMES
+from naslora_deploy.core.adapters.config import MERGE_MODES
+from naslora_deploy.core.merging.spec import MergeSpec
+from naslora_deploy.exporters.criteria import criteria_summary
+from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
+
+
+@click.command()
+@adapter_argument
+@base_options
+@click.option("--mode", required=True, type=click.Choice(MERGE_MODES), help="dense: plain SAM; fused: exact")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)"
+)
+@click.option("--force", is_flag=True, help="replace an earlier merge at --out (never any other file)")
+@options_from(MergeSpec, only=("calibration", "calibration_images", "recover", "recover_decoder"))
+@device_option
+@progress_option
+def merge(adapter, base, allow_base_mismatch, mode, out, force, device, progress, **options) -> None:
+    """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity."""
+    from naslora_deploy.common.outputs import check_output_files, json_field
+    from naslora_deploy.core.merging.files import sidecar_paths, write_merged
+    from naslora_deploy.core.merging.run import merge_run
+    from naslora_deploy.training.acceleration import pick_device
+
+    spec = MergeSpec(mode=mode, **fields_of(MergeSpec, options))  # its rules, before the model is loaded
+    sidecars = sidecar_paths(out)  # an earlier merge's report names its checkpoint
+    earlier = json_field(sidecars["report"], "checkpoint") == out.name
+    check_output_files([out, *sidecars.values()], kind="merged checkpoint", earlier=earlier, replace=force)
+    merged, report = merge_run(
+        adapter,
+        spec,
+        base=base,
+        allow_base_mismatch=allow_base_mismatch,
+        device=pick_device(device),
+        progress=progress,
+    )
+    written = write_merged(merged, report, out, source=str(adapter))
+    click.echo(report.summary())
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="artifact directory (new or empty)"
+)
+@click.option(
+    "--force", is_flag=True, help="replace an earlier artifact directory at --out (never another folder)"
+)
+@click.option("--model", help=f"variant of a SAM checkpoint file ({', '.join(VARIANT_NAMES)})")
+@options_from(ExportSpec)
+@options_from(MergeSpec)
+@options_from(EngineSpec)
+@base_options
+@progress_option
+def export(source, out, force, model, base, allow_base_mismatch, progress, **options) -> None:
+    """ONNX / TensorRT / Triton artifacts from an adapter directory or a SAM checkpoint file."""
+    from naslora_deploy.core.merging.report import MergeReport
+    from naslora_deploy.exporters.export import export as run_export
+
+    spec = export_spec_from(options)
+    artifacts, manifest, repository = run_export(
+        source, out, spec, model, base, allow_base_mismatch, progress, force=force
+    )
+    report = (manifest["merge"] or {}).get("report")
+    if report:
+        click.echo(MergeReport.from_dict(report).summary())
+    for name, entry in manifest["files"].items():
+        click.echo(f"wrote {artifacts / name} ({entry['bytes'] / 1e6:.1f} MB)")
+    for name, command in manifest["trtexec"].items():
+        click.echo(f"trtexec equivalent for {name}: {command}")
+    if spec.format != "peft":  # a PEFT adapter folder has its own adapter_config.json, no manifest
+        click.echo(f"manifest: {artifacts / 'manifest.json'}")
+    if repository is not None:
+        click.echo(
+            f"Triton model repository: {repository} (serve with: tritonserver "
+            f"--model-repository={repository})"
+        )
+
+
+@click.command()
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option(
+    "--images", type=click.Path(path_type=Path), help="image folder (default: seeded generated images)"
+)
+@click.option("--count", type=Bounded(int, 1), default=2, show_default=True, help="images to compare on")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--tolerance",
+    type=Bounded(float, 0, open_low=True),
+    help="max abs error allowed on the embeddings, in place of the precision's criteria (printed above "
+    f"the table: {criteria_summary()})",
+)
+@click.option(
+    "--against-plain-sam", is_flag=True, help="structure and latency against plain build_sam(variant)"
+)
+@click.option(
+    "--repeats",
+    type=Bounded(int, 1),
+    default=30,
+    show_default=True,
+    help="alternating latency runs (medians are quoted)",
+)
+@json_option
+@progress_option
+def verify(
+    artifacts, images, count, seed, tolerance, against_plain_sam, repeats, json_target, progress
+) -> None:
+    """Prove the artifacts compute what the PyTorch model computes (and, dense, that they are plain SAM)."""
+    from naslora_deploy.exporters.verify import plain_sam_proof, proof_summary, verify_parity
+
+    report = verify_parity(artifacts, images, count, seed, tolerance, progress)
+    say(json_target, report.table())
+    result = report.to_dict()
+    if against_plain_sam:
+        proof = plain_sam_proof(artifacts, repeats)
+        result["against_plain_sam"] = proof
+        say(json_target, "\n" + proof_summary(proof))
+    emit_json(json_target, result)
+    if not report.passed:
+        missed = sum(not row.passed for row in report.rows)
+        click.echo(f"verify: {missed} output(s) miss the pass criteria printed above the table", err=True)
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,162 @@
+"""``predict`` and ``bench``: artifacts on the runtime. Torch-free: they run where torch is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+import click
+
+from naslora_deploy.cli.options import (
+    EVERYTHING_OPTIONS,
+    Bounded,
+    emit_json,
+    fields_of,
+    json_option,
+    open_artifacts,
+    options_from,
+    progress_option,
+    runtime_options,
+    say,
+)
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.runtime.everything import EverythingSpec
+from naslora_deploy.runtime.predict import (
+    EVERYTHING_ALONE,
+    check_out,
+    gather_inputs,
+    predict_files,
+    tiling_from_options,
+)
+from naslora_deploy.runtime.prompts import parse_box, parse_points
+
+
+def _batch_sizes(ctx, param, text: str) -> List[int]:
+    """``--batch-sizes 1,4``: whole numbers >= 1, or click's usage error."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"give comma-separated whole numbers >= 1, got {text!r}")
+    return sizes
+
+
+@click.command()
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="folder for masks, overlays, results.jsonl"
+)
+@click.option(
+    "--points", help="point prompts in image pixels: 'x,y[,label];x,y[,label]' (needs an --prompts export)"
+)
+@click.option("--box", help="box prompt in image pixels: x0,y0,x1,y1")
+@click.option(
+    "--tile",
+    type=Bounded(int, 32),
+    metavar="SIZE",
+    help="segment each image in SIZE x SIZE windows, blended where they overlap (large images)",
+)
+@click.option(
+    "--overlap",
+    type=Bounded(int, 0),
+    metavar="PIXELS",
+    help="pixels that neighbouring --tile windows share, < SIZE [default: SIZE/8]",
+)
+@click.option(
+    "--everything",
+    is_flag=True,
+    help="every object in each image (SAM's automatic masks; needs an --prompts export): "
+    "an instance-label PNG and COCO RLEs in results.jsonl",
+)
+@options_from(EverythingSpec, only=EVERYTHING_OPTIONS)
+@runtime_options
+@progress_option
+def predict(
+    artifacts, inputs, out, points, box, tile, overlap, everything, backend, device, progress, **rest
+):
+    """Segment images (files, folders or globs) with an artifact directory; no torch needed.
+
+    Outputs are named after each input's path (``x.png`` -> ``x.png_mask.png``) and
+    results.jsonl is appended to; unusable inputs are listed and make the exit code 1.
+    """
+    prompts = parse_points(points), parse_box(box)
+    tiling = tiling_from_options(tile, overlap, prompts != (None, None))
+    spec = _everything(everything, rest, prompted=prompts != (None, None) or tiling is not None)
+    found = gather_inputs(inputs)
+    if not found.files:
+        _report_skipped(found.problems if len(found.problems) > 1 else [])
+        raise NasloraError(f"nothing to segment: {_failed(found.problems)}")
+    check_out(out, found.files, found.folders)  # before the artifacts are opened
+    segmenter = open_artifacts(artifacts, backend, device)
+    click.echo(f"backend: {segmenter.backend_name}; {len(found.files)} image(s)")
+    done, errors = predict_files(
+        segmenter, found.files, out, *prompts, progress, tiling=tiling, everything=spec
+    )
+    _report_skipped(found.problems + errors)
+    click.echo(f"wrote masks, overlays and results.jsonl for {done} image(s) to {out}")
+    if found.problems or errors:
+        click.echo(f"naslora-deploy predict: error: {_failed(found.problems + errors)}", err=True)
+        raise click.exceptions.Exit(1)
+
+
+def _everything(everything: bool, options: Dict[str, object], prompted: bool):
+    """``--everything`` and its settings as an ``EverythingSpec`` (None without the flag), or one line."""
+    spec = EverythingSpec(**fields_of(EverythingSpec, options))
+    if not everything:
+        if spec != EverythingSpec():
+            changed = next(f for f in EVERYTHING_OPTIONS if getattr(spec, f) != getattr(EverythingSpec(), f))
+            raise ValueError(f"--{changed.replace('_', '-')} sets everything mode: add --everything")
+        return None
+    if prompted:
+        raise ValueError(EVERYTHING_ALONE)
+    return spec
+
+
+def _report_skipped(problems: List[str]) -> None:
+    for problem in problems:
+        click.echo(f"naslora-deploy predict: skipped {problem}", err=True)
+
+
+def _failed(problems: List[str]) -> str:
+    """One line for the inputs that could not be used: the problem itself, or how many (listed above)."""
+    return problems[0] if len(problems) == 1 else f"{len(problems)} inputs could not be used (listed above)"
+
+
+@click.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--batch-sizes", default="1", show_default=True, callback=_batch_sizes, help="comma-separated batch sizes"
+)
+@click.option(
+    "--prompts",
+    metavar="COUNTS",
+    callback=lambda ctx, param, value: None if value is None else _batch_sizes(ctx, param, value),
+    help="also time the predictor: one embedding, then N box prompts in one call (comma-separated N)",
+)
+@click.option("--runs", type=Bounded(int, 1), default=20, show_default=True)
+@click.option("--warmup", type=Bounded(int, 0), default=3, show_default=True)
+@runtime_options
+@json_option
+def bench(artifacts, batch_sizes, prompts, runs, warmup, backend, device, json_target) -> None:
+    """Latency, throughput and memory; two artifact directories alternate run by run (A B).
+
+    ``--prompts N,M``: also the predictor path (one embedding, N box prompts in one
+    decoder call) against N one-shot calls; its rows (key ``prompts``) follow the batch rows.
+    """
+    from naslora_deploy.runtime.bench import bench as run_bench
+    from naslora_deploy.runtime.bench import bench_prompts, format_prompt_rows, format_rows
+
+    if len(artifacts) > 2:
+        raise ValueError("bench compares at most two artifact directories (A B)")
+    segmenters = [open_artifacts(a, backend, device) for a in artifacts]
+    if prompts and any(s.point_slots is None for s in segmenters):
+        raise ValueError("--prompts times the prompt decoder: export the artifacts with --prompts")
+    rows = run_bench(segmenters, batch_sizes, runs, warmup)
+    say(json_target, format_rows(rows))
+    if prompts:
+        prompt_rows = bench_prompts(segmenters, prompts, runs, warmup)
+        say(json_target, format_prompt_rows(prompt_rows))
+        rows = rows + prompt_rows
+    emit_json(json_target, rows)
