@@ -163,3 +163,31 @@ def train_config(data, out, defaults: dict, **changes):
     from naslora_deploy.training.config import TrainConfig
 
     return TrainConfig(**{"data": str(data), "out": str(out), "progress": False, **defaults, **changes})
+
+
+def first_batch(trainer):
+    """The first training batch of ``trainer``'s epoch 0, as its own loader yields it."""
+    from naslora_deploy.training.trainer import epoch_order
+
+    pairs = trainer.splits.split("train")
+    return next(iter(trainer._loader(pairs, epoch_order(len(pairs), 0, 0))))
+
+
+def train_args(data, out, *options, model="vit_tiny"):
+    """The command line ``train --data DATA --model MODEL --out OUT OPTIONS`` (no program name)."""
+    return ["train", "--data", str(data), "--model", model, "--out", str(out), *options]
+
+
+def sam_masks(sam, images, points=None, boxes=None, masks=None, multimask_output=True):
+    """SAM's own three parts on ``images`` with these prompts: (image embedding, mask logits, IoU)."""
+    with torch.no_grad():
+        embedding = sam.image_encoder(images)
+        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, iou = sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+    return embedding, low_res, iou

@@ -5,33 +5,19 @@ import subprocess
 import sys
 
 import pytest
+from conftest import train_args
 
 from naslora_deploy import build_sam
 from naslora_deploy.cli import main
 from naslora_deploy.core.merging.spec import MergeSpec
 
+SEARCH_FROM_EPOCH_2 = ("--epochs", "2", "--search-start", "1")  # two epochs, alpha searched in the second
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, multiclass_data):
     run = tmp_path_factory.mktemp("cli") / "run"
-    code = main(
-        [
-            "train",
-            "--data",
-            str(multiclass_data),
-            "--model",
-            "vit_tiny",
-            "--out",
-            str(run),
-            "--epochs",
-            "2",
-            "--search-start",
-            "1",
-            "--lr",
-            "1e-3",
-            "--no-progress",
-        ]
-    )
+    code = main(train_args(multiclass_data, run, *SEARCH_FROM_EPOCH_2, "--lr", "1e-3", "--no-progress"))
     assert code == 0
     return run
 
@@ -187,9 +173,7 @@ def test_corrupt_training_image_is_named_before_training(binary_data, tmp_path):
     shutil.copytree(binary_data, data)
     victim = sorted((data / "train" / "images").iterdir())[3]
     victim.write_bytes(victim.read_bytes()[:100])
-    result = _cli(
-        "train", "--data", str(data), "--model", "vit_tiny", "--out", str(tmp_path / "run"), "--no-progress"
-    )
+    result = _cli(*train_args(data, tmp_path / "run", "--no-progress"))
     assert result.returncode == 2
     assert victim.name in result.stderr and "--skip-bad" in result.stderr
     assert not (tmp_path / "run" / "last").exists()
@@ -326,19 +310,7 @@ def test_json_means_one_thing_everywhere(trained_run, multiclass_data, tmp_path,
 
 
 def test_a_redirected_log_gets_one_line_per_epoch(binary_data, tmp_path):
-    result = _cli(
-        "train",
-        "--data",
-        str(binary_data),
-        "--model",
-        "vit_tiny",
-        "--out",
-        str(tmp_path / "run"),
-        "--epochs",
-        "2",
-        "--search-start",
-        "1",
-    )
+    result = _cli(*train_args(binary_data, tmp_path / "run", *SEARCH_FROM_EPOCH_2))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "\r" not in result.stderr and "\r" not in result.stdout
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == [
@@ -365,29 +337,8 @@ sys.exit(main(["inspect", {str(trained_run)!r}, "--plot", {str(tmp_path / "p.png
 def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path, capsys):
     """The real pretrained TinyViT SAM through train -> eval -> merge -> export -> verify -> predict."""
     run, art = tmp_path / "run", tmp_path / "art"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(binary_data),
-                "--model",
-                "litemedsam",
-                "--method",
-                "nas_pc_lora",
-                "--out",
-                str(run),
-                "--epochs",
-                "1",
-                "--batch-size",
-                "2",
-                "--max-steps",
-                "1",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    options = ["--method", "nas_pc_lora", "--epochs", "1", "--batch-size", "2", "--max-steps", "1"]
+    assert main(train_args(binary_data, run, *options, "--no-progress", model="litemedsam")) == 0
     config = json.loads((run / "best" / "adapter_config.json").read_text())
     assert config["variant"] == "litemedsam" and config["normalization"] == "minmax"
     assert config["base_sha256"] == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -419,29 +370,8 @@ def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path
 
 def test_box_prompted_training_and_evaluation(binary_data, tmp_path):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(binary_data),
-                "--model",
-                "vit_tiny",
-                "--out",
-                str(run),
-                "--epochs",
-                "2",
-                "--search-start",
-                "1",
-                "--prompt",
-                "box",
-                "--lr",
-                "1e-3",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    options = [*SEARCH_FROM_EPOCH_2, "--prompt", "box", "--lr", "1e-3", "--no-progress"]
+    assert main(train_args(binary_data, run, *options)) == 0
     assert json.loads((run / "last" / "adapter_config.json").read_text())["prompt"] == "box"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == ["weights", "weights+alpha"] and all(

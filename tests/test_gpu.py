@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+from conftest import first_batch, train_config
 
 from naslora_deploy import merge
 from naslora_deploy.core.adapters.testing import perturb_adapters
 from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.exporters.fast_attention import use_sdpa
-from naslora_deploy.training.trainer import TrainConfig, Trainer
+from naslora_deploy.training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,27 +22,11 @@ pytestmark = [
 ]
 
 
+DEFAULTS = dict(model="vit_tiny", epochs=1, search_start=0, batch_size=4, lr=1e-3, device="cuda")
+
+
 def _trainer(data, out, **changes):
-    fields = dict(
-        data=str(data),
-        out=str(out),
-        model="vit_tiny",
-        epochs=1,
-        search_start=0,
-        batch_size=4,
-        lr=1e-3,
-        progress=False,
-        device="cuda",
-    )
-    fields.update(changes)
-    return Trainer(TrainConfig(**fields))
-
-
-def _first_batch(trainer):
-    from naslora_deploy.training.trainer import epoch_order
-
-    pairs = trainer.splits.split("train")
-    return next(iter(trainer._loader(pairs, epoch_order(len(pairs), 0, 0))))
+    return Trainer(train_config(data, out, DEFAULTS, **changes))
 
 
 @pytest.mark.parametrize("alpha_pass", ["second", "same"])
@@ -51,7 +36,7 @@ def test_bf16_train_step_moves_weights_and_alpha(binary_data, tmp_path, alpha_pa
     perturb_adapters(trainer.model.sam, seed=3, b_std=0.05)
     alphas = [a.detach().clone() for a in trainer.alphas]
     weights = [w.detach().clone() for w in trainer.weights]
-    result = trainer.train_step(_first_batch(trainer), None, "weights+alpha")
+    result = trainer.train_step(first_batch(trainer), None, "weights+alpha")
     assert torch.isfinite(torch.tensor(result["loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(alphas, trainer.alphas))
     assert any(not torch.equal(a, b) for a, b in zip(weights, trainer.weights))
@@ -62,7 +47,7 @@ def test_compiled_train_step_equals_eager(binary_data, tmp_path):
     compiled = _trainer(
         binary_data, tmp_path / "compiled", precision="fp32", grad_checkpoint=False, compile=True
     )
-    batch = _first_batch(eager)
+    batch = first_batch(eager)
     with torch.no_grad():
         torch.testing.assert_close(compiled.loss(batch), eager.loss(batch), rtol=1e-3, atol=1e-4)
 

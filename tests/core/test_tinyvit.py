@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import sam_masks
 
 from naslora_deploy import AdapterConfig, adapted_layers, add_adapters, build_sam, merge, probe_images
 from naslora_deploy.core.adapters.testing import perturb_adapters, set_alpha
@@ -39,16 +40,8 @@ def test_the_bundled_checkpoint_loads_strictly_and_equals_the_reference_builder(
     assert set(litemedsam.state_dict()) == set(reference.state_dict())
     images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     box = torch.tensor([[[30.0, 40.0, 200.0, 220.0]]])
+    ours, masks, _ = sam_masks(litemedsam, images, boxes=box, multimask_output=False)
     with torch.no_grad():
-        ours = litemedsam.image_encoder(images)
-        sparse, dense = litemedsam.prompt_encoder(points=None, boxes=box, masks=None)
-        masks, _ = litemedsam.mask_decoder(
-            image_embeddings=ours,
-            image_pe=litemedsam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
         torch.testing.assert_close(ours, reference.image_encoder(images), rtol=0, atol=0)
         torch.testing.assert_close(masks, reference(images, box[0].numpy()), rtol=0, atol=0)
     assert ours.shape == (1, 256, 64, 64)

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import transformers  # a test extra: the round trips run against the real package
+from conftest import sam_masks
 from safetensors.torch import save_file
 
 from naslora_deploy import VARIANTS, CheckpointError, build_sam
@@ -51,20 +52,6 @@ def hf_state(model):
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def sam_prompted(sam, image, points, labels, box, mask):
-    with torch.no_grad():
-        embedding = sam.image_encoder(image)
-        sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=box, masks=mask)
-        masks, iou = sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-        )
-    return embedding, masks, iou
-
-
 def test_sam_model_file_gives_the_same_embeddings_and_masks(hf_model, hub_folder):
     sam = build_sam("vit_tiny", hub_folder)
     generator = torch.Generator().manual_seed(5)
@@ -85,11 +72,11 @@ def test_sam_model_file_gives_the_same_embeddings_and_masks(hf_model, hub_folder
         points_only = hf_model(
             image_embeddings=hf_embedding, input_points=points[:, None], input_labels=labels[:, None]
         )
-    embedding, masks, iou = sam_prompted(sam, image, points, labels, box, mask)
+    embedding, masks, iou = sam_masks(sam, image, (points, labels), box, mask)
     torch.testing.assert_close(embedding, hf_embedding, atol=1e-4, rtol=1e-4)  # two float32 implementations
     torch.testing.assert_close(masks, out.pred_masks[:, 0], atol=1e-5, rtol=0)
     torch.testing.assert_close(iou, out.iou_scores[:, 0], atol=1e-5, rtol=0)
-    _, masks, _ = sam_prompted(sam, image, points, labels, None, None)
+    _, masks, _ = sam_masks(sam, image, (points, labels))
     torch.testing.assert_close(masks, points_only.pred_masks[:, 0], atol=1e-5, rtol=0)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from conftest import train_args
+
 from naslora_deploy.common.errors import NasloraError
 
 USER_ERROR = 2  # the exit code of every user error (cli.main)
@@ -88,5 +90,4 @@ def copy_into(source: Path, tmp: Path, name: Optional[str] = None) -> Path:
 
 def train_argv(ctx: dict, out: Path, *extra: str) -> List[str]:
     """``train`` of vit_tiny on the session's binary data set into ``out``, plus ``extra`` options."""
-    data = str(ctx["binary_data"])
-    return ["train", "--data", data, "--model", "vit_tiny", "--out", str(out), "--no-progress", *extra]
+    return train_args(ctx["binary_data"], out, "--no-progress", *extra)

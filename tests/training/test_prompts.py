@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from conftest import sam_masks
 
 from naslora_deploy.training.prompts import (
     MAX_BOXES,
@@ -58,14 +59,6 @@ def test_box_prompted_forward_is_sams_own_decoder_per_box():
     boxes = [torch.tensor([[10.0, 20.0, 100.0, 120.0], [30.0, 40.0, 200.0, 220.0]]), torch.zeros(0, 4)]
     with torch.no_grad():
         out = model(images, boxes)
-        sam = model.sam
-        sparse, dense = sam.prompt_encoder(points=None, boxes=boxes[0][1:], masks=None)
-        expected, _ = sam.mask_decoder(
-            image_embeddings=sam.image_encoder(images[:1]),
-            image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+    _, expected, _ = sam_masks(model.sam, images[:1], boxes=boxes[0][1:], multimask_output=False)
     assert out["mask_logits"].shape == (2, 1, 64, 64) and out["prompt_image"].tolist() == [0, 0]
     torch.testing.assert_close(out["mask_logits"][1:], expected, rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import first_batch, train_args, train_config
 from safetensors.torch import load_file
 
 from naslora_deploy.common.errors import CheckpointError
@@ -17,20 +18,11 @@ from naslora_deploy.core.adapters.testing import perturb_adapters
 from naslora_deploy.core.runs.checkpoint import load_adapter, read_spec, trainable_state
 from naslora_deploy.training.trainer import TrainConfig, Trainer
 
+DEFAULTS = dict(model="vit_tiny", epochs=2, search_start=1, batch_size=4, lr=1e-3)
+
 
 def _config(data, out, **changes):
-    fields = dict(
-        data=str(data),
-        out=str(out),
-        model="vit_tiny",
-        epochs=2,
-        search_start=1,
-        batch_size=4,
-        lr=1e-3,
-        progress=False,
-    )
-    fields.update(changes)
-    return TrainConfig(**fields)
+    return train_config(data, out, DEFAULTS, **changes)
 
 
 def _snapshot(params):
@@ -39,15 +31,6 @@ def _snapshot(params):
 
 def _same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
-
-
-def _first_batch(trainer):
-    from naslora_deploy.training.trainer import epoch_order
-
-    loader = trainer._loader(
-        trainer.splits.split("train"), epoch_order(len(trainer.splits.split("train")), 0, 0)
-    )
-    return next(iter(loader))
 
 
 def test_alpha_untouched_before_search_start(binary_data, tmp_path):
@@ -61,7 +44,7 @@ def test_alpha_untouched_before_search_start(binary_data, tmp_path):
 
 def test_weights_untouched_during_the_alpha_step(binary_data, tmp_path):
     trainer = Trainer(_config(binary_data, tmp_path / "run"))
-    batch = _first_batch(trainer)
+    batch = first_batch(trainer)
     after_stage_1 = {}
     step = trainer.weight_opt.step
 
@@ -101,7 +84,7 @@ def test_same_pass_alpha_step_takes_both_gradients_from_one_backward(binary_data
     for trainer in (same, second):  # non-zero W_d, or alpha gets no gradient at all
         perturb_adapters(trainer.model.sam, seed=3, b_std=0.05)
     assert _same(same.weights, second.weights) and _same(same.alphas, second.alphas)
-    batch = _first_batch(same)
+    batch = first_batch(same)
     loss = same.loss(batch)  # the gradients at the starting point, by plain autograd
     expected = torch.autograd.grad(loss, same.weights + same.alphas, allow_unused=True)
     alphas_before = _snapshot(same.alphas)
@@ -142,7 +125,7 @@ def test_joint_and_lora_modes(binary_data, tmp_path):
     joint = Trainer(_config(binary_data, tmp_path / "joint", joint=True))
     assert joint.stage(0) == "joint"
     alphas, weights = _snapshot(joint.alphas), _snapshot(joint.weights)
-    joint.train_step(_first_batch(joint), None, "joint")
+    joint.train_step(first_batch(joint), None, "joint")
     assert not _same(alphas, joint.alphas) and not _same(weights, joint.weights)
 
     lora = Trainer(_config(binary_data, tmp_path / "lora", method="lora"))
@@ -192,26 +175,8 @@ def test_base_checkpoint_mismatch_is_refused(binary_data, tmp_path):
 
 
 def _train_command(data, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "naslora_deploy",
-        "train",
-        "--data",
-        str(data),
-        "--model",
-        "vit_tiny",
-        "--out",
-        str(out),
-        "--epochs",
-        "6",
-        "--search-start",
-        "1",
-        "--lr",
-        "1e-3",
-        "--no-progress",
-        *extra,
-    ]
+    options = ["--epochs", "6", "--search-start", "1", "--lr", "1e-3", "--no-progress", *extra]
+    return [sys.executable, "-m", "naslora_deploy", *train_args(data, out, *options)]
 
 
 def _checkpoint_epoch(run):
@@ -252,30 +217,9 @@ def test_resume_after_sigkill_ends_with_the_same_weights(binary_data, tmp_path):
 
 def test_two_process_data_parallel_run_ends_with_identical_weights(binary_data, tmp_path):
     run = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "naslora_deploy",
-        "train",
-        "--data",
-        str(binary_data),
-        "--model",
-        "vit_tiny",
-        "--out",
-        str(run),
-        "--epochs",
-        "2",
-        "--search-start",
-        "1",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    options = ["--epochs", "2", "--search-start", "1", "--device", "cpu", "--no-progress"]
+    command = [*launcher, "-m", "naslora_deploy", *train_args(binary_data, run, *options)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
