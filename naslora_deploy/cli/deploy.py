@@ -20,7 +20,9 @@ from naslora_deploy.cli.options import (
     say,
 )
 from naslora_deploy.common.contract import VARIANT_NAMES
+from naslora_deploy.common.outputs import check_output_files, json_field
 from naslora_deploy.core.adapters.config import MERGE_MODES
+from naslora_deploy.core.merging.report import MergeReport
 from naslora_deploy.core.merging.spec import MergeSpec
 from naslora_deploy.exporters.criteria import criteria_summary
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
@@ -39,7 +41,6 @@ from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 @progress_option
 def merge(adapter, base, allow_base_mismatch, mode, out, force, device, progress, **options) -> None:
     """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity."""
-    from naslora_deploy.common.outputs import check_output_files, json_field
     from naslora_deploy.core.merging.files import sidecar_paths, write_merged
     from naslora_deploy.core.merging.run import merge_run
     from naslora_deploy.training.acceleration import pick_device
@@ -78,7 +79,6 @@ def merge(adapter, base, allow_base_mismatch, mode, out, force, device, progress
 @progress_option
 def export(source, out, force, model, base, allow_base_mismatch, progress, **options) -> None:
     """ONNX / TensorRT / Triton artifacts from an adapter directory or a SAM checkpoint file."""
-    from naslora_deploy.core.merging.report import MergeReport
     from naslora_deploy.exporters.export import export as run_export
 
     spec = export_spec_from(options)

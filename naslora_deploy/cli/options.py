@@ -14,10 +14,12 @@ from typing import Callable, Dict, Optional, Sequence
 
 import click
 
+from naslora_deploy.common.io import atomic_write_text
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.options import bound_error, check_device
 from naslora_deploy.core.merging.spec import MergeSpec
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
+from naslora_deploy.runtime import Segmenter
 from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
 from naslora_deploy.runtime.everything import EverythingSpec
 
@@ -182,7 +184,6 @@ def emit_json(target: Optional[str], data) -> None:
     if target == "-":
         click.echo(text)
         return
-    from naslora_deploy.common.io import atomic_write_text
 
     atomic_write_text(Path(target), text + "\n")
     click.echo(f"wrote {target}", err=True)
@@ -209,6 +210,5 @@ def open_artifacts(artifacts, backend: str, device: str):
         from naslora_deploy.exporters.torch_backend import open_segmenter
 
         return open_segmenter(artifacts, backend, device)
-    from naslora_deploy.runtime import Segmenter
 
     return Segmenter.open(artifacts, backend, device)

@@ -20,6 +20,8 @@ from naslora_deploy.cli.options import (
     say,
 )
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.runtime.bench import bench as run_bench
+from naslora_deploy.runtime.bench import bench_prompts, format_prompt_rows, format_rows
 from naslora_deploy.runtime.everything import EverythingSpec
 from naslora_deploy.runtime.predict import (
     EVERYTHING_ALONE,
@@ -145,8 +147,6 @@ def bench(artifacts, batch_sizes, prompts, runs, warmup, backend, device, json_t
     ``--prompts N,M``: also the predictor path (one embedding, N box prompts in one
     decoder call) against N one-shot calls; its rows (key ``prompts``) follow the batch rows.
     """
-    from naslora_deploy.runtime.bench import bench as run_bench
-    from naslora_deploy.runtime.bench import bench_prompts, format_prompt_rows, format_rows
 
     if len(artifacts) > 2:
         raise ValueError("bench compares at most two artifact directories (A B)")

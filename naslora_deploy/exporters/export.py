@@ -31,8 +31,11 @@ from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.core.model.variants import VARIANTS, build_sam
 from naslora_deploy.core.runs.checkpoint import RunSpec, check_finite, load_adapter, source_sha256
 from naslora_deploy.exporters.onnx_export import io_signature, module_to_onnx, onnx_to_fp16
+from naslora_deploy.exporters.peft import peft_manifest, run_to_peft
+from naslora_deploy.exporters.quantize import onnx_to_int8
 from naslora_deploy.exporters.specs import ExportSpec
 from naslora_deploy.exporters.tensorrt_engine import onnx_to_engine, trtexec_command
+from naslora_deploy.exporters.triton import artifacts_to_triton
 from naslora_deploy.exporters.wrappers import (
     ImageEncoderGraph,
     MaskDecoderGraph,
@@ -156,8 +159,6 @@ def export_graphs(
             path = onnx_to_fp16(path, path, spec.external_threshold)
         files[name] = path
     if spec.onnx_precision == "int8":  # the encoder is the cost; the decoders stay fp32 (RESULTS.md)
-        from naslora_deploy.exporters.quantize import onnx_to_int8
-
         merge, images = spec.merge, calibration
         if images is None:
             images = calibration_images(
@@ -242,7 +243,6 @@ def export(
     common = (spec, variant, base, allow_base_mismatch, progress)
     if spec.format != "triton":
         return (*export_artifacts(source, out, *common, force=force), None)
-    from naslora_deploy.exporters.triton import artifacts_to_triton
 
     prepare_triton_dir(out, replace=force)
     artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", *common, force=True)
@@ -254,7 +254,6 @@ def export(
 
 def _export_peft(source, out, spec: ExportSpec, base, allow_base_mismatch: bool, force: bool):
     """``--format peft``: a PEFT LoRA adapter folder for transformers' ``SamModel`` (``exporters.peft``)."""
-    from naslora_deploy.exporters.peft import peft_manifest, run_to_peft
 
     written = run_to_peft(
         source,

@@ -35,8 +35,11 @@ from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import atomic_write_text, write_directory
 from naslora_deploy.common.outputs import prepare_output_dir
 from naslora_deploy.core.adapters.config import TARGETS
+from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
 from naslora_deploy.core.merging.run import merge_run
 from naslora_deploy.core.merging.spec import MergeSpec
+from naslora_deploy.core.model.variants import VARIANTS, VariantSpec
+from naslora_deploy.core.model.weights import segment_anything_to_hf
 from naslora_deploy.core.runs.checkpoint import load_adapter
 from naslora_deploy.core.runs.peft_adapter import (
     PEFT_CONFIG_NAME,
@@ -71,7 +74,6 @@ def block_form(
 
 def lora_factors(sam) -> Factors:
     """Plain LoRA's own (A_t, B_t) of every adapted block and projection (SAM ViT qkv layout)."""
-    from naslora_deploy.core.adapters.injection import adapted_layers
 
     return {
         i: {t: (a.lora_A.detach().cpu(), a.lora_B.detach().cpu()) for t, a in layer.adapters.items()}
@@ -93,7 +95,6 @@ def svd_factors(delta: torch.Tensor, rank: int) -> Tuple[torch.Tensor, torch.Ten
 def merged_factors(model, merged, rank: int) -> Tuple[Factors, Dict[int, torch.Tensor], List[dict]]:
     """Per adapted block and projection, the SVD factors of the dense merge's qkv delta; the bias deltas
     (intercepts) of blocks that have one; and one report row per projection."""
-    from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
 
     blocks = [b for _, b in attention_blocks(merged.sam.image_encoder)]
     factors: Factors = {}
@@ -146,7 +147,6 @@ def peft_export_names(folder: Union[str, Path]) -> Optional[set]:
 
 
 def _check_exportable(model) -> None:
-    from naslora_deploy.core.model.variants import VARIANTS, VariantSpec
 
     spec = model.spec
     if not isinstance(VARIANTS.get(spec.variant), VariantSpec):
@@ -212,7 +212,6 @@ def run_to_peft(
 def peft_tensors(factors: Factors, biases: Dict[int, torch.Tensor], mask_decoder, dim: int) -> dict:
     """The ``adapter_model.safetensors`` tensors: each block's block-form A and B (and intercept bias),
     and the segment-anything ``mask_decoder``'s state under transformers' names."""
-    from naslora_deploy.core.model.weights import segment_anything_to_hf
 
     tensors = {}
     for index, per_target in factors.items():

@@ -17,6 +17,8 @@ import torch
 
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.core.runs.checkpoint import source_sha256
+from naslora_deploy.exporters.export import ExportSpec, rebuild_source
 from naslora_deploy.exporters.fast_attention import use_sdpa
 from naslora_deploy.exporters.wrappers import MaskDecoderGraph, PromptDecoderGraph
 from naslora_deploy.runtime import Segmenter
@@ -63,7 +65,6 @@ class TorchBackend:
 
 def check_source_unchanged(manifest: dict, directory=None) -> None:
     """The export source must still have the sha256 recorded at export (else it rebuilds another model)."""
-    from naslora_deploy.core.runs.checkpoint import source_sha256
 
     where = directory or "these artifacts"
     described = manifest.source
@@ -88,7 +89,6 @@ def check_source_unchanged(manifest: dict, directory=None) -> None:
 
 def rebuild_verified(manifest: dict, directory=None):
     """``rebuild_source`` after ``check_source_unchanged``; the model must take the manifest's image size."""
-    from naslora_deploy.exporters.export import ExportSpec, rebuild_source
 
     try:
         ExportSpec.from_manifest(manifest)

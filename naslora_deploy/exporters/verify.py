@@ -23,11 +23,17 @@ import torch
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.core.merging.calibration import calibration_images
+from naslora_deploy.core.merging.fidelity import probe_images
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
 from naslora_deploy.exporters.criteria import PASS_CRITERIA, PassCriteria, criteria_for, criterion_text
 from naslora_deploy.exporters.export import ExportSpec, export_graphs
 from naslora_deploy.exporters.structure import compare_signatures, graph_signature
 from naslora_deploy.exporters.torch_backend import rebuild_verified
+from naslora_deploy.exporters.wrappers import MaskDecoderGraph
 from naslora_deploy.runtime.backends import available_providers, open_graph, ort_session
+from naslora_deploy.runtime.engines import load_engine_bytes
 from naslora_deploy.runtime.manifest import artifact_file, read_manifest
 
 
@@ -99,10 +105,7 @@ def verification_images(manifest: dict, images_dir=None, count: int = 2, seed: i
     """(N, 3, S, S) float32 model inputs: preprocessed ``images_dir`` files or seeded probes."""
     size = manifest.image_size
     if images_dir:
-        from naslora_deploy.core.merging.calibration import calibration_images
-
         return calibration_images(images_dir, count, size, manifest.normalization).numpy()
-    from naslora_deploy.core.merging.fidelity import probe_images
 
     return probe_images(size, count, seed=seed).numpy()
 
@@ -120,7 +123,6 @@ def _row(backend, output, got, expected, limits: dict, masks=False) -> ParityRow
 
 def torch_outputs(model, images: np.ndarray) -> Dict[str, np.ndarray]:
     """Reference outputs of the PyTorch model, through the same export wrappers."""
-    from naslora_deploy.exporters.wrappers import MaskDecoderGraph
 
     with torch.no_grad():
         embeddings = model.sam.image_encoder(torch.from_numpy(images))
@@ -211,8 +213,6 @@ def verify_engines(
     polygraphy_trt = lazy_import("polygraphy.backend.trt", "trt", "verifying TensorRT engines")
     Comparator = lazy_import("polygraphy.comparator", "trt", "verifying TensorRT engines").Comparator
 
-    from naslora_deploy.runtime.engines import load_engine_bytes
-
     tag = f"tensorrt {manifest.precision} (polygraphy)"
     criteria = engine_criteria(manifest.precision)
     feeds = {
@@ -233,8 +233,6 @@ def verify_engines(
 
 def plain_sam_proof(directory, repeats: int = 10) -> dict:
     """Structure and ORT CPU latency of the artifact against plain ``build_sam(variant)``."""
-    from naslora_deploy.core.model.heads import SegmentationModel
-    from naslora_deploy.core.model.variants import build_sam
 
     directory = Path(directory)
     manifest = read_manifest(directory)

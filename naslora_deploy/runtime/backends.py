@@ -18,6 +18,7 @@ import numpy as np
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.runtime.engines import import_tensorrt, load_engine_bytes
 from naslora_deploy.runtime.manifest import Manifest, artifact_file, check_image_input, is_listed
 
 RUNTIME_BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -195,7 +196,6 @@ class TensorRTBackend:
     profile's largest batch and reused; the decoder reads the encoder's output buffer."""
 
     def __init__(self, directory: Path, manifest: Manifest) -> None:
-        from naslora_deploy.runtime.engines import import_tensorrt, load_engine_bytes
 
         trt = import_tensorrt()
         cudart = lazy_import("cuda.bindings.runtime", "pip:cuda-python", "the TensorRT backend")

@@ -25,7 +25,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -36,6 +37,7 @@ from naslora_deploy.common.imaging import IMAGE_SUFFIXES, overlay, save_png
 from naslora_deploy.common.io import append_line
 from naslora_deploy.common.outputs import prepare_write_folder, refusal
 from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.runtime.everything import encode_coco_rle
 from naslora_deploy.runtime.tiling import check_tiling, segment_tiled, tile_windows
 
 RESULTS_NAME = "results.jsonl"
@@ -235,10 +237,6 @@ def instance_labels(records: List[dict], size: Tuple[int, int]) -> np.ndarray:
 def write_everything(out: Path, name: str, path: Path, image: np.ndarray, segmenter, spec) -> None:
     """Everything mode for one image: ``<name>_masks.png`` (instance labels), the overlay, and a record
     whose ``masks`` list holds each mask's COCO RLE with SAM's fields (area, bbox XYWH, scores, point)."""
-    import time
-    from dataclasses import asdict, replace
-
-    from naslora_deploy.runtime.everything import encode_coco_rle
 
     start = time.perf_counter()
     records = segmenter.generate(image, replace(spec, output_mode="binary_mask"))

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional
 
 from naslora_deploy.common.contract import VARIANT_NAMES
+from naslora_deploy.common.imaging import InputMapping
 from naslora_deploy.common.options import check_bounds, check_device, option
 from naslora_deploy.core.adapters.config import ADAPTER_OPTIONS, TARGETS, AdapterConfig, parse_names
 from naslora_deploy.training.data.augment import AUGMENTS, check_augment
@@ -340,7 +341,6 @@ class TrainConfig:
                 raise ValueError(message)
 
     def _check_data_options(self) -> None:
-        from naslora_deploy.common.imaging import InputMapping
 
         InputMapping.of(self.bands, self.stretch)  # ValueError: one line naming the option
         check_augment(self.augment)

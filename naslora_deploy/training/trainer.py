@@ -42,6 +42,7 @@ from naslora_deploy.core.adapters.injection import (
 from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.core.model.variants import VARIANTS, build_sam
 from naslora_deploy.core.model.weights import base_weights_file
+from naslora_deploy.core.runs import checkpoint as saved
 from naslora_deploy.core.runs.checkpoint import (
     TRAINING_STATE_NAME,
     WEIGHTS_NAME,
@@ -200,7 +201,6 @@ class Trainer:
     # ----- resume -------------------------------------------------------------------
     def resume(self) -> None:
         """Restore weights, both optimisers, epoch, step, best score and RNG state from ``last/``."""
-        from naslora_deploy.core.runs import checkpoint as saved
 
         last = saved.resumable_checkpoint(self.out)  # last/ (or .last.old/) holding a training state
         spec = read_spec(last)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Tuple, Union
 
+from naslora_deploy.common.io import atomic_write_text
 from naslora_deploy.common.options import option
 
 # none: fine-tune the mask decoder only; full: the whole image encoder and the decoder (no adapters)
@@ -229,7 +230,6 @@ class AdapterConfig:
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write the config as JSON (atomically) and return the path."""
-        from naslora_deploy.common.io import atomic_write_text
 
         return atomic_write_text(Path(path), self.to_json() + "\n")
 

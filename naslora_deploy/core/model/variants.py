@@ -23,6 +23,7 @@ from naslora_deploy.common.errors import CheckpointError, first_line
 from naslora_deploy.core.model.heads import sam_of
 from naslora_deploy.core.model.sam_parts import prompt_and_mask_decoder
 from naslora_deploy.core.model.tinyvit import TinyViTSpec
+from naslora_deploy.core.model.weights import to_segment_anything, weight_files
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,6 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Read a segment-anything state dict, safely, from ``.safetensors``, a ``torch.save`` file or a
     hub folder; wrappers, ``module.`` prefixes and transformers ``SamModel`` names are undone
     (``core.weights``)."""
-    from naslora_deploy.core.model.weights import to_segment_anything, weight_files
 
     state: dict = {}
     for file in weight_files(path):  # one file, or a hub folder's shards

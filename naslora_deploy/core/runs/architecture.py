@@ -9,8 +9,15 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import atomic_write
 from naslora_deploy.common.lazy import lazy_import
-from naslora_deploy.core.runs.checkpoint import WEIGHTS_NAME, load_weights, read_spec, resolve_checkpoint_dir
+from naslora_deploy.core.runs.checkpoint import (
+    WEIGHTS_NAME,
+    load_weights,
+    read_jsonl,
+    read_spec,
+    resolve_checkpoint_dir,
+)
 
 # the block's path in the encoder (SAM ViT: blocks.i; TinyViT: layers.l.blocks.j) and the projection
 ALPHA_KEY = re.compile(r"image_encoder\.(.+)\.attn\.qkv\.adapters\.([qkv])\.alpha$")
@@ -83,8 +90,6 @@ def plot_shares(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from naslora_deploy.common.io import atomic_write
-
     shares = operation_shares(weights)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.bar(range(len(ops)), shares, color="#3b6ea5")
@@ -104,7 +109,6 @@ def search_history(directory) -> Tuple[Optional[bool], List[dict]]:
     Read from the run's ``metrics.jsonl`` (beside ``best/``/``last/``): each logged epoch's
     step and mean op shares. ``(None, [])`` for a checkpoint without its run's metrics.
     """
-    from naslora_deploy.core.runs.checkpoint import read_jsonl
 
     checkpoint = resolve_checkpoint_dir(directory)
     metrics = checkpoint.parent / "metrics.jsonl"
@@ -132,8 +136,6 @@ def plot_trajectory(ops: List[str], trajectory: List[dict], path: Path) -> Path:
     matplotlib = lazy_import("matplotlib", "plot", "--plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from naslora_deploy.common.io import atomic_write
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     steps = [p["step"] for p in trajectory]

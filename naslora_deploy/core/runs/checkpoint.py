@@ -24,7 +24,10 @@ from naslora_deploy.common.errors import CheckpointError, first_line
 from naslora_deploy.common.imaging import InputMapping
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
 from naslora_deploy.core.adapters.config import AdapterConfig
+from naslora_deploy.core.adapters.injection import adapted_layers, add_adapters, attention_blocks
 from naslora_deploy.core.model.classes import ClassSpec
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import VARIANTS, build_sam, first_mismatch
 
 CONFIG_NAME = ADAPTER_CONFIG_NAME
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -120,7 +123,6 @@ class RunSpec:
 
 def trainable_state(model) -> Dict[str, torch.Tensor]:
     """The whole trainable state of a ``SegmentationModel``, by structure, not by requires_grad."""
-    from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
 
     paths = [path for path, _ in attention_blocks(model.sam.image_encoder)]
     keep = set()
@@ -183,8 +185,6 @@ def _base_path(spec: RunSpec, directory: Path, base_checkpoint) -> Optional[Path
     recorded = Path(spec.base_checkpoint)
     recorded = recorded if recorded.is_absolute() else (directory / recorded)
     if not recorded.is_file():  # weights that ship with a package move with its install: look there
-        from naslora_deploy.core.model.variants import VARIANTS
-
         bundled = VARIANTS[spec.variant].pretrained_checkpoint() if spec.variant in VARIANTS else None
         if bundled is not None and sha256_of(bundled) == spec.base_sha256:
             return Path(bundled)
@@ -197,9 +197,6 @@ def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = Fa
     The base SAM checkpoint is ``base_checkpoint`` or the recorded one; its
     sha256 must match the recorded one unless ``allow_base_mismatch``.
     """
-    from naslora_deploy.core.adapters.injection import add_adapters
-    from naslora_deploy.core.model.heads import SegmentationModel
-    from naslora_deploy.core.model.variants import build_sam
 
     directory = resolve_checkpoint_dir(directory)
     spec = read_spec(directory)
@@ -259,7 +256,6 @@ def check_finite(state: Dict[str, torch.Tensor], source) -> None:
 
 def load_trainable(model, path: Path, described_by: str = "the model") -> None:
     """Load a checkpoint's trainable state into ``model`` after checking that it reads, fits and is finite."""
-    from naslora_deploy.core.model.variants import first_mismatch
 
     state = load_weights(path)
     mismatch = first_mismatch(trainable_state(model), state)

@@ -19,6 +19,10 @@ import torch
 
 from naslora_deploy.common.errors import CheckpointError, NasloraError
 from naslora_deploy.core.adapters.config import TARGETS, AdapterConfig
+from naslora_deploy.core.adapters.injection import adapted_layers
+from naslora_deploy.core.model.variants import first_mismatch
+from naslora_deploy.core.model.weights import hf_to_segment_anything
+from naslora_deploy.core.runs.checkpoint import load_weights
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -65,8 +69,6 @@ class PeftInit:
 
     def apply(self, sam) -> None:
         """Copy the factors (and decoder) into ``sam`` after ``add_adapters(sam, adapter_config(...))``."""
-        from naslora_deploy.core.adapters.injection import adapted_layers
-        from naslora_deploy.core.model.variants import first_mismatch
 
         layers = dict(adapted_layers(sam))
         with torch.no_grad():
@@ -130,8 +132,6 @@ def read_peft_adapter(adapter_dir: Union[str, Path]) -> PeftInit:
     Raises ``CheckpointError`` (one line) for anything a LoRA run cannot hold: LoRA on other
     modules, DoRA, LoRA biases, per-layer ranks, blocks of different ranks, other saved modules.
     """
-    from naslora_deploy.core.model.weights import hf_to_segment_anything
-    from naslora_deploy.core.runs.checkpoint import load_weights
 
     adapter_dir = Path(adapter_dir)
     config = _read_peft_config(adapter_dir)
