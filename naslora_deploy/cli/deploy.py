@@ -83,7 +83,14 @@ def export(source, out, force, model, base, allow_base_mismatch, progress, **opt
 
     spec = export_spec_from(options)
     artifacts, manifest, repository = run_export(
-        source, out, spec, model, base, allow_base_mismatch, progress, force=force
+        source,
+        out,
+        spec,
+        force,
+        variant=model,
+        base=base,
+        allow_base_mismatch=allow_base_mismatch,
+        progress=progress,
     )
     report = (manifest["merge"] or {}).get("report")
     if report:

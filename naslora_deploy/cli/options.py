@@ -59,32 +59,22 @@ def _option_for(field: dataclasses.Field, hint, help: Optional[str] = None, unse
         return click.option(flag, field.name, is_flag=True, default=field.default, help=meta["help"])
     if meta["parse"] is not None:  # a string on the command line, the field's own type after parsing
         parse = meta["parse"]
-        return click.option(
-            flag,
-            field.name,
-            type=str,
-            default=None,
-            show_default=meta["shown"],
-            metavar=meta["metavar"],
-            callback=lambda ctx, param, value: None if value is None else parse(value),
-            help=meta["help"],
-        )
-    click_type = click.Choice(meta["choices"]) if meta["choices"] else kind
-    if kind in (int, float) and not meta["choices"]:  # finite, and within the field's declared bounds
-        click_type = Bounded(kind, meta["low"], meta["high"], meta["open_low"])
-    # a required option gets no default at all: click >= 8.3 takes an explicit None as a given default
-    default = {} if required else {"default": field.default, "show_default": field.default is not None}
+        typed = {
+            "type": str,
+            "default": None,
+            "show_default": meta["shown"],
+            "callback": lambda ctx, param, value: None if value is None else parse(value),
+        }
+    else:
+        click_type = click.Choice(meta["choices"]) if meta["choices"] else kind
+        if kind in (int, float) and not meta["choices"]:  # finite, and within the field's declared bounds
+            click_type = Bounded(kind, meta["low"], meta["high"], meta["open_low"])
+        # a required option gets no default at all: click >= 8.3 takes an explicit None as a given default
+        default = {} if required else {"default": field.default, "show_default": field.default is not None}
+        typed = {"type": click_type, "required": required, **default}
     if unset:  # this command decides the value itself when the option is not given
-        default = {"default": None}
-    return click.option(
-        flag,
-        field.name,
-        type=click_type,
-        required=required,
-        metavar=meta["metavar"],
-        help=meta["help"],
-        **default,
-    )
+        typed.update(default=None, show_default=False)
+    return click.option(flag, field.name, metavar=meta["metavar"], help=meta["help"], **typed)
 
 
 def options_from(

@@ -222,30 +222,23 @@ def export_artifacts(
     return Path(out), written["manifest"]
 
 
-def export(
-    source,
-    out,
-    spec: ExportSpec,
-    variant=None,
-    base=None,
-    allow_base_mismatch=False,
-    progress: Optional[bool] = False,
-    force: bool = False,
-) -> Tuple[Path, dict, Optional[Path]]:
+def export(source, out, spec: ExportSpec, force: bool = False, **load) -> Tuple[Path, dict, Optional[Path]]:
     """``naslora-deploy export``: artifacts in ``out``, or for ``triton`` artifacts in
     ``out/artifacts`` and a model repository in ``out/model_repository``.
 
-    ``force``: replace an earlier export in ``out`` (never anything else).
-    Returns (artifact directory, manifest, Triton repository or None).
+    ``force``: replace an earlier export in ``out`` (never anything else). ``load``: how the
+    source is loaded (``export_artifacts``' ``variant``, ``base``, ``allow_base_mismatch``,
+    ``progress``). Returns (artifact directory, manifest, Triton repository or None).
     """
     if spec.format == "peft":
-        return _export_peft(source, out, spec, base, allow_base_mismatch, force)
-    common = (spec, variant, base, allow_base_mismatch, progress)
+        return _export_peft(
+            source, out, spec, load.get("base"), load.get("allow_base_mismatch", False), force
+        )
     if spec.format != "triton":
-        return (*export_artifacts(source, out, *common, force=force), None)
+        return (*export_artifacts(source, out, spec, force=force, **load), None)
 
     prepare_triton_dir(out, replace=force)
-    artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", *common, force=True)
+    artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", spec, force=True, **load)
     repository = artifacts_to_triton(
         artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch
     )

@@ -142,37 +142,50 @@ def _runs(row: dict):
     return [(label, row[label]) for label in ("a", "b") if label in row]
 
 
-def format_prompt_rows(rows: List[dict]) -> str:
-    """A printable table of ``bench_prompts``."""
-    lines = [
-        f"{'prompts':>7} {'run':>3} {'backend':<22} {'set_image':>10} {'predict':>9} {'/prompt':>8} "
-        f"{'one-shot':>9} {'speedup':>8}"
-    ]
+# (title, width, key, number format, suffix) of each figure column
+BATCH_COLUMNS = (
+    ("p50 ms", 9, "p50_ms", ".2f", ""),
+    ("p90 ms", 9, "p90_ms", ".2f", ""),
+    ("p99 ms", 9, "p99_ms", ".2f", ""),
+    ("img/s", 8, "images_per_s", ".2f", ""),
+)
+PROMPT_COLUMNS = (
+    ("set_image", 10, "set_image_p50_ms", ".2f", ""),
+    ("predict", 9, "predict_p50_ms", ".2f", ""),
+    ("/prompt", 8, "per_prompt_ms", ".2f", ""),
+    ("one-shot", 9, "one_shot_p50_ms", ".2f", ""),
+    ("speedup", 8, "speedup", ".1f", "x"),
+)
+
+
+def _table(rows: List[dict], key: str, columns, footer=None) -> str:
+    """One line per row and run (``key``, run label, backend, the ``columns``), and ``footer(row)``
+    after each row where given."""
+    width = max(5, len(key))
+    lines = [f"{key:>{width}} {'run':>3} {'backend':<22} " + " ".join(f"{c[0]:>{c[1]}}" for c in columns)]
     for row in rows:
         for label, r in _runs(row):
-            lines.append(
-                f"{row['prompts']:>7} {label:>3} {r['backend']:<22} {r['set_image_p50_ms']:>10.2f} "
-                f"{r['predict_p50_ms']:>9.2f} {r['per_prompt_ms']:>8.2f} {r['one_shot_p50_ms']:>9.2f} "
-                f"{r['speedup']:>7.1f}x"
-            )
+            figures = " ".join(f"{r[k]:>{w - len(sfx)}{fmt}}{sfx}" for _, w, k, fmt, sfx in columns)
+            lines.append(f"{row[key]:>{width}} {label:>3} {r['backend']:<22} {figures}")
+        if footer is not None:
+            lines.append(footer(row))
     return "\n".join(lines)
+
+
+def format_prompt_rows(rows: List[dict]) -> str:
+    """A printable table of ``bench_prompts``."""
+    return _table(rows, "prompts", PROMPT_COLUMNS)
+
+
+def _memory_line(row: dict) -> str:
+    extra = f"      peak host {row['peak_host_mb']:.0f} MB"
+    if row["device_mb"] is not None:
+        extra += f", device {row['device_mb']:.0f} MB"
+    if "ratio_a_over_b" in row:
+        extra += f", a/b median ratio {row['ratio_a_over_b']:.3f}"
+    return extra
 
 
 def format_rows(rows: List[dict]) -> str:
     """A printable table."""
-    lines = [
-        f"{'batch':>5} {'run':>3} {'backend':<22} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8}"
-    ]
-    for row in rows:
-        for label, r in _runs(row):
-            lines.append(
-                f"{row['batch']:>5} {label:>3} {r['backend']:<22} {r['p50_ms']:>9.2f} "
-                f"{r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['images_per_s']:>8.2f}"
-            )
-        extra = f"      peak host {row['peak_host_mb']:.0f} MB"
-        if row["device_mb"] is not None:
-            extra += f", device {row['device_mb']:.0f} MB"
-        if "ratio_a_over_b" in row:
-            extra += f", a/b median ratio {row['ratio_a_over_b']:.3f}"
-        lines.append(extra)
-    return "\n".join(lines)
+    return _table(rows, "batch", BATCH_COLUMNS, _memory_line)

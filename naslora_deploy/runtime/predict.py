@@ -206,15 +206,11 @@ def predict_files(
 def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result, extra=None) -> None:
     """The mask and the overlay (each atomic), then the record (one appended line; ``extra`` added)."""
     mask_png = result.class_map if result.class_map is not None else (result.mask * 255).astype(np.uint8)
-    mask, shown = f"{name}_mask.png", f"{name}_overlay.png"
-    save_png(out / mask, mask_png)
-    save_png(out / shown, overlay(image, result.mask, result.class_map))
-    record = {
-        "file": str(path),
-        "mask": mask,
-        "overlay": shown,
-        "width": result.size[1],
-        "height": result.size[0],
+    pngs = {
+        "mask": (f"{name}_mask.png", mask_png),
+        "overlay": (f"{name}_overlay.png", overlay(image, result.mask, result.class_map)),
+    }
+    figures = {
         "area": result.area,
         "area_fraction": result.area / float(result.size[0] * result.size[1]),
         "class_areas": result.class_areas,
@@ -222,6 +218,16 @@ def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result, 
         "timings_ms": {k: round(v, 3) for k, v in result.timings.items()},
         **(extra or {}),
     }
+    _write_record(out, path, result.size, pngs, figures)
+
+
+def _write_record(out: Path, path: Path, size: Tuple[int, int], pngs: dict, figures: dict) -> None:
+    """Each PNG (name -> (file, pixels); atomic), then the record naming them with the image's size and
+    ``figures`` (one line appended to results.jsonl)."""
+    for file, pixels in pngs.values():
+        save_png(out / file, pixels)
+    named = {key: file for key, (file, _) in pngs.items()}
+    record = {"file": str(path), **named, "width": size[1], "height": size[0], **figures}
     append_line(out / RESULTS_NAME, json.dumps(record))
 
 
@@ -242,25 +248,21 @@ def write_everything(out: Path, name: str, path: Path, image: np.ndarray, segmen
     records = segmenter.generate(image, replace(spec, output_mode="binary_mask"))
     elapsed = 1000 * (time.perf_counter() - start)
     labels = instance_labels(records, image.shape[:2])
-    mask, shown = f"{name}_masks.png", f"{name}_overlay.png"
-    save_png(out / mask, labels)
-    save_png(out / shown, overlay(image, labels > 0, labels))
+    pngs = {
+        "masks_png": (f"{name}_masks.png", labels),
+        "overlay": (f"{name}_overlay.png", overlay(image, labels > 0, labels)),
+    }
     masks = [
         {**{k: v for k, v in r.items() if k != "segmentation"}, "rle": encode_coco_rle(r["segmentation"])}
         for r in records
     ]
-    record = {
-        "file": str(path),
-        "masks_png": mask,
-        "overlay": shown,
-        "width": image.shape[1],
-        "height": image.shape[0],
+    figures = {
         "count": len(records),
         "everything": {k: v for k, v in asdict(spec).items() if k != "output_mode"},
         "timings_ms": {"generate": round(elapsed, 3)},
         "masks": masks,
     }
-    append_line(out / RESULTS_NAME, json.dumps(record))
+    _write_record(out, path, image.shape[:2], pngs, figures)
 
 
 def tiling_from_options(

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from naslora_deploy.common.errors import CheckpointError, first_line
+from naslora_deploy.common.errors import CheckpointError, read_errors_as
 from naslora_deploy.core.model.heads import sam_of
 from naslora_deploy.core.model.sam_parts import prompt_and_mask_decoder
 from naslora_deploy.core.model.tinyvit import TinyViTSpec
@@ -195,18 +195,19 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
 
 def _read_file(path: Path) -> dict:
     """What one ``.safetensors`` or ``torch.save`` file holds (no arbitrary unpickling)."""
-    try:
+    with read_errors_as(
+        CheckpointError,
+        lambda why: (
+            f"cannot read checkpoint {path} ({why}); it must be a state dict saved by torch.save "
+            "or safetensors"
+        ),
+    ):
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch and safetensors raise many types for bad files
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({first_line(exc)}); it must be a state dict saved by torch.save "
-            "or safetensors"
-        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is not a state dict of tensors; save model.state_dict()")
     return state

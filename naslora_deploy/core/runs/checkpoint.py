@@ -20,7 +20,7 @@ import torch
 
 from naslora_deploy import __version__
 from naslora_deploy.common.contract import ADAPTER_CONFIG_NAME
-from naslora_deploy.common.errors import CheckpointError, first_line
+from naslora_deploy.common.errors import CheckpointError, first_line, read_errors_as
 from naslora_deploy.common.imaging import InputMapping
 from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
 from naslora_deploy.core.adapters.config import AdapterConfig
@@ -231,17 +231,17 @@ def load_weights(path: Union[str, Path], framework: str = "pt") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} not found; pass a complete checkpoint directory")
-    try:
+    with read_errors_as(
+        CheckpointError,
+        lambda why: (
+            f"cannot read {path} ({why}): it is truncated or not a safetensors file; use an intact checkpoint"
+        ),
+    ):
         if framework == "numpy":
             from safetensors.numpy import load_file
         else:
             from safetensors.torch import load_file
         return load_file(str(path))
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {path} ({first_line(exc)}): it is truncated or not a safetensors file; "
-            "use an intact checkpoint"
-        ) from None
 
 
 def check_finite(state: Dict[str, torch.Tensor], source) -> None:
@@ -288,13 +288,14 @@ TRAINING_STATE_SCHEMA = {
 def load_training_state(path: Union[str, Path], device="cpu") -> dict:
     """Read ``training_state.pt`` (tensors and plain types only) and check its keys and types."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, refused globals: several types
-        raise CheckpointError(
-            f"cannot read {path} ({first_line(exc)}): it is truncated or was not written by naslora-deploy; "
+    with read_errors_as(  # truncated zip, foreign pickle, refused globals: several types
+        CheckpointError,
+        lambda why: (
+            f"cannot read {path} ({why}): it is truncated or was not written by naslora-deploy; "
             "resume from an intact run or train into a new --out"
-        ) from None
+        ),
+    ):
+        state = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state; {RESUME_HELP}")
     for key, (check, expected) in TRAINING_STATE_SCHEMA.items():

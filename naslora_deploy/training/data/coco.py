@@ -36,8 +36,7 @@ from naslora_deploy.training.data.sources import (
     PaintedLabels,
     SourceOptions,
     choose_classes,
-    flatten,
-    random_split,
+    grouped_splits,
     split_folders,
 )
 
@@ -199,6 +198,4 @@ def load(root: Path, options: SourceOptions) -> Tuple[ClassSpec, Dict[str, list]
     first = "train" if "train" in loaded else "all"
     classes, lookup = choose_classes([n for _, n in categories(loaded[first])], options, layouts[first][0])
     splits = {s: _pairs(layouts[s][0], loaded[s], layouts[s][1], lookup, options) for s in loaded}
-    if "all" in splits:
-        return classes, random_split([[p] for p in splits["all"]], options.val_fraction, options.seed)
-    return classes, {s: flatten([pairs]) for s, pairs in splits.items()}
+    return classes, grouped_splits({s: [[pair] for pair in pairs] for s, pairs in splits.items()}, options)

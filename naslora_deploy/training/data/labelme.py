@@ -37,8 +37,7 @@ from naslora_deploy.training.data.sources import (
     PaintedLabels,
     SourceOptions,
     choose_classes,
-    flatten,
-    random_split,
+    grouped_splits,
     split_folders,
 )
 
@@ -174,6 +173,4 @@ def load(root: Path, options: SourceOptions) -> Tuple[ClassSpec, Dict[str, list]
         classes = ClassSpec.from_classes_json(root / "classes.json")
         lookup = {**lookup, **{n: i for i, n in enumerate(classes.names)}}
     splits = {s: [_item(*f, lookup) for f in items] for s, items in found.items()}
-    if "all" in splits:
-        return classes, random_split([[p] for p in splits["all"]], options.val_fraction, options.seed)
-    return classes, {s: flatten([pairs]) for s, pairs in splits.items()}
+    return classes, grouped_splits({s: [[pair] for pair in pairs] for s, pairs in splits.items()}, options)

@@ -37,8 +37,7 @@ from naslora_deploy.training.data.masks import resolve_classes
 from naslora_deploy.training.data.sources import (
     LabelItem,
     SourceOptions,
-    flatten,
-    random_split,
+    grouped_splits,
     split_folders,
 )
 
@@ -166,6 +165,4 @@ def load(root: Path, options: SourceOptions) -> Tuple[ClassSpec, Dict[str, list]
     groups = {
         split: [_file_pairs(p, options, values) for p in _files(folder)] for split, folder in folders.items()
     }
-    if "all" in groups:
-        return classes, random_split(groups["all"], options.val_fraction, options.seed)
-    return classes, {split: flatten(files) for split, files in groups.items()}
+    return classes, grouped_splits(groups, options)

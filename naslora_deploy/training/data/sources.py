@@ -108,6 +108,14 @@ def random_split(groups: List[list], val_fraction: float, seed: int) -> Dict[str
     return {"val": flatten(groups[:n_val]), "train": flatten(groups[n_val:])}
 
 
+def grouped_splits(groups: Dict[str, List[list]], options: SourceOptions) -> Dict[str, list]:
+    """Split -> pairs from split -> groups of pairs (a group: one file's pairs, e.g. a volume's
+    slices): the data set's own splits, or for ``all`` (no split folders) a seeded ``random_split``."""
+    if "all" in groups:
+        return random_split(groups["all"], options.val_fraction, options.seed)
+    return {split: flatten(grouped) for split, grouped in groups.items()}
+
+
 def flatten(groups: List[list]) -> list:
     """The pairs of ``groups`` in one list, in a stable order (by name)."""
     return sorted((pair for group in groups for pair in group), key=lambda p: (str(p[0]), str(p[1])))
