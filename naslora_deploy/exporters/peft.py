@@ -10,7 +10,7 @@ PEFT adds ``s * B A x`` (s = lora_alpha / R). We write, for T adapted projection
     lora_alpha = R, so s = 1.0 exactly and  s * B A = sum_t rows_t <- B_t A_t.
 
 Block-diagonal B, nothing rescaled: the tensors are ours, bit for bit. NAS-LoRA and
-NAS-PC-LoRA runs go through the dense merge (``core.merge``): each projection's
+NAS-PC-LoRA runs go through the dense merge (``core.merging.merge``): each projection's
 delta ``W_d M W_e`` has rank <= r; a truncated SVD of rank r' (default r) per
 projection gives the same block form, its relative reconstruction error is written
 to ``merge_report.json`` with the merge's own fidelity report; a fold's intercept

@@ -1,7 +1,7 @@
 """Export-only modules: static-shape, batch-friendly graphs around SAM's own parts.
 
 Training code is never bent for ONNX: these wrappers hold the trained modules
-and run the decoder through the batched token pass of ``core.heads`` (SAM's
+and run the decoder through the batched token pass of ``core.model.heads`` (SAM's
 ``MaskDecoder.forward`` broadcasts one image over many prompts, which a graph
 with a batch axis cannot use). Their graphs' input and output names are the
 artifact contract's (``common.contract``). Parity tests pin them to segment-anything's own

@@ -56,7 +56,7 @@ class TrainConfig:
     SAM ViT-H; ``vit_b`` is our default, cheaper to train and deploy), the
     prompt-free/box modes, ``no_object_weight`` 0.1 (Mask2Former's; bench_protocol.py:
     a better mean mIoU, MAE and mBER than 1.0, within one standard deviation), the
-    ``linear`` cell form (``core.config``) and the ``normalized`` saliency protocol
+    ``linear`` cell form (``core.adapters.config``) and the ``normalized`` saliency protocol
     (the standard toolbox's; ``training.metrics``).
     """
 

@@ -3,7 +3,7 @@
 With adapters on the last blocks only, most of a training step's forward is the
 frozen prefix (LiteMedSAM: patch embedding and the MBConv layer are a third of it,
 layers 1-2 another half), and its output depends on the input image alone: the
-frozen modules stay in eval mode (``core.modes``) and hold no trained weight. So
+frozen modules stay in eval mode (``core.model.modes``) and hold no trained weight. So
 the prefix runs once per distinct input (an image, its flipped copy, a validation
 image), on that input alone, and its output is kept in memory; a decoder-only run caches the whole
 encoder, i.e. trains on cached embeddings.

@@ -20,7 +20,7 @@ METHODS = ("lora", "nas_lora", "nas_pc_lora", "none", "full")
 ADAPTER_METHODS = ("lora", "nas_lora", "nas_pc_lora")
 TARGETS = ("q", "k", "v")
 MERGE_MODES = ("dense", "fused")
-# How the cell's candidates are built (``core.ops``): ``linear`` (depthwise -> pointwise, no ReLU/BN,
+# How the cell's candidates are built (``core.adapters.ops``): ``linear`` (depthwise -> pointwise, no ReLU/BN,
 # the cell collapses into one kernel), ``scaled`` (the same with a fixed per-op output scale that
 # equalises the candidates at initialisation; still one kernel), ``darts`` (DARTS' own primitives:
 # ReLU, BN, two-stack separable convs; non-linear, so a dense merge can only approximate it).

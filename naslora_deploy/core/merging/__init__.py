@@ -2,6 +2,6 @@
 images, the report, ``MergeSpec``, ``merge_run`` (a run to a merged model) and the
 merged files.
 
-May import ``core.runs``, ``core.adapters``, ``core.model`` and ``common`` (the top
+May import ``core.runs``, ``core.adapters.injection``, ``core.model`` and ``common`` (the top
 sub-room of ``core``).
 """

@@ -4,11 +4,11 @@ Dense: each adapter becomes ``W_d M W_e`` added to the qkv weight (and ``W_d c``
 to its bias), with ``M`` an r x r matrix (``c`` an r-vector) standing in for the
 cell. Exact for LoRA and the per-token parts of a linear cell (skip, none, PC
 pass-through channels); spatial candidates can only be approximated, by least
-squares over calibration images (``core.folds``: sequential by default, block by
+squares over calibration images (``core.merging.folds``: sequential by default, block by
 block on the merged stream) or by their response to a spatially constant input.
 A ``darts`` cell is non-linear: it is always fitted by least squares, on
 generated probe images where no calibration is given. Merge-aware recovery
-(``recover=STEPS``, ``core.recovery``) then tunes the folded low-rank factors by
+(``recover=STEPS``, ``core.merging.recovery``) then tunes the folded low-rank factors by
 distillation from the unmerged model and merges them exactly. Fused: the cell
 collapses into one fixed kernel; exact.
 

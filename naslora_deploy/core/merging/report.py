@@ -34,7 +34,7 @@ class RecoveryReport:
     loss_before / loss_after: the distillation loss on the fitting images (relative
     squared error of the image embeddings, plus that of the mask logits when the
     decoder was tuned), before the first and after the last step. lr, decoder_lr:
-    relative step sizes (``core.recovery.Recovery``). kept_fold: the loss did not
+    relative step sizes (``core.merging.recovery.Recovery``). kept_fold: the loss did not
     fall, so the plain fold was kept.
     """
 

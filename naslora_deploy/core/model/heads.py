@@ -51,7 +51,7 @@ class SegmentationModel(nn.Module):
         self.encoder_cache = None  # training.prefix_cache: a callable standing in for the image encoder
 
     def train(self, mode: bool = True) -> "SegmentationModel":
-        """Training mode for what is trained; the frozen base stays in eval mode (``core.modes``)."""
+        """Training mode for what is trained; the frozen base stays in eval mode (``core.model.modes``)."""
         super().train(mode)
         settle_modes(self.sam, mode)
         return self

