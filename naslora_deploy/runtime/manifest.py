@@ -188,6 +188,9 @@ class Manifest:
             raise KeyError(key)
         return getattr(self, key)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._names()
+
     def get(self, key: str, default=None):
         """``dict.get``, for code that reads the manifest as the JSON it is."""
         return getattr(self, key) if key in self._names() else default
@@ -201,6 +204,11 @@ class Manifest:
         first = ("format", "naslora_deploy_version", "torch_version", "onnx_version")
         names = first + tuple(n for n in self._names() if n not in first)
         return {name: getattr(self, name) for name in names}
+
+    @classmethod
+    def of(cls, manifest, path: Path = Path(MANIFEST_NAME)) -> "Manifest":
+        """``manifest`` as a ``Manifest``: itself, or a parsed ``manifest.json`` (validated)."""
+        return manifest if isinstance(manifest, cls) else cls.from_dict(manifest, path)
 
     @classmethod
     def from_dict(cls, data, path: Path = Path(MANIFEST_NAME)) -> "Manifest":

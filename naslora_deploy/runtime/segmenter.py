@@ -58,7 +58,7 @@ class Segmenter:
 
     def __init__(self, directory: Path, manifest: Manifest, backend: Backend) -> None:
         self.directory = directory
-        self.manifest = manifest
+        self.manifest = manifest = Manifest.of(manifest, Path(directory) / names.MANIFEST_NAME)  # or its JSON
         self.backend = backend
         self.image_size = int(manifest.image_size)
         self.normalization = manifest.normalization

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import image_array, read_image
 from naslora_deploy.common.masks import read_mask
-from naslora_deploy.runtime.manifest import read_manifest
+from naslora_deploy.runtime.manifest import Manifest, read_manifest
 
 
 def examples(count: int) -> settings:
@@ -123,13 +123,13 @@ def manifest_dir(tmp_path, binary_artifacts):
 
 
 def manifest_outcome(directory) -> None:
-    """read_manifest gives a dict or raises NasloraError (one line)."""
+    """read_manifest gives a Manifest or raises NasloraError (one line)."""
     try:
         manifest = read_manifest(directory)
     except NasloraError as exc:
         assert "\n" not in str(exc).strip()
         return
-    assert isinstance(manifest, dict)
+    assert isinstance(manifest, Manifest)
 
 
 @examples(40)

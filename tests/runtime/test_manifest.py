@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.runtime.manifest import (
+    Manifest,
     artifact_file,
     check_image_input,
     member,
@@ -55,6 +56,7 @@ def test_links_and_unlisted_files_are_refused_even_without_hashing(binary_artifa
 
 
 def test_image_size_against_the_graph(manifest):
+    manifest = Manifest.from_dict(manifest)
     check_image_input(manifest, "enc.onnx", ["batch", 3, 256, 256])
     check_image_input(manifest, "enc.onnx", ["batch", 3, "h", "w"])  # symbolic sizes cannot be compared
     with pytest.raises(NasloraError, match="says image_size 256, but enc.onnx takes 512 x 512 images"):

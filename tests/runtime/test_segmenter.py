@@ -61,13 +61,17 @@ def test_minmax_preprocessing_is_the_same_in_training_evaluation_and_runtime(tmp
     from PIL import Image
 
     from naslora_deploy.core.model.classes import ClassSpec
+    from naslora_deploy.runtime.manifest import Manifest
     from naslora_deploy.training.data.dataset import SegmentationDataset
 
     Image.fromarray(photo).save(tmp_path / "p.png")
     Image.fromarray(np.zeros(photo.shape[:2], np.uint8)).save(tmp_path / "m.png")
     pairs = [(tmp_path / "p.png", tmp_path / "m.png")]
     training = SegmentationDataset(pairs, ClassSpec(), 256, "minmax")[0]["image"].numpy()
-    manifest = {"image_size": 256, "normalization": "minmax", "head": "binary"}
+    record = dict(variant="litemedsam", image_size=256, head="binary", normalization="minmax")
+    manifest = Manifest(
+        **record, files={}, precision="fp32", onnx_precision="fp32", merge={}, export={}, source={}
+    )
     runtime = Segmenter(tmp_path, manifest, backend=None)._batch([photo])[0]
     np.testing.assert_array_equal(runtime, training)
     new_h, new_w = 256 * photo.shape[0] // max(photo.shape[:2]), 256 * photo.shape[1] // max(photo.shape[:2])
