@@ -114,13 +114,14 @@ def test_bf16_autocast_close(images):
 
 @pytest.mark.slow
 def test_one_vit_b_global_block():
-    """One global block with vit_b's shape (64 x 64 tokens, dim 768, 12 heads), built from SAM's own Block."""
+    """One global block with vit_b's width (dim 768, 12 heads, relative positions), built from SAM's own
+    Block, on a 32 x 32 token grid (vit_b's own 64 x 64 needs 3.5 GB for the reference attention)."""
     from functools import partial
 
     from naslora_deploy.core.model.variants import VARIANTS
 
     spec = VARIANTS["vit_b"]
-    grid = spec.image_size // 16
+    grid = spec.image_size // 32
     torch.manual_seed(0)
     block = Block(
         dim=spec.embed_dim,
