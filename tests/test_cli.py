@@ -334,11 +334,18 @@ sys.exit(main(["inspect", {str(trained_run)!r}, "--plot", {str(tmp_path / "p.png
     )
 
 
-def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path, capsys):
-    """The real pretrained TinyViT SAM through train -> eval -> merge -> export -> verify -> predict."""
-    run, art = tmp_path / "run", tmp_path / "art"
-    options = ["--method", "nas_pc_lora", "--epochs", "1", "--batch-size", "2", "--max-steps", "1"]
+@pytest.fixture(scope="module")
+def litemedsam_run(binary_data, tmp_path_factory):
+    """The real pretrained TinyViT SAM trained one step through the CLI; the tests below take it on
+    through eval -> merge -> export -> verify -> predict (one test each, so each starts lean)."""
+    run = tmp_path_factory.mktemp("litemedsam") / "run"
+    options = ["--method", "nas_pc_lora", "--epochs", "1", "--batch-size", "1", "--max-steps", "1"]
     assert main(train_args(binary_data, run, *options, "--no-progress", model="litemedsam")) == 0
+    return run
+
+
+def test_litemedsam_run_evaluates_and_merges_to_plain_litemedsam(litemedsam_run, binary_data, tmp_path):
+    run = litemedsam_run
     config = json.loads((run / "best" / "adapter_config.json").read_text())
     assert config["variant"] == "litemedsam" and config["normalization"] == "minmax"
     assert config["base_sha256"] == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -346,6 +353,12 @@ def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path
     assert main(["eval", str(run), "--data", str(binary_data), "--json", str(tmp_path / "m.json")]) == 0
     assert main(["merge", str(run), "--mode", "dense", "--out", str(tmp_path / "lm.pth")]) == 0
     build_sam("litemedsam", tmp_path / "lm.pth")  # a plain LiteMedSAM checkpoint, strictly
+    assert main(["inspect", str(run), "--json", str(tmp_path / "arch.json")]) == 0
+    assert len(json.loads((tmp_path / "arch.json").read_text())["weights"]) == 30  # 10 blocks x q, k, v
+
+
+def test_litemedsam_exports_verifies_and_predicts(litemedsam_run, binary_data, tmp_path, capsys):
+    run, art = litemedsam_run, tmp_path / "art"
     assert main(["export", str(run), "--out", str(art), "--prompts"]) == 0
     assert json.loads((art / "manifest.json").read_text())["normalization"] == "minmax"
     capsys.readouterr()
@@ -358,10 +371,11 @@ def test_litemedsam_from_training_to_torch_free_prediction(binary_data, tmp_path
     )
     record = json.loads((tmp_path / "pred" / "results.jsonl").read_text())
     assert record["score"] is not None and record["area"] > 0
-    assert main(["inspect", str(run), "--json", str(tmp_path / "arch.json")]) == 0
-    assert len(json.loads((tmp_path / "arch.json").read_text())["weights"]) == 30  # 10 blocks x q, k, v
+
+
+def test_litemedsam_fp16_export_verifies(litemedsam_run, tmp_path):
     half = tmp_path / "art16"
-    assert main(["export", str(run), "--out", str(half), "--precision", "fp16"]) == 0
+    assert main(["export", str(litemedsam_run), "--out", str(half), "--precision", "fp16"]) == 0
     assert main(["verify", str(half), "--count", "1", "--json", str(tmp_path / "v16.json")]) == 0
     rows = json.loads((tmp_path / "v16.json").read_text())["parity"]
     end_to_end = next(r for r in rows if r["output"] == "mask_logits (end to end)")
