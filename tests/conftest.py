@@ -23,14 +23,20 @@ def _rss_kb() -> int:
         return next((int(line.split()[1]) for line in status if line.startswith("VmRSS")), 0)
 
 
-def pytest_runtest_teardown(item):
-    """After a test that left the process large, hand its freed memory back to the system: glibc keeps
-    freed heap (2.1 GB of it after one LiteMedSAM training step, 0.9 GB once trimmed), and the suite
-    runs in one process. Frees nothing a test still holds; done only above 1.5 GB, as a trim costs time."""
-    if _LIBC is None or not hasattr(_LIBC, "malloc_trim") or _rss_kb() < TRIM_ABOVE_KB:
+def release_freed_memory(above_kb: int = TRIM_ABOVE_KB) -> None:
+    """Hand the memory Python and torch freed back to the system, where the process is above
+    ``above_kb``: glibc keeps freed heap (2.1 GB of it after one LiteMedSAM training step, 0.9 GB once
+    trimmed), and the suite runs in one process. Frees nothing still held; a trim costs time, so only
+    large processes pay it."""
+    if _LIBC is None or not hasattr(_LIBC, "malloc_trim") or _rss_kb() < above_kb:
         return
     gc.collect()
     _LIBC.malloc_trim(0)
+
+
+def pytest_runtest_teardown(item):
+    """After each test (see ``release_freed_memory``)."""
+    release_freed_memory()
 
 
 def make_adapted(method="nas_pc_lora", favoured=None, seed=0, perturb=True, **config_fields):

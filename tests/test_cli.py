@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import train_args
+from conftest import release_freed_memory, train_args
 
 from naslora_deploy import build_sam
 from naslora_deploy.cli import main
@@ -337,11 +337,20 @@ sys.exit(main(["inspect", {str(trained_run)!r}, "--plot", {str(tmp_path / "p.png
 @pytest.fixture(scope="module")
 def litemedsam_run(binary_data, tmp_path_factory):
     """The real pretrained TinyViT SAM trained one step through the CLI; the tests below take it on
-    through eval -> merge -> export -> verify -> predict (one test each, so each starts lean)."""
+    through eval -> merge -> export -> verify -> predict (a test each, each starting lean)."""
     run = tmp_path_factory.mktemp("litemedsam") / "run"
     options = ["--method", "nas_pc_lora", "--epochs", "1", "--batch-size", "1", "--max-steps", "1"]
     assert main(train_args(binary_data, run, *options, "--no-progress", model="litemedsam")) == 0
+    release_freed_memory()
     return run
+
+
+@pytest.fixture(scope="module")
+def litemedsam_artifacts(litemedsam_run, tmp_path_factory):
+    art = tmp_path_factory.mktemp("litemedsam_art") / "art"
+    assert main(["export", str(litemedsam_run), "--out", str(art), "--prompts"]) == 0
+    release_freed_memory()
+    return art
 
 
 def test_litemedsam_run_evaluates_and_merges_to_plain_litemedsam(litemedsam_run, binary_data, tmp_path):
@@ -357,19 +366,24 @@ def test_litemedsam_run_evaluates_and_merges_to_plain_litemedsam(litemedsam_run,
     assert len(json.loads((tmp_path / "arch.json").read_text())["weights"]) == 30  # 10 blocks x q, k, v
 
 
-def test_litemedsam_exports_verifies_and_predicts(litemedsam_run, binary_data, tmp_path, capsys):
-    run, art = litemedsam_run, tmp_path / "art"
-    assert main(["export", str(run), "--out", str(art), "--prompts"]) == 0
-    assert json.loads((art / "manifest.json").read_text())["normalization"] == "minmax"
+def test_litemedsam_artifacts_verify_as_plain_litemedsam(litemedsam_artifacts, capsys):
+    assert json.loads((litemedsam_artifacts / "manifest.json").read_text())["normalization"] == "minmax"
     capsys.readouterr()
-    assert main(["verify", str(art), "--against-plain-sam", "--repeats", "2", "--count", "1"]) == 0
-    assert "identical operators True, initializers True, MACs True" in capsys.readouterr().out
-    image = sorted((binary_data / "test" / "images").iterdir())[0]
     assert (
-        main(["predict", str(art), str(image), "--out", str(tmp_path / "pred"), "--box", "20,20,150,140"])
+        main(["verify", str(litemedsam_artifacts), "--against-plain-sam", "--repeats", "2", "--count", "1"])
         == 0
     )
-    record = json.loads((tmp_path / "pred" / "results.jsonl").read_text())
+    assert "identical operators True, initializers True, MACs True" in capsys.readouterr().out
+
+
+def test_litemedsam_artifacts_predict(litemedsam_artifacts, binary_data, tmp_path):
+    image = sorted((binary_data / "test" / "images").iterdir())[0]
+    out = tmp_path / "pred"
+    assert (
+        main(["predict", str(litemedsam_artifacts), str(image), "--out", str(out), "--box", "20,20,150,140"])
+        == 0
+    )
+    record = json.loads((out / "results.jsonl").read_text())
     assert record["score"] is not None and record["area"] > 0
 
 
