@@ -38,9 +38,7 @@ def lora_scale(config) -> float:
 def weight_groups(model, config) -> List[dict]:
     """The weights' parameter groups (empty ones left out), each with its ``base_lr`` and ``name``."""
     sam = model.sam
-    weights = weight_parameters(sam) + (
-        list(model.class_head.parameters()) if model.class_head is not None else []
-    )
+    weights = weight_parameters(model)  # a SegmentationModel's: adapters, decoder and class head
     lora_b = [adapter.lora_B for _, layer in adapted_layers(sam) for adapter in layer.adapters.values()]
     encoder = {id(p) for p in sam.image_encoder.parameters()}
     in_b = {id(p) for p in lora_b}

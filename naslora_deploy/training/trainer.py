@@ -132,9 +132,7 @@ class Trainer:
             )
         self.out = prepare_run_dir(config, main=self.dist.is_main)  # refuse (or --overwrite) a used --out
         self.spec = self._build_model()
-        self.weights = weight_parameters(self.model.sam) + (
-            list(self.model.class_head.parameters()) if self.model.class_head is not None else []
-        )
+        self.weights = weight_parameters(self.model)  # adapters, decoder and class head
         self.alphas = architecture_parameters(self.model.sam)
         self.weight_opt, self.arch_opt = build_optimizers(self.model, config)
         per_rank = len(shard(list(range(len(self.splits.split("train")))), self.dist))
