@@ -39,27 +39,45 @@ class GraphSignature:
         }
 
 
-def _shapes(model, nodes) -> Dict[str, List[int]]:
-    """Actual tensor shapes at batch 1, measured by running the graph once in onnxruntime.
+def _batch_one(model) -> None:
+    """Fix every dynamic input dimension of ``model`` to 1 (the MAC count is per image)."""
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
 
-    Static inference loses track of SAM's window partition reshapes; running
-    the graph with the wanted tensors exposed as outputs gives every shape.
-    """
+
+def _inferred_shapes(model) -> Dict[str, List[int]]:
+    """Static shapes from ONNX shape inference with data propagation; unresolved tensors left out."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    graph = inferred.graph
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if all(dim.HasField("dim_value") for dim in dims):
+            shapes[value.name] = [dim.dim_value for dim in dims]
+    return shapes
+
+
+def _measured_shapes(path: Path, names: List[str]) -> Dict[str, List[int]]:
+    """Shapes of ``names`` at batch 1, measured by running the graph once in onnxruntime."""
     import tempfile
 
     import onnx
     import onnxruntime as ort
 
-    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    wanted = [n for node in nodes for n in [*node.input, *node.output] if n and n not in shapes]
+    model = onnx.load(str(path))
+    _batch_one(model)
     existing = {o.name for o in model.graph.output}
-    for name in dict.fromkeys(wanted):
+    for name in names:
         if name not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
     feeds = {}
     for value in model.graph.input:
         tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]  # batch 1
+        dims = [dim.dim_value for dim in tensor.shape.dim]
         feeds[value.name] = np.zeros(dims, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -69,9 +87,22 @@ def _shapes(model, nodes) -> Dict[str, List[int]]:
             model, str(path), save_as_external_data=True, location="shapes.data", size_threshold=1024
         )
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        for name, value in zip(names, session.run(None, feeds)):
-            shapes[name] = list(np.shape(value))
+        return {name: list(np.shape(value)) for name, value in zip(names, session.run(names, feeds))}
+
+
+def _shapes(path: Path, model, nodes) -> Dict[str, List[int]]:
+    """Tensor shapes at batch 1 of every input and output of ``nodes``.
+
+    Shape inference resolves most graphs without running them (and without
+    holding every activation or even the weights in memory); whatever it
+    cannot resolve, such as a reshape it loses track of, is measured by
+    running the graph once.
+    """
+    _batch_one(model)
+    shapes = _inferred_shapes(model)
+    missing = [n for node in nodes for n in [*node.input, *node.output] if n and n not in shapes]
+    if missing:
+        shapes.update(_measured_shapes(path, list(dict.fromkeys(missing))))
     return shapes
 
 
@@ -113,12 +144,12 @@ def graph_signature(path) -> GraphSignature:
     """Operators, initializers, parameter count and MACs (batch 1) of an ONNX file."""
     import onnx
 
-    model = onnx.load(str(Path(path)))
+    model = onnx.load(str(Path(path)), load_external_data=False)  # structure only, not the weights
     mac_nodes = [node for node in model.graph.node if node.op_type in MAC_OPS]
     operators = Counter(node.op_type for node in model.graph.node)
     initializers = {t.name: tuple(t.dims) for t in model.graph.initializer}
     parameters = sum(int(np.prod(dims, dtype=np.int64)) for dims in initializers.values())
-    shapes = _shapes(model, mac_nodes)
+    shapes = _shapes(Path(path), model, mac_nodes)
     macs, uncounted = 0, []
     for node in mac_nodes:
         count = _node_macs(node, shapes)

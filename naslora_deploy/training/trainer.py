@@ -43,6 +43,7 @@ from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.core.model.variants import VARIANTS, build_sam
 from naslora_deploy.core.model.weights import base_weights_file
 from naslora_deploy.core.runs import checkpoint as saved
+from naslora_deploy.core.runs.architecture import search_ran
 from naslora_deploy.core.runs.checkpoint import (
     TRAINING_STATE_NAME,
     WEIGHTS_NAME,
@@ -460,7 +461,7 @@ class Trainer:
                 "step": self.step,
                 "world_size": self.dist.world_size,
                 "precision": "bf16" if self.bf16 else "fp32",
-                "search_ran": any(r.get("stage") in ("weights+alpha", "joint") for r in self.history),
+                "search_ran": search_ran(self.history),
             }
             if self.dist.enabled:
                 summary["ranks_identical"] = agree

@@ -2,9 +2,12 @@
 
 import gc
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import vit_b_small
+from onnx import TensorProto, helper, numpy_helper
 
 from naslora_deploy import AdapterConfig, add_adapters
 from naslora_deploy.core.adapters.injection import adapted_layers
@@ -12,7 +15,7 @@ from naslora_deploy.core.adapters.testing import perturb_adapters
 from naslora_deploy.core.merging.merge import constant_response_folds, dense_copy
 from naslora_deploy.exporters.export import ExportSpec, export_artifacts
 from naslora_deploy.exporters.onnx_export import module_to_onnx
-from naslora_deploy.exporters.structure import compare_signatures, graph_signature
+from naslora_deploy.exporters.structure import _measured_shapes, compare_signatures, graph_signature
 from naslora_deploy.exporters.verify import plain_sam_proof
 from naslora_deploy.exporters.wrappers import ImageEncoderGraph
 
@@ -49,13 +52,34 @@ def test_macs_of_a_known_graph(tmp_path):
     assert graph_signature(path).macs == 5 * 16 * 4  # batch counted as 1
 
 
-@pytest.mark.slow
+def test_shapes_inference_cannot_follow_are_measured(tmp_path):
+    """A reshape whose target passes through Floor defeats ONNX data propagation; its MatMul is still
+    counted, from the shape measured by running the graph."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Cast", ["shape"], ["shape_f"], to=TensorProto.FLOAT),
+        helper.make_node("Floor", ["shape_f"], ["floored"]),
+        helper.make_node("Cast", ["floored"], ["target"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["x", "target"], ["reshaped"]),
+        helper.make_node("MatMul", ["reshaped", "w"], ["y"]),
+    ]
+    weight = numpy_helper.from_array(np.ones((6, 3), np.float32), "w")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "floor_reshape", inputs, outputs, [weight])
+    path = tmp_path / "floor.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert graph_signature(path).macs == 4 * 6 * 3 and graph_signature(path).uncounted == []
+    assert _measured_shapes(path, ["reshaped"]) == {"reshaped": [1, 4, 6]}
+
+
 def _encoder_onnx(sam, path):
     """``sam``'s image encoder as ONNX (256-pixel input); one model in memory at a time keeps the peak low."""
     graph = ImageEncoderGraph(sam.image_encoder)
     return module_to_onnx(graph, (torch.zeros(1, 3, 256, 256),), path, ["image"], ["image_embeddings"])
 
 
+@pytest.mark.slow
 def test_vit_b_dense_merge_exports_as_plain_sam(tmp_path):
     torch.manual_seed(0)
     plain = _encoder_onnx(vit_b_small(), tmp_path / "plain.onnx")

@@ -103,6 +103,14 @@ def plot_shares(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], path
     return Path(path)
 
 
+SEARCH_STAGES = ("weights+alpha", "joint")  # the training stages in which alpha is updated
+
+
+def search_ran(records: List[dict]) -> bool:
+    """Whether any logged epoch of a run (``metrics.jsonl`` records) updated alpha."""
+    return any(record.get("stage") in SEARCH_STAGES for record in records)
+
+
 def search_history(directory) -> Tuple[Optional[bool], List[dict]]:
     """Whether the run that wrote a checkpoint searched alpha at all, and alpha's trajectory.
 
@@ -115,7 +123,7 @@ def search_history(directory) -> Tuple[Optional[bool], List[dict]]:
     if not metrics.is_file():
         return None, []
     records = read_jsonl(metrics)
-    searched = any(r.get("stage") in ("weights+alpha", "joint") for r in records)
+    searched = search_ran(records)
     trajectory = [{"step": r["step"], "shares": r["op_shares"]} for r in records if r.get("op_shares")]
     return searched, trajectory
 
