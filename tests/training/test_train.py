@@ -13,6 +13,7 @@ from conftest import first_batch, train_args, train_config
 from safetensors.torch import load_file
 
 from naslora_deploy.common.errors import CheckpointError
+from naslora_deploy.core.adapters.config import AdapterConfig
 from naslora_deploy.core.adapters.injection import adapted_layers
 from naslora_deploy.core.adapters.testing import perturb_adapters
 from naslora_deploy.core.runs.checkpoint import load_adapter, read_spec, trainable_state
@@ -311,6 +312,13 @@ def test_the_cli_flags_build_the_same_train_config():
         saliency_protocol="raw",
     )
     assert config.adapter_config().cell_form == "darts"
+
+
+def test_train_defaults_are_the_adapter_configs():
+    """TrainConfig declares the adapter fields beside its own (sharing ADAPTER_OPTIONS' help and bounds);
+    their defaults must not drift from AdapterConfig's."""
+    config = TrainConfig("data", "out")
+    assert config.adapter_config() == AdapterConfig(seed=config.seed)
 
 
 @pytest.mark.parametrize(
