@@ -8,6 +8,7 @@ files with mode 0600, so the mode is set after ``write`` has run, not before.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Union
 
-from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.common.limits import JSON_BYTES
 
 
 def _umask() -> int:
@@ -183,3 +185,24 @@ def sha256_of(path: Union[str, Path]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json(path: Union[str, Path], what: str = "JSON file"):
+    """The parsed JSON of ``path``, every failure one ``NasloraError`` line naming the file.
+
+    The file's size is checked against ``limits.JSON_BYTES`` before it is read;
+    nesting too deep for the parser (a ``RecursionError``), bad UTF-8 and bad
+    syntax are refused rather than raised. ``what`` names the file's role in the
+    message ("COCO annotation file").
+    """
+    path = Path(path)
+    try:
+        JSON_BYTES.check(path.stat().st_size, path, f"split the {what}")
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text)
+    except RecursionError:
+        raise NasloraError(
+            f"{path}: the {what} is nested too deeply to be real data (over ~1000 levels); check the file"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NasloraError(f"{path}: cannot read the {what} as JSON ({first_line(exc, 120)})") from None
