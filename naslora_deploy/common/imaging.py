@@ -6,10 +6,12 @@ functions, so what a deployed model sees is exactly what it was trained on.
 The reader refuses what it cannot read truthfully, with one line naming the file
 (``ImageReadError``), and converts what it can, saying how (a warning, once per kind):
 
-* size: at most ``MAX_PIXELS`` pixels (Pillow's own default limit, ~89.5 megapixels;
-  larger files, decompression bombs included, are refused before they are decoded) and
-  an aspect ratio of at most ``MAX_ASPECT_RATIO``:1 (past it the short side vanishes
-  when the long side is resized to the model's input);
+* files and sizes (``filechecks``, before anything is decoded): regular files only (a FIFO
+  would block the reader forever); at most ``limits.IMAGE_PIXELS`` pixels (default Pillow's
+  own limit, ~89.5 megapixels; ``NASLORA_MAX_PIXELS`` changes it; decompression bombs are
+  refused); an aspect ratio of at most 256:1 (past it the short side vanishes at the model's
+  input size); at most ``limits.DECODED_BYTES`` bytes of height x width x bands x bytes per
+  value (a multi-band float TIFF within the pixel limit can still be gigabytes);
 * pixels: 8-bit as is; integer data above 255 scaled by the data's bit depth rounded up
   to 10, 12, 14 or 16 bits (12-bit data in a 16-bit PNG is divided by 4095, not 65535);
   floats in 0..1 times 255, non-negative floats above 1 by the same bit-depth rule
@@ -26,6 +28,7 @@ The reader refuses what it cannot read truthfully, with one line naming the file
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -35,63 +38,61 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageFilter
 
-from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.common.errors import first_line
+from naslora_deploy.common.filechecks import (  # re-exported: readers and tests import them from here
+    ImageReadError,
+    check_decoded,
+    check_dimensions,
+    check_regular,
+    too_large,
+)
 from naslora_deploy.common.io import atomic_write
+from naslora_deploy.common.limits import IMAGE_PIXELS
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 NORMALIZATIONS = ("imagenet", "minmax")  # SAM's mean/std; MedSAM's per-image min-max to [0, 1]
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MAX_PIXELS = 89_478_485  # Pillow's default Image.MAX_IMAGE_PIXELS: larger files are refused, not decoded
-MAX_ASPECT_RATIO = 256  # long side / short side: at SAM's smallest input (256) the short side keeps a row
 BIT_DEPTHS = (8, 10, 12, 14, 16)  # integer data is scaled by the smallest of these that holds its maximum
 LOSSY_FORMATS = ("JPEG", "MPO")  # masks saved lossily: thresholded at half range
 NUMERIC_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # read as numbers, not converted by Pillow
 ImageSource = Union[str, Path]
-TOO_LARGE = f"above the {MAX_PIXELS:,}-pixel limit (Pillow's, against decompression bombs); downscale it"
-
-
-class ImageReadError(NasloraError):
-    """An image or mask file cannot be read or makes no sense."""
 
 
 _SAID: set = set()  # the conversion notes given so far (``note`` says each one once per process)
 
 
-def note(message: str) -> None:
-    """Say how an input was converted (a ``UserWarning``), once per distinct message and process."""
-    if message not in _SAID:
-        _SAID.add(message)
+def note(message: str, key: Optional[str] = None) -> None:
+    """Say how an input was converted (a ``UserWarning``), once per process for each ``key`` (default:
+    the message itself; a key lets a message that names its first example be said once)."""
+    if (key or message) not in _SAID:
+        _SAID.add(key or message)
         warnings.warn(message, UserWarning, stacklevel=3)
-
-
-def check_dimensions(height: int, width: int, source: object) -> None:
-    """Refuse an empty, too large (``MAX_PIXELS``) or too thin (``MAX_ASPECT_RATIO``) image."""
-    if height <= 0 or width <= 0:
-        raise ImageReadError(f"{source}: the image is {width}x{height} pixels, it has no pixels to segment")
-    if height * width > MAX_PIXELS:
-        raise ImageReadError(f"{source}: the image has {width}x{height} pixels, {TOO_LARGE}")
-    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
-        raise ImageReadError(
-            f"{source}: {width}x{height} pixels is too thin to segment (aspect ratio above "
-            f"{MAX_ASPECT_RATIO}:1, its short side would vanish at the model's input size); crop or pad it"
-        )
 
 
 def _bomb_message(path: ImageSource, exc: Exception) -> str:
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-    return f"{path}: the image has {size}, {TOO_LARGE}"
+    return f"{path}: the image has {size}, {too_large()}"
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    mode = image.mode
+    per_band = 4 if mode in ("I", "F") or mode.startswith("I;32") else 2 if mode.startswith("I;16") else 1
+    return image.size[0] * image.size[1] * len(image.getbands()) * per_band
 
 
 def open_image(path: ImageSource) -> Image.Image:
     """Open and decode an image file; every failure is an ``ImageReadError`` naming the file."""
+    check_regular(path)
+    Image.MAX_IMAGE_PIXELS = IMAGE_PIXELS.value  # Pillow's own guard follows ours (NASLORA_MAX_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
         check_dimensions(image.size[1], image.size[0], path)
+        check_decoded(_decoded_bytes(image), path, "downscale it")
         image.load()
         return image
     except ImageReadError:
@@ -253,16 +254,19 @@ def _tiff_axes(shape: Sequence[int], axes: str, path: ImageSource) -> Tuple[int,
 def read_tiff(path: ImageSource) -> Optional[np.ndarray]:
     """A TIFF's first image as (H, W) or (H, W, bands) numbers via tifffile (None without tifffile).
 
-    Size and band count are checked before any pixel is decoded.
+    Size, band count and decoded bytes are checked from the header before any pixel is decoded.
     """
     try:
         import tifffile
     except ImportError:  # Pillow then reads what it can
         return None
+    check_regular(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             order = _tiff_axes(series.shape, series.axes, path)
+            declared = math.prod(int(n) for n in series.shape) * np.dtype(series.dtype).itemsize
+            check_decoded(declared, path, "crop it or save fewer bands")
             array = series.asarray()
     except ImageReadError:
         raise

@@ -4,8 +4,8 @@ Masks open through ``common.imaging``'s reader (the same size limits and one-lin
 ``ImageReadError``s as images). Values are labels: NaN, fractional or negative ones are
 refused. Binary masks (``read_binary_mask``): 0 and one value k -> foreground = every
 non-zero pixel; a lossy (JPEG) mask, or grey levels spanning 0..255 (0..65535) ->
-foreground above half range; anything else (0/1/2 label maps) is refused, pointing to
-multi-class.
+foreground above half range, with a warning (once) that counts the in-between pixels;
+anything else (0/1/2 label maps) is refused, pointing to multi-class.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def binarize_mask(raw: np.ndarray, lossy: bool = False, source: object = "the ma
     """0/1 foreground from a binary mask's raw values.
 
     * 0 and one value k (0/1, 0/255, 0/100, 0/65535; or a single value): foreground = non-zero;
-    * ``lossy`` (a JPEG mask), or grey levels reaching 255 (65535): foreground above half range;
+    * ``lossy`` (a JPEG mask), or grey levels reaching 255 (65535): foreground above half range,
+      said once per process with the first mask's count of in-between pixels (a 0/128/255
+      trimap's 128 becomes foreground: the warning says so);
     * anything else (0/1/2 label maps...): ``ImageReadError`` naming ``source`` and the values.
     """
     values = np.unique(raw)
@@ -102,9 +104,22 @@ def binarize_mask(raw: np.ndarray, lossy: bool = False, source: object = "the ma
         return (raw != 0).astype(np.uint8)
     top = 65535 if values[-1] > 255 else 255
     if lossy or values[-1] == top:
+        _note_thresholded(raw, values, top, lossy, source)
         return (raw > top // 2).astype(np.uint8)
     raise ImageReadError(
         f"{source}: a binary mask holds 0 and one foreground value, this one holds {_listing(values)}; "
         "for class indices (0 = background, 1, 2, ...) add a classes.json with the class names or pass "
         "--classes N"
+    )
+
+
+def _note_thresholded(raw: np.ndarray, values: np.ndarray, top: int, lossy: bool, source: object) -> None:
+    """Say once per process that masks with values between 0 and ``top`` are cut at half range."""
+    between = values[(values > 0) & (values < top)]
+    count = int(np.isin(raw, between).sum())
+    kind = "lossy (JPEG) binary masks" if lossy else f"binary masks with values between 0 and {top}"
+    note(
+        f"{kind}: foreground is every pixel above {top // 2}, the rest background (first: {source}, "
+        f"{count:,} of {raw.size:,} pixels hold {_listing(between)}); save 0/{top} masks to choose yourself",
+        key=f"thresholded-{lossy}",
     )

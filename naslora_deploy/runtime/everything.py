@@ -20,16 +20,19 @@ another order (the same masks); we keep torchvision ``nms``'s order throughout.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from naslora_deploy.common.limits import DECODED_BYTES, POINTS_PER_SIDE
 from naslora_deploy.common.options import bound_error, check_bounds, flag_of, option
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
 SAM_CROP_NMS_THRESH = 0.7  # SAM's crop_nms_thresh default; its small-region NMS uses max(box, crop)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+MASKS_PER_POINT = 3  # SAM's multimask output
 
 Decode = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 Upscale = Callable[[np.ndarray], np.ndarray]
@@ -40,7 +43,12 @@ class EverythingSpec:
     """How everything mode prompts, filters and returns masks (SAM's automatic mask generator defaults)."""
 
     points_per_side: int = field(
-        default=32, metadata=option("everything mode: a grid of N x N prompt points", low=1)
+        default=32,
+        metadata=option(
+            f"everything mode: a grid of N x N prompt points (at most {POINTS_PER_SIDE.default}, "
+            f"{POINTS_PER_SIDE.env})",
+            low=1,
+        ),
     )
     points_per_batch: int = field(
         default=64, metadata=option("prompt points per decoder call (more: faster, more memory)", low=1)
@@ -78,6 +86,7 @@ class EverythingSpec:
                 if error:
                     raise ValueError(error)
         check_bounds(self)
+        POINTS_PER_SIDE.check(self.points_per_side, "--points-per-side", "SAM's default is 32")
         if self.output_mode not in OUTPUT_MODES:
             raise ValueError(
                 f"--output-mode {self.output_mode!r} is unknown; choose {', '.join(OUTPUT_MODES)}"
@@ -273,6 +282,27 @@ def _records(candidates: Dict, size_hw, spec: EverythingSpec) -> List[Dict]:
     return records
 
 
+def _points_per_batch(spec: EverythingSpec, size_hw: Tuple[int, int]) -> int:
+    """``points_per_batch``, lowered (with a note) so that one batch's upscaled logits, the peak of
+    everything mode (3 float32 masks of H x W per point), stay within ``limits.DECODED_BYTES``.
+
+    The masks are the same whatever the batch: each is filtered on its own before NMS.
+    """
+    per_point = MASKS_PER_POINT * size_hw[0] * size_hw[1] * 4
+    fits = max(1, DECODED_BYTES.value // per_point)
+    batch = min(spec.points_per_batch, spec.points_per_side**2)
+    if batch > fits:
+        warnings.warn(
+            f"everything mode: {batch} points per batch would hold {batch * per_point / 2**30:.1f} GiB of "
+            f"logits for a {size_hw[1]}x{size_hw[0]} image; using {fits} per batch "
+            f"({DECODED_BYTES.env} sets the limit)",
+            UserWarning,
+            stacklevel=3,
+        )
+        batch = fits
+    return batch
+
+
 def generate_masks(
     decode: Decode, upscale: Upscale, image_size_hw: Tuple[int, int], spec: Optional[EverythingSpec] = None
 ) -> List[Dict]:
@@ -290,10 +320,11 @@ def generate_masks(
     if spec.output_mode == "coco_rle":  # fail before the decoder runs, as SAM does
         import pycocotools.mask  # noqa: F401
     size_hw = (int(image_size_hw[0]), int(image_size_hw[1]))
+    batch = _points_per_batch(spec, size_hw)
     points = image_point_grid(spec.points_per_side, size_hw)
     batches = [
-        _batch_candidates(decode, upscale, points[start : start + spec.points_per_batch], size_hw, spec)
-        for start in range(0, len(points), spec.points_per_batch)
+        _batch_candidates(decode, upscale, points[start : start + batch], size_hw, spec)
+        for start in range(0, len(points), batch)
     ]
     candidates = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
     keep = box_nms(candidates["boxes"], candidates["iou"], spec.box_nms_thresh)

@@ -80,6 +80,38 @@ def _as_prompts(points, labels, boxes):
     return points, labels, boxes, batched
 
 
+def check_prompts_inside(points, boxes, original: Tuple[int, int]) -> None:
+    """Refuse prompts that cannot be meant for this image, in one ``ValueError`` line.
+
+    Rules: every point lies in the image (0 <= x <= W, 0 <= y <= H); every box
+    overlaps the image and reaches at most one image size past its edges (a
+    detector's box may overhang a little; one that starts a whole image away is a
+    mistake, e.g. coordinates of another image or swapped x and y). Boxes are
+    not clipped: SAM takes them as they are.
+    """
+    height, width = original
+    if points is not None:
+        flat = points.reshape(-1, 2)
+        outside = (flat[:, 0] < 0) | (flat[:, 0] > width) | (flat[:, 1] < 0) | (flat[:, 1] > height)
+        if outside.any():
+            x, y = (float(v) for v in flat[np.argmax(outside)])
+            raise ValueError(
+                f"{int(outside.sum())} point(s) lie outside the {width}x{height} image, e.g. ({x:g}, {y:g}); "
+                f"give points with 0 <= x <= {width} and 0 <= y <= {height}"
+            )
+    if boxes is not None:
+        x0, y0, x1, y1 = boxes.T
+        apart = (x0 >= width) | (y0 >= height) | (x1 <= 0) | (y1 <= 0)
+        far = (x0 < -width) | (y0 < -height) | (x1 > 2 * width) | (y1 > 2 * height)
+        wrong = apart | far
+        if wrong.any():
+            box = ", ".join(f"{float(v):g}" for v in boxes[np.argmax(wrong)])
+            raise ValueError(
+                f"{int(wrong.sum())} box(es) do not fit the {width}x{height} image, e.g. ({box}): a box must "
+                f"overlap the image and reach at most one image size past its edges"
+            )
+
+
 def prompt_batch(
     points, labels, boxes, original: Tuple[int, int], image_size: int
 ) -> Tuple[np.ndarray, np.ndarray, bool]:
@@ -97,6 +129,7 @@ def prompt_batch(
     if len(counts) > 1:
         raise ValueError(f"{len(points)} point sets but {len(boxes)} boxes; give as many of each, or one")
     prompts = counts.pop() if counts else 1
+    check_prompts_inside(points, boxes, original)
     height, width = original
     new_h, new_w = resized_shape(height, width, image_size)
     scale = np.array([new_w / width, new_h / height], np.float32)

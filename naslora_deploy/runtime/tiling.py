@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import numbers
 import time
+from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.limits import DECODED_BYTES, TILE_WINDOWS
 from naslora_deploy.common.options import bound_error
 from naslora_deploy.runtime.results import ImageInput, Segmentation
 
@@ -58,6 +60,21 @@ def check_tiling(tile, overlap, flags: Tuple[str, str] = ("tile", "overlap")) ->
         )
 
 
+def axis_window_count(length: int, tile: int, overlap: int) -> int:
+    """How many windows ``axis_spans`` lays along an axis of ``length`` (counted, nothing built)."""
+    return 1 if length <= tile else 1 + -(-(length - tile) // (tile - overlap))  # ceil
+
+
+def check_window_count(height: int, width: int, tile: int, overlap: int, source: object = "the image") -> int:
+    """The number of windows for a ``height`` x ``width`` image, refused above ``limits.TILE_WINDOWS``
+    before any window is built (``--tile 32 --overlap 31`` on a large image asks for millions)."""
+    check_tiling(tile, overlap)
+    count = axis_window_count(height, tile, overlap) * axis_window_count(width, tile, overlap)
+    todo = f"a tile of {tile} with overlap {overlap} moves {tile - overlap} px per window: give a larger tile"
+    TILE_WINDOWS.check(count, f"{source} ({width}x{height}, --tile {tile} --overlap {overlap})", todo)
+    return count
+
+
 def axis_spans(length: int, tile: int, overlap: int) -> List[Span]:
     """[start, end) windows of ``tile`` pixels along an axis of ``length``, the fewest sharing >= ``overlap``.
 
@@ -69,7 +86,7 @@ def axis_spans(length: int, tile: int, overlap: int) -> List[Span]:
     check_tiling(tile, overlap)
     if length <= tile:
         return [(0, length)]
-    gaps = -(-(length - tile) // (tile - overlap))  # ceil: windows - 1
+    gaps = axis_window_count(length, tile, overlap) - 1
     starts = [(i * (length - tile) + gaps // 2) // gaps for i in range(gaps + 1)]  # rounded, exact
     return [(start, start + tile) for start in starts]
 
@@ -83,6 +100,7 @@ def tile_windows(height: int, width: int, tile: int, overlap: int) -> List[Windo
     """
     if height < 1 or width < 1:
         raise ValueError(f"a {width}x{height} image has no pixels to tile")
+    check_window_count(height, width, tile, overlap)
     rows, cols = axis_spans(height, tile, overlap), axis_spans(width, tile, overlap)
     return [(y0, x0, y1, x1) for y0, y1 in rows for x0, x1 in cols]
 
@@ -137,6 +155,8 @@ def segment_tiled(segmenter, image: ImageInput, tile: int, overlap: int, batch: 
         raise ValueError(f"batch must be a whole number >= 1, got {batch!r}")
     array = segmenter.read(image)  # the run's input mapping, once for the whole image
     height, width = array.shape[:2]
+    source = image if isinstance(image, (str, Path)) else "the image"
+    check_window_count(height, width, tile, overlap, source)
     rows, cols = axis_spans(height, tile, overlap), axis_spans(width, tile, overlap)
     wy, wx = axis_weights(rows), axis_weights(cols)
     cells = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
@@ -150,7 +170,7 @@ def segment_tiled(segmenter, image: ImageInput, tile: int, overlap: int, batch: 
         t_blend = time.perf_counter()
         for (r, c), dense in zip(chunk, maps):
             if total is None:
-                total = np.zeros((*dense.shape[:-2], height, width), np.float32)
+                total = _blend_buffer(dense.shape[:-2], height, width, source)
             dense *= np.outer(wy[r], wx[c])  # in place; broadcasts over K
             total[..., slice(*rows[r]), slice(*cols[c])] += dense
         timings["tiles"] += t_blend - t_tiles
@@ -162,6 +182,13 @@ def segment_tiled(segmenter, image: ImageInput, tile: int, overlap: int, batch: 
     timings["post"] = time.perf_counter() - t_post
     result.timings = {k: 1000.0 * v for k, v in timings.items()}
     return result
+
+
+def _blend_buffer(classes: Tuple[int, ...], height: int, width: int, source: object) -> np.ndarray:
+    """The zeroed float32 (H, W) or (K, H, W) sum of the blended windows, its size checked first."""
+    size = int(np.prod(classes, dtype=np.int64)) * height * width * 4
+    DECODED_BYTES.check(size, f"{source}: the blended map of {width}x{height}", "tile a smaller image")
+    return np.zeros((*classes, height, width), np.float32)
 
 
 def _finish(segmenter, total: np.ndarray, size: Tuple[int, int]) -> Segmentation:

@@ -33,11 +33,21 @@ def _numbers(text: str) -> List[float]:
         raise ValueError(f"--stretch takes two numbers LOW,HIGH (e.g. 2,98), got {text!r}") from None
 
 
+def _categories(text: str) -> List[str]:
+    names = parse_names(text)
+    if not names:
+        raise ValueError(f"--category {text!r} names no category; give one or more names, comma-separated")
+    return names
+
+
 def _bands(text: str) -> List[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        bands = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--bands takes band numbers counted from 1 (e.g. 3,2,1), got {text!r}") from None
+        bands = []
+    if not bands:
+        raise ValueError(f"--bands takes band numbers counted from 1 (e.g. 3,2,1), got {text!r}")
+    return bands
 
 
 @dataclass
@@ -190,7 +200,7 @@ class TrainConfig:
         metadata=option(
             "COCO / LabelMe: train the binary head on these categories only (comma-separated names); npz: "
             "on these label values",
-            parse=parse_names,
+            parse=_categories,
             shown="every category",
             metavar="NAME[,NAME]",
         ),
@@ -266,7 +276,7 @@ class TrainConfig:
         """The ``AdapterConfig`` these options describe (validated: a bad op raises ``ValueError``)."""
         values = {name: getattr(self, name) for name in ADAPTER_OPTIONS}  # the fields both declare
         values["blocks"] = self.blocks or "all"
-        if not self.ops:
+        if self.ops is None:  # not given: all eight (an empty list is refused by AdapterConfig)
             del values["ops"]
         return AdapterConfig(**values, seed=self.seed)
 

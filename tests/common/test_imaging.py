@@ -1,5 +1,6 @@
 """Image and mask reading, and SAM preprocessing, in numpy + Pillow."""
 
+import os
 import re
 
 import numpy as np
@@ -105,6 +106,38 @@ def test_decompression_bomb_and_degenerate_shapes_name_the_file(tmp_path):
     Image.fromarray(np.zeros((1, 2000), np.uint8)).save(tmp_path / "thin.png")
     with pytest.raises(ImageReadError, match=r"thin.png: 2000x1 pixels is too thin"):
         read_image(tmp_path / "thin.png")
+
+
+def test_the_pixel_and_decoded_bytes_limits_follow_their_environment_variables(tmp_path, monkeypatch):
+    from naslora_deploy.common.imaging import open_image
+
+    Image.new("1", (9500, 9500)).save(tmp_path / "big.png")  # 90.25 megapixels: above the default
+    Image.fromarray(np.zeros((20, 30), np.float32), mode="F").save(tmp_path / "small.tif")
+    monkeypatch.setenv("NASLORA_MAX_PIXELS", "100")
+    with pytest.raises(
+        ImageReadError, match=r"small.tif: the image has 30x20 pixels, .*NASLORA_MAX_PIXELS=N"
+    ):
+        read_image(tmp_path / "small.tif")
+    monkeypatch.setenv("NASLORA_MAX_PIXELS", "100_000_000")  # Pillow's own guard follows it
+    assert open_image(tmp_path / "big.png").size == (9500, 9500)
+    monkeypatch.delenv("NASLORA_MAX_PIXELS")
+    monkeypatch.setenv("NASLORA_MAX_DECODED_BYTES", "2000")  # 20 x 30 float32: 2,400 bytes
+    with pytest.raises(
+        ImageReadError, match=r"small.tif: 2,400 bytes decoded .* NASLORA_MAX_DECODED_BYTES=N"
+    ):
+        read_image(tmp_path / "small.tif")
+
+
+def test_fifos_and_devices_are_refused_before_they_are_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.tif").symlink_to("/dev/zero")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(ImageReadError, match="pipe.png: a FIFO, not a regular file"):
+        read_image(tmp_path / "pipe.png")  # opening it would wait for a writer forever
+    with pytest.raises(ImageReadError, match="zero.tif: a device, not a regular file"):
+        read_image(tmp_path / "zero.tif")
+    with pytest.raises(ImageReadError, match="gone.png: file not found"):
+        read_mask(tmp_path / "gone.png")
 
 
 @pytest.mark.parametrize(

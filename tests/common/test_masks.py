@@ -1,5 +1,7 @@
 """Mask reading: raw labels, palettes and colour codes, and the binary-mask rules."""
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -46,3 +48,15 @@ def test_masks_with_nan_or_fractions_are_refused(tmp_path):
     Image.fromarray(np.array([[0.0, 0.5]], np.float32), mode="F").save(tmp_path / "frac.tif")
     with pytest.raises(ImageReadError, match="frac.tif: the mask holds fractional values"):
         read_mask(tmp_path / "frac.tif")
+
+
+def test_grey_levels_between_0_and_255_are_thresholded_with_a_counted_note_once(monkeypatch):
+    from naslora_deploy.common import imaging
+
+    monkeypatch.setattr(imaging, "_SAID", set())
+    trimap = np.array([[0, 128, 255], [255, 128, 128]])
+    with pytest.warns(UserWarning, match=r"above 127, .*first: t.png, 3 of 6 pixels hold 128"):
+        np.testing.assert_array_equal(binarize_mask(trimap, source="t.png"), [[0, 1, 1], [1, 1, 1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process, whichever mask comes next
+        binarize_mask(np.array([[0, 200, 255]]), source="u.png")

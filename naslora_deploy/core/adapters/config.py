@@ -49,8 +49,16 @@ def parse_blocks(text: str) -> List[int]:
 
 
 def parse_names(text: str) -> List[str]:
-    """``--ops a,b`` (comma-separated names) as a list."""
-    return [op.strip() for op in text.split(",") if op.strip()]
+    """Comma-separated names as a list (empty entries dropped: ``"a,,b"`` is ``a, b``)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def parse_ops(text: str) -> List[str]:
+    """``--ops a,b`` as a list; one that names no operation (``--ops ,``) is refused, not read as all."""
+    names = parse_names(text)
+    if not names:
+        raise ValueError(f"--ops {text!r} names no operation; give one or more of {', '.join(OP_NAMES)}")
+    return names
 
 
 # the command-line options of the adapter fields, declared once here (``TrainConfig`` takes them over)
@@ -60,7 +68,7 @@ ADAPTER_OPTIONS = {
     "targets": option(
         "projections to adapt, e.g. qkv or qv", parse=parse_targets, shown="qkv", metavar="QKV"
     ),
-    "ops": option("comma-separated candidate ops", parse=parse_names, shown="all eight", metavar="OPS"),
+    "ops": option("comma-separated candidate ops", parse=parse_ops, shown="all eight", metavar="OPS"),
     "blocks": option(
         "attention blocks to adapt, e.g. 4,5,6,7,8,9", parse=parse_blocks, shown="all", metavar="N,N"
     ),

@@ -129,6 +129,10 @@ def discover(
             ]
     if check:
         _check_all(result, skip_bad)
+    if result.skipped:
+        warnings.warn(
+            f"{root}: {len(result.skipped)} file(s) or entries skipped under --skip-bad, each named above"
+        )
     if not result.split("train"):
         raise NasloraError(f"{root}: no usable training pairs")
     return result

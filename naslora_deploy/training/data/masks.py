@@ -3,6 +3,10 @@
 The ``masks`` entry of ``formats.FORMATS``, beside COCO, LabelMe and npz: ``detect``
 says whether a folder holds mask folders, ``load`` gives its ``ClassSpec`` (``--classes N``
 or ``classes.json``: ``resolve_classes``, which the npz reader shares) and split -> pairs.
+
+An entry of ``images/`` or ``masks/`` with an image suffix that is not a regular file after
+its links (a FIFO, a device, a folder, a broken link) is refused, never opened (a FIFO
+would block the reader) and never dropped silently: ``--skip-bad`` skips it with a warning.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.imaging import IMAGE_SUFFIXES
+from naslora_deploy.common.filechecks import check_regular
+from naslora_deploy.common.imaging import IMAGE_SUFFIXES, ImageReadError
 from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.training.data.sources import SourceOptions
 
@@ -32,8 +37,25 @@ SPLITS = ("train", "val", "test")
 Pair = Tuple[Path, Path]
 
 
-def _images_in(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _bad(message: str, todo: str, skip_bad: bool, skipped: List[str]) -> None:
+    """An unusable entry: a ``NasloraError`` saying ``todo``, or under ``--skip-bad`` a warning and a note."""
+    if not skip_bad:
+        raise NasloraError(f"{message} ({todo}, or pass --skip-bad)")
+    warnings.warn(message + "; skipped")
+    skipped.append(message)
+
+
+def _images_in(folder: Path, skip_bad: bool, skipped: List[str]) -> List[Path]:
+    """The image files of ``folder``; entries with an image suffix that are not regular files are ``_bad``."""
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            check_regular(path)
+        except ImageReadError as exc:
+            _bad(str(exc), "replace or remove it", skip_bad, skipped)
+            continue
+        found.append(path)
+    return found
 
 
 def mask_key(stem: str) -> str:
@@ -54,17 +76,18 @@ def pair_folder(folder: Path, skip_bad: bool, skipped: List[str]) -> List[Pair]:
                 "test/), or COCO JSON, LabelMe JSON or .npz files (README: Training on your data)"
             )
     masks: Dict[str, Path] = {}
-    for mask in _images_in(masks_dir):
+    for mask in _images_in(masks_dir, skip_bad, skipped):
         masks.setdefault(mask_key(mask.stem), mask)
     pairs = []
-    for image in _images_in(images_dir):
+    for image in _images_in(images_dir, skip_bad, skipped):
         mask = masks.get(image.stem)
         if mask is None:
-            message = f"{image}: no mask for this image in {masks_dir}"
-            if not skip_bad:
-                raise NasloraError(message + " (add it, remove the image, or pass --skip-bad)")
-            warnings.warn(message + "; skipped")
-            skipped.append(message)
+            _bad(
+                f"{image}: no mask for this image in {masks_dir}",
+                "add it, remove the image",
+                skip_bad,
+                skipped,
+            )
             continue
         pairs.append((image, mask))
     if not pairs:

@@ -11,11 +11,18 @@ as an all-background image. Pixels follow ``imaging`` (``--stretch`` for CT numb
 Classes as for mask folders: a ``classes.json`` or ``--classes N`` make ``gts`` class
 indices; otherwise binary, foreground = every non-zero label (a warning when there are
 several), or only the label values given by ``--category`` (e.g. ``--category 1,3``).
+
+Checked from each array's ``.npy`` header before it is loaded (one line naming the file;
+``--skip-bad`` skips it): the file is a regular file and a zip of ``.npy`` arrays; ``imgs``
+and ``gts`` hold numbers (no Python objects); each decodes to at most
+``limits.DECODED_BYTES`` (``NASLORA_MAX_DECODED_BYTES``; shape x item size); the height
+and width of ``gts`` are within ``check_dimensions``'s limits (``NASLORA_MAX_PIXELS``).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.common.filechecks import check_decoded, check_dimensions, check_regular
 from naslora_deploy.common.imaging import (
     ImageItem,
     ImageReadError,
@@ -41,24 +49,65 @@ from naslora_deploy.training.data.sources import (
     split_folders,
 )
 
+ARRAYS = ("imgs", "gts")
+HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _member(archive: zipfile.ZipFile, path: Path, key: str) -> str:
+    """The zip member that ``np.load`` reads as ``key`` (``key.npy``, else ``key``)."""
+    names = archive.namelist()
+    member = next((m for m in (f"{key}.npy", key) if m in names), None)
+    if member is None:
+        held = ", ".join(n.removesuffix(".npy") for n in names) or "none"
+        raise ImageReadError(
+            f"{path}: no array {key!r} (it holds {held}); a MedSAM npz holds 'imgs' and 'gts'"
+        )
+    return member
+
+
+def declared_shape(archive: zipfile.ZipFile, path: Path, key: str) -> tuple:
+    """The shape of array ``key`` read from its ``.npy`` header, after checking its dtype and its
+    decoded size (``limits.DECODED_BYTES``): nothing of the array itself is read."""
+    with archive.open(_member(archive, path, key)) as handle:
+        version = np.lib.format.read_magic(handle)
+        reader = HEADER_READERS.get(version)
+        if reader is None:
+            raise ImageReadError(f"{path}: {key!r} is in .npy format {version}; re-save it with numpy.savez")
+        shape, _, dtype = reader(handle)
+    if dtype.hasobject:
+        raise ImageReadError(f"{path}: {key!r} holds Python objects, not numbers; save numeric arrays")
+    check_decoded(
+        math.prod(shape) * dtype.itemsize, f"{path} [{key!r} {shape} {dtype}]", "split it into files"
+    )
+    return shape
+
+
+def check_header(path: Path) -> None:
+    """Refuse (``ImageReadError``) a file that is not a regular file, or whose ``imgs`` / ``gts`` headers
+    declare objects or more than the limits, before any array is loaded."""
+    check_regular(path, ".npz file")
+    with zipfile.ZipFile(path) as archive:
+        shapes = [declared_shape(archive, path, key) for key in ARRAYS]
+    gts = shapes[1]
+    if len(gts) in (2, 3):
+        check_dimensions(gts[-2], gts[-1], f"{path} ['gts' {gts}]")
+
 
 @functools.lru_cache(maxsize=4)
 def arrays(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     """``imgs`` and ``gts`` of one file (the last few files are kept: slices come one at a time)."""
     try:
+        check_header(path)
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("imgs", "gts") if k not in data.files]
-            if missing:
-                raise ImageReadError(
-                    f"{path}: no array {missing[0]!r} (it holds {', '.join(data.files) or 'none'}); a MedSAM "
-                    "npz holds 'imgs' and 'gts'"
-                )
             return data["imgs"], data["gts"]
     except ImageReadError:
         raise
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except Exception as exc:  # zipfile and numpy raise many kinds on damaged files: all mean "unreadable"
         raise ImageReadError(f"{path}: cannot read it as .npz ({first_line(exc, 120)})") from None
 
 

@@ -4,20 +4,32 @@ A format reader (``coco``, ``labelme``, ``npz``) turns its files into the same
 (image, labels) pairs a mask folder gives. An element of a pair is a file path, an
 ``imaging.ImageItem`` (read by ``read_image``) or a ``LabelItem`` (read by
 ``folder.load_labels``): the trainer, ``evaluate`` and the checks read them all alike.
+
+Rules every annotation reader applies (``named_path``, ``check_coordinates``):
+
+* a file named inside an annotation (a COCO ``file_name``, a LabelMe ``imagePath``) is a
+  path relative to its folder that, normalised (``..`` resolved by name), stays inside the
+  data folder; an absolute path or one that leads out of the data folder is refused. Links
+  found in the data folder are followed: they are the folder owner's choice (an image folder
+  linked to a shared drive), not the annotation file's;
+* coordinates are finite numbers within one image width (height) of the image: x in
+  [-W, 2W], y in [-H, 2H]. Farther points are annotation errors, and the rasteriser would
+  allocate memory in proportion to the distance.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.imaging import IGNORE_INDEX, ImageItem, InputMapping, read_image
+from naslora_deploy.common.imaging import IGNORE_INDEX, ImageItem, ImageReadError, InputMapping, read_image
 from naslora_deploy.core.model.classes import ClassSpec
 
 BACKGROUND_NAMES = ("_background_", "background")  # LabelMe's convention (and a plain word): class 0
@@ -158,3 +170,51 @@ def paint(shape: Tuple[int, int], layers) -> np.ndarray:
         if value is not None:
             labels[mask] = value
     return labels
+
+
+def named_path(root: Path, base: Path, name: str) -> Tuple[Optional[Path], str]:
+    """(the file, "") that an annotation names as ``name`` relative to ``base``, or (None, why not).
+
+    The path is normalised by name before it is opened (``a/../b`` is ``b`` even where ``a`` is a
+    link), so what is checked against the data folder ``root`` is what is read.
+    """
+    if os.path.isabs(name) or PureWindowsPath(name).anchor:  # "/x", "C:\\x", "\\\\server\\x"
+        return (
+            None,
+            f"{name!r} is an absolute path; name the file relative to its folder, inside the data folder",
+        )
+    data_root = os.path.abspath(root)
+    target = os.path.normpath(os.path.join(os.path.abspath(base), name))
+    if os.path.commonpath([data_root, target]) != data_root:
+        return None, f"{name!r} leads outside the data folder {root}; only files inside it are read"
+    return Path(target), ""
+
+
+def check_coordinates(points: np.ndarray, height: int, width: int, where: object) -> None:
+    """Refuse (``ImageReadError``) (N, 2) x, y ``points`` that are not finite or lie more than one
+    image width (height) outside the image (the module's rule)."""
+    if not np.isfinite(points).all():
+        raise ImageReadError(f"{where}: a coordinate is NaN or infinite; give finite pixel coordinates")
+    x, y = points[:, 0], points[:, 1]
+    outside = (x < -width) | (x > 2 * width) | (y < -height) | (y > 2 * height)
+    if outside.any():
+        px, py = points[int(np.argmax(outside))]
+        raise ImageReadError(
+            f"{where}: the point ({px:g}, {py:g}) lies more than one image width or height outside the "
+            f"{width}x{height} image (x in [-{width}, {2 * width}], y in [-{height}, {2 * height}]); fix it"
+        )
+
+
+def json_kind(value: object) -> str:
+    """A JSON value's kind in words, for messages ("a list", "an object", "null", "true"...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    kinds = {list: "a list", dict: "an object", str: "a string", int: "a whole number", float: "a number"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def is_number(value: object) -> bool:
+    """Whether a JSON value is a number (``true``/``false`` are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
