@@ -20,6 +20,7 @@ from naslora_deploy import __version__
 from naslora_deploy.cli import deploy, run, train
 from naslora_deploy.cli.options import export_spec_from, fields_of
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import ERRNO_KINDS, describe_command, release_outputs
 from naslora_deploy.training.config import DemoConfig, TrainConfig
 
 __all__ = ["cli", "main", "export_spec_from", "fields_of", "TrainConfig", "DemoConfig"]
@@ -50,9 +51,12 @@ def _command_name(argv: Sequence[str]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: run a command; user errors become one line and exit code 2."""
+    """Entry point: run a command; user errors (and a full, read-only or closed file system
+    met outside the writers that name it themselves) become one line and exit code 2.
+    The outputs the command locked are released when it ends."""
     argv = list(sys.argv[1:] if argv is None else argv)
     prefix = f"naslora-deploy {_command_name(argv)}".rstrip()
+    describe_command(" ".join(["naslora-deploy", *argv]))
     previous_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
     try:
@@ -66,8 +70,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (NasloraError, ValueError) as exc:
         click.echo(f"{prefix}: error: {exc}", err=True)
         return 2
+    except OSError as exc:
+        if exc.errno not in ERRNO_KINDS:  # a full, read-only or closed disk: a path to change, not a bug
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(
+            f"{prefix}: error: {where}{exc.strerror}; give a path on a writable disk with room", err=True
+        )
+        return 2
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo(f"{prefix}: interrupted", err=True)
         return 130
     finally:
         warnings.formatwarning = previous_format
+        release_outputs()

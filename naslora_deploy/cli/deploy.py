@@ -10,16 +10,19 @@ from naslora_deploy.cli.options import (
     Bounded,
     adapter_argument,
     base_options,
+    check_outputs,
     device_option,
     emit_json,
     export_spec_from,
     fields_of,
     json_option,
     options_from,
+    overwrite_option,
     progress_option,
     say,
 )
 from naslora_deploy.common.contract import VARIANT_NAMES
+from naslora_deploy.common.io import output_lock
 from naslora_deploy.common.outputs import check_output_files, json_field
 from naslora_deploy.core.adapters.config import MERGE_MODES
 from naslora_deploy.core.merging.report import MergeReport
@@ -35,29 +38,36 @@ from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="output checkpoint (.pth or .safetensors)"
 )
-@click.option("--force", is_flag=True, help="replace an earlier merge at --out (never any other file)")
+@overwrite_option("replace an earlier merge at --out (never any other file)")
 @options_from(MergeSpec, only=("calibration", "calibration_images", "recover", "recover_decoder"))
 @device_option
 @progress_option
-def merge(adapter, base, allow_base_mismatch, mode, out, force, device, progress, **options) -> None:
-    """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity."""
+def merge(adapter, base, allow_base_mismatch, mode, out, overwrite, device, progress, **options) -> None:
+    """Fold the adapters into SAM: dense (plain SAM) or fused (exact), with the measured fidelity.
+
+    --out is locked while the merge runs (a second merge into it is refused); its files are
+    renamed into place only when all are written (a full disk leaves none of them).
+    """
     from naslora_deploy.core.merging.files import sidecar_paths, write_merged
     from naslora_deploy.core.merging.run import merge_run
     from naslora_deploy.training.acceleration import pick_device
 
     spec = MergeSpec(mode=mode, **fields_of(MergeSpec, options))  # its rules, before the model is loaded
-    sidecars = sidecar_paths(out)  # an earlier merge's report names its checkpoint
-    earlier = json_field(sidecars["report"], "checkpoint") == out.name
-    check_output_files([out, *sidecars.values()], kind="merged checkpoint", earlier=earlier, replace=force)
-    merged, report = merge_run(
-        adapter,
-        spec,
-        base=base,
-        allow_base_mismatch=allow_base_mismatch,
-        device=pick_device(device),
-        progress=progress,
-    )
-    written = write_merged(merged, report, out, source=str(adapter))
+    with output_lock(out, "merge --out"):
+        sidecars = sidecar_paths(out)  # an earlier merge's report names its checkpoint
+        earlier = json_field(sidecars["report"], "checkpoint") == out.name
+        check_output_files(
+            [out, *sidecars.values()], kind="merged checkpoint", earlier=earlier, replace=overwrite
+        )
+        merged, report = merge_run(
+            adapter,
+            spec,
+            base=base,
+            allow_base_mismatch=allow_base_mismatch,
+            device=pick_device(device),
+            progress=progress,
+        )
+        written = write_merged(merged, report, out, source=str(adapter))
     click.echo(report.summary())
     for path in written:
         click.echo(f"wrote {path}")
@@ -66,18 +76,19 @@ def merge(adapter, base, allow_base_mismatch, mode, out, force, device, progress
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="artifact directory (new or empty)"
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="artifact directory (new or empty; locked while the export runs)",
 )
-@click.option(
-    "--force", is_flag=True, help="replace an earlier artifact directory at --out (never another folder)"
-)
+@overwrite_option("replace an earlier artifact directory at --out (never another folder)")
 @click.option("--model", help=f"variant of a SAM checkpoint file ({', '.join(VARIANT_NAMES)})")
 @options_from(ExportSpec)
 @options_from(MergeSpec)
 @options_from(EngineSpec)
 @base_options
 @progress_option
-def export(source, out, force, model, base, allow_base_mismatch, progress, **options) -> None:
+def export(source, out, overwrite, model, base, allow_base_mismatch, progress, **options) -> None:
     """ONNX / TensorRT / Triton artifacts from an adapter directory or a SAM checkpoint file."""
     from naslora_deploy.exporters.export import export as run_export
 
@@ -86,7 +97,7 @@ def export(source, out, force, model, base, allow_base_mismatch, progress, **opt
         source,
         out,
         spec,
-        force,
+        overwrite,
         variant=model,
         base=base,
         allow_base_mismatch=allow_base_mismatch,
@@ -132,13 +143,15 @@ def export(source, out, force, model, base, allow_base_mismatch, progress, **opt
     help="alternating latency runs (medians are quoted)",
 )
 @json_option
+@overwrite_option("replace an existing --json FILE")
 @progress_option
 def verify(
-    artifacts, images, count, seed, tolerance, against_plain_sam, repeats, json_target, progress
+    artifacts, images, count, seed, tolerance, against_plain_sam, repeats, json_target, overwrite, progress
 ) -> None:
     """Prove the artifacts compute what the PyTorch model computes (and, dense, that they are plain SAM)."""
     from naslora_deploy.exporters.verify import plain_sam_proof, proof_summary, verify_parity
 
+    check_outputs(overwrite, json=json_target)
     report = verify_parity(artifacts, images, count, seed, tolerance, progress)
     say(json_target, report.table())
     result = report.to_dict()
@@ -146,7 +159,7 @@ def verify(
         proof = plain_sam_proof(artifacts, repeats)
         result["against_plain_sam"] = proof
         say(json_target, "\n" + proof_summary(proof))
-    emit_json(json_target, result)
+    emit_json(json_target, result, overwrite)
     if not report.passed:
         missed = sum(not row.passed for row in report.rows)
         click.echo(f"verify: {missed} output(s) miss the pass criteria printed above the table", err=True)

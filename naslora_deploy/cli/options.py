@@ -1,5 +1,10 @@
 """The command line's options, declared once: generated from dataclass fields (``options_from``)
-or shared by several commands (``--device``, ``--progress``, ``--json``, ``--base``, ``--backend``).
+or shared by several commands (``--device``, ``--progress``, ``--json``, ``--overwrite``,
+``--checkpoint``, ``--backend``).
+
+One name per meaning everywhere: ``--overwrite`` replaces an earlier output (``--force``, its
+old spelling in merge and export, still works), ``--checkpoint`` names the base SAM checkpoint
+(``--base``, its old spelling outside train, still works); the old spellings are hidden aliases.
 
 Torch-free (``tests/test_architecture.py``): ``predict`` and ``bench`` import it where torch is absent.
 """
@@ -17,6 +22,7 @@ import click
 from naslora_deploy.common.io import atomic_write_text
 from naslora_deploy.common.lazy import lazy_import
 from naslora_deploy.common.options import bound_error, check_device
+from naslora_deploy.common.outputs import check_file_output
 from naslora_deploy.core.merging.spec import MergeSpec
 from naslora_deploy.exporters.specs import EngineSpec, ExportSpec
 from naslora_deploy.runtime import Segmenter
@@ -24,6 +30,20 @@ from naslora_deploy.runtime.backends import RUNTIME_BACKENDS
 from naslora_deploy.runtime.everything import EverythingSpec
 
 BACKENDS = RUNTIME_BACKENDS + ("torch",)  # torch: built by exporters.torch_backend and handed to the runtime
+HIDDEN_ALIASES = {"--overwrite": ("--force",), "--checkpoint": ("--base",)}  # old spellings scripts use
+
+
+class HiddenAlias(click.Option):
+    """An option whose first name is the documented one; its other names (old spellings) are
+    accepted but left out of ``--help``."""
+
+    def get_help_record(self, ctx):
+        """The help line, naming only the first spelling."""
+        names, self.opts = self.opts, self.opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = names
 
 
 # ----- options generated from dataclass fields ----------------------------------------------------
@@ -50,13 +70,22 @@ class Bounded(click.ParamType):
 def _option_for(field: dataclasses.Field, hint, help: Optional[str] = None, unset: bool = False) -> Callable:
     meta = {**field.metadata["cli"], **({"help": help} if help else {})}
     flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    aliases = HIDDEN_ALIASES.get(flag, ())
     required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
     args = typing.get_args(hint)
     kind = next(a for a in args if a is not type(None)) if type(None) in args else hint
     if kind is bool:
         if field.default is not False:  # None (decide later) or True: a --x/--no-x pair
             return click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=meta["help"])
-        return click.option(flag, field.name, is_flag=True, default=field.default, help=meta["help"])
+        return click.option(
+            flag,
+            *aliases,
+            field.name,
+            is_flag=True,
+            default=field.default,
+            help=meta["help"],
+            cls=HiddenAlias,
+        )
     if meta["parse"] is not None:  # a string on the command line, the field's own type after parsing
         parse = meta["parse"]
         typed = {
@@ -74,7 +103,9 @@ def _option_for(field: dataclasses.Field, hint, help: Optional[str] = None, unse
         typed = {"type": click_type, "required": required, **default}
     if unset:  # this command decides the value itself when the option is not given
         typed.update(default=None, show_default=False)
-    return click.option(flag, field.name, metavar=meta["metavar"], help=meta["help"], **typed)
+    return click.option(
+        flag, *aliases, field.name, metavar=meta["metavar"], help=meta["help"], cls=HiddenAlias, **typed
+    )
 
 
 def options_from(
@@ -133,11 +164,28 @@ device_option = click.option(
     help="auto, cpu, cuda, cuda:N or mps",
 )
 json_option = click.option(
-    "--json", "json_target", metavar="FILE", help="write the results as JSON to FILE ('-': stdout)"
+    "--json",
+    "json_target",
+    metavar="FILE",
+    help="write the results as JSON to FILE ('-': stdout); an existing FILE needs --overwrite, a folder "
+    "is refused",
 )
+
+
+def overwrite_option(what: str) -> Callable:
+    """``--overwrite`` (hidden alias ``--force``): replace ``what``, an earlier output of this command."""
+    return click.option("--overwrite", "--force", "overwrite", is_flag=True, cls=HiddenAlias, help=what)
+
+
 adapter_argument = click.argument("adapter", type=click.Path(path_type=Path))
 base_options = _compose(
-    click.option("--base", help="the base SAM checkpoint (default: the one recorded at training)"),
+    click.option(
+        "--checkpoint",
+        "--base",
+        "base",
+        cls=HiddenAlias,
+        help="the base SAM checkpoint (default: the one recorded at training)",
+    ),
     click.option(
         "--allow-base-mismatch", is_flag=True, help="accept a base whose sha256 differs from the recorded one"
     ),
@@ -166,16 +214,27 @@ def export_spec_from(options: Dict[str, object]) -> ExportSpec:
     )
 
 
-def emit_json(target: Optional[str], data) -> None:
-    """``--json``: write ``data`` to the file ``target``, or to stdout for ``-``."""
+def check_outputs(overwrite: bool, **files: Optional[Path]) -> None:
+    """Before any work: each output file option (``json=...``, ``plot=...``) names no folder, and
+    no existing file unless ``--overwrite`` (``common.outputs.check_file_output``)."""
+    for option, path in files.items():
+        check_file_output(path, overwrite, f"--{option}")
+
+
+def emit_json(target: Optional[str], data, overwrite: bool = False) -> None:
+    """``--json``: write ``data`` to the file ``target`` (an existing one only with ``overwrite``),
+    or to stdout for ``-``."""
     if target is None:
         return
     text = json.dumps(data, indent=2)
     if target == "-":
         click.echo(text)
         return
-
-    atomic_write_text(Path(target), text + "\n")
+    check_file_output(target, overwrite)  # again: it may have appeared while the command ran
+    try:
+        atomic_write_text(Path(target), text + "\n", replace=overwrite)
+    except FileExistsError:
+        check_file_output(target, overwrite)
     click.echo(f"wrote {target}", err=True)
 
 

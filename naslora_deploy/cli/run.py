@@ -10,11 +10,13 @@ import click
 from naslora_deploy.cli.options import (
     EVERYTHING_OPTIONS,
     Bounded,
+    check_outputs,
     emit_json,
     fields_of,
     json_option,
     open_artifacts,
     options_from,
+    overwrite_option,
     progress_option,
     runtime_options,
     say,
@@ -141,15 +143,16 @@ def _failed(problems: List[str]) -> str:
 @click.option("--warmup", type=Bounded(int, 0), default=3, show_default=True)
 @runtime_options
 @json_option
-def bench(artifacts, batch_sizes, prompts, runs, warmup, backend, device, json_target) -> None:
+@overwrite_option("replace an existing --json FILE")
+def bench(artifacts, batch_sizes, prompts, runs, warmup, backend, device, json_target, overwrite) -> None:
     """Latency, throughput and memory; two artifact directories alternate run by run (A B).
 
     ``--prompts N,M``: also the predictor path (one embedding, N box prompts in one
     decoder call) against N one-shot calls; its rows (key ``prompts``) follow the batch rows.
     """
-
     if len(artifacts) > 2:
         raise ValueError("bench compares at most two artifact directories (A B)")
+    check_outputs(overwrite, json=json_target)
     segmenters = [open_artifacts(a, backend, device) for a in artifacts]
     if prompts and any(s.point_slots is None for s in segmenters):
         raise ValueError("--prompts times the prompt decoder: export the artifacts with --prompts")
@@ -159,4 +162,4 @@ def bench(artifacts, batch_sizes, prompts, runs, warmup, backend, device, json_t
         prompt_rows = bench_prompts(segmenters, prompts, runs, warmup)
         say(json_target, format_prompt_rows(prompt_rows))
         rows = rows + prompt_rows
-    emit_json(json_target, rows)
+    emit_json(json_target, rows, overwrite)

@@ -5,7 +5,10 @@ The directory holds ``image_encoder.onnx``, ``mask_decoder.onnx``, optionally
 all of it (sha256 of every file included). It is filled in a temporary
 directory and swapped in whole: a failed export leaves nothing half-written.
 Where it may go is ``common.outputs``' policy: a new or empty folder, or an
-earlier artifact directory with ``force`` (never a user's folder or file).
+earlier artifact directory with ``force`` (``--overwrite``; never a user's folder or
+file). ``--out`` is locked for the export (``io.output_lock``): a second export into
+it is refused while the first runs. A full disk names the space the artifacts need
+(about the model's weights in fp32, what the ONNX files hold before any conversion).
 ``export`` also writes a Triton model repository (``format="triton"``).
 """
 
@@ -21,7 +24,7 @@ import torch
 from naslora_deploy import __version__
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.io import atomic_write_text, sha256_of, write_directory
+from naslora_deploy.common.io import atomic_write_text, output_lock, sha256_of, write_directory
 from naslora_deploy.common.outputs import prepare_artifact_dir, prepare_triton_dir
 from naslora_deploy.common.progress import progress as progress_bar
 from naslora_deploy.core.merging.calibration import calibration_images
@@ -200,10 +203,22 @@ def export_artifacts(
     (``common.outputs``); it is checked before any work. ``format="triton"`` writes
     the ONNX artifacts here; ``export`` adds the repository.
     """
-    folder = prepare_artifact_dir(out, replace=force)  # links resolved: a link's target is written
-    if spec.format == "trt":
-        import_tensorrt()  # fail before any work, with install help
-    loaded = load_source(source, spec, variant, base, allow_base_mismatch, progress)
+    with output_lock(out, "export --out"):
+        folder = prepare_artifact_dir(out, replace=force)  # links resolved: a link's target is written
+        if spec.format == "trt":
+            import_tensorrt()  # fail before any work, with install help
+        loaded = load_source(source, spec, variant, base, allow_base_mismatch, progress)
+        manifest = _write_artifacts(folder, loaded, spec, progress)
+    return Path(out), manifest
+
+
+def weights_bytes(model) -> int:
+    """Bytes of ``model``'s weights as fp32: about what its ONNX files hold (a full disk's estimate)."""
+    return sum(4 * tensor.numel() for tensor in model.state_dict().values() if tensor.is_floating_point())
+
+
+def _write_artifacts(folder: Path, loaded: ExportSource, spec: ExportSpec, progress) -> Manifest:
+    """The ONNX files, engines and manifest of ``loaded`` in a temporary folder swapped in for ``folder``."""
     model = loaded.model
     written: Dict[str, Manifest] = {}
 
@@ -218,8 +233,8 @@ def export_artifacts(
         text = json.dumps(written["manifest"].to_dict(), indent=2)
         atomic_write_text(tmp / names.MANIFEST_NAME, text + "\n")
 
-    write_directory(folder, write)
-    return Path(out), written["manifest"]
+    write_directory(folder, write, expected_bytes=weights_bytes(model))
+    return written["manifest"]
 
 
 def export(source, out, spec: ExportSpec, force: bool = False, **load) -> Tuple[Path, dict, Optional[Path]]:
@@ -230,19 +245,20 @@ def export(source, out, spec: ExportSpec, force: bool = False, **load) -> Tuple[
     source is loaded (``export_artifacts``' ``variant``, ``base``, ``allow_base_mismatch``,
     ``progress``). Returns (artifact directory, manifest, Triton repository or None).
     """
-    if spec.format == "peft":
-        return _export_peft(
-            source, out, spec, load.get("base"), load.get("allow_base_mismatch", False), force
-        )
-    if spec.format != "triton":
-        return (*export_artifacts(source, out, spec, force=force, **load), None)
+    with output_lock(out, "export --out"):  # held across the steps that write there
+        if spec.format == "peft":
+            return _export_peft(
+                source, out, spec, load.get("base"), load.get("allow_base_mismatch", False), force
+            )
+        if spec.format != "triton":
+            return (*export_artifacts(source, out, spec, force=force, **load), None)
 
-    prepare_triton_dir(out, replace=force)
-    artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", spec, force=True, **load)
-    repository = artifacts_to_triton(
-        artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch
-    )
-    return artifacts, manifest, repository
+        prepare_triton_dir(out, replace=force)
+        artifacts, manifest = export_artifacts(source, Path(out) / "artifacts", spec, force=True, **load)
+        repository = artifacts_to_triton(
+            artifacts, Path(out) / "model_repository", max_batch=spec.engine.max_batch
+        )
+        return artifacts, manifest, repository
 
 
 def _export_peft(source, out, spec: ExportSpec, base, allow_base_mismatch: bool, force: bool):

@@ -8,7 +8,8 @@ gets ``x.jpg_mask.png``); ``a/imgs b/imgs`` give ``a/imgs/x.png_mask.png`` and
 
 ``results.jsonl`` is a log that runs append to: one JSON line per image, written
 in one ``O_APPEND`` write under a lock (concurrent runs into one ``--out`` lose
-nothing), after its mask and overlay are in place; each record names its
+nothing), after its mask and overlay are in place (a write that fails, on a full or
+read-only disk, removes that image's PNGs and stops the run with one line); each record names its
 ``mask`` and ``overlay`` (relative to ``--out``). A rerun replaces the masks of the
 images it segments again and adds new records: the last record of a file is
 the current one. ``--out`` may not be (or lie inside) a folder given as input,
@@ -223,12 +224,19 @@ def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result, 
 
 def _write_record(out: Path, path: Path, size: Tuple[int, int], pngs: dict, figures: dict) -> None:
     """Each PNG (name -> (file, pixels); atomic), then the record naming them with the image's size and
-    ``figures`` (one line appended to results.jsonl)."""
-    for file, pixels in pngs.values():
-        save_png(out / file, pixels)
+    ``figures`` (one line appended to results.jsonl). If a write fails (a full or read-only disk), the
+    PNGs this call wrote are removed: no mask is left without its record."""
     named = {key: file for key, (file, _) in pngs.items()}
     record = {"file": str(path), **named, "width": size[1], "height": size[0], **figures}
-    append_line(out / RESULTS_NAME, json.dumps(record))
+    written: List[Path] = []
+    try:
+        for file, pixels in pngs.values():
+            written.append(save_png(out / file, pixels))
+        append_line(out / RESULTS_NAME, json.dumps(record))
+    except BaseException:
+        for png in written:
+            png.unlink(missing_ok=True)
+        raise
 
 
 def instance_labels(records: List[dict], size: Tuple[int, int]) -> np.ndarray:

@@ -15,10 +15,12 @@ from naslora_deploy.common.contract import MANIFEST_FORMAT
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import append_line, atomic_write, clean_stale_temp_dirs, write_directory
 from naslora_deploy.common.outputs import (
+    RUN_MARKER,
     RUN_NAMES,
     artifact_names,
     check_output_files,
     clear_run,
+    mark_run,
     prepare_artifact_dir,
     prepare_run_dir,
     prepare_triton_dir,
@@ -73,7 +75,7 @@ def test_export_goes_to_a_new_or_empty_folder(tmp_path):
 
 def test_an_earlier_artifact_is_replaced_only_with_force(tmp_path):
     art = fake_artifact(tmp_path / "art")
-    with pytest.raises(NasloraError, match="already holds a naslora-deploy artifact; pass --force"):
+    with pytest.raises(NasloraError, match="already holds a naslora-deploy artifact; pass --overwrite"):
         prepare_artifact_dir(art)
     assert prepare_artifact_dir(art, replace=True) == art.resolve()
 
@@ -128,10 +130,14 @@ def test_a_new_run_folder_is_created(tmp_path):
 
 def test_a_used_run_folder_needs_resume_or_overwrite(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
+    (run / "last").mkdir(parents=True)
+    mark_run(run, created=True)
     (run / "train_config.json").write_text("{}")
     with pytest.raises(NasloraError, match="holds a training run; pass --resume .* --overwrite"):
         prepare_run_dir(run_config(run))
+    with pytest.raises(NasloraError, match="no checkpoint to resume .*pass --overwrite"):
+        prepare_run_dir(run_config(run, resume=True))
+    (run / "last" / "training_state.pt").write_text("state")
     assert prepare_run_dir(run_config(run, resume=True)) == run
     with pytest.raises(NasloraError, match="--resume and --overwrite"):
         prepare_run_dir(run_config(run, resume=True, overwrite=True))
@@ -139,8 +145,8 @@ def test_a_used_run_folder_needs_resume_or_overwrite(tmp_path):
         prepare_run_dir(run_config(tmp_path / "new", resume=True))
 
 
-def test_overwrite_deletes_only_what_a_run_writes(tmp_path):
-    run = tmp_path / "run"
+def a_marked_run(run: Path) -> Path:
+    """Every name a run writes, in a folder a run marked."""
     for name in RUN_NAMES:
         if "." in name.lstrip("."):
             (run / name).parent.mkdir(parents=True, exist_ok=True)
@@ -148,11 +154,26 @@ def test_overwrite_deletes_only_what_a_run_writes(tmp_path):
         else:
             (run / name).mkdir(parents=True)
             (run / name / "adapter_config.json").write_text("{}")
-    (run / "notes.txt").write_text("mine")
-    (run / "plots").mkdir()
     (run / f".last.tmp-{NO_SUCH_PID}").mkdir()
+    mark_run(run, created=True)
+    return run
+
+
+def test_overwrite_deletes_a_marked_run(tmp_path):
+    run = a_marked_run(tmp_path / "run")
+    (run / "tensorboard" / "adapter_config.json").rename(run / "tensorboard" / "events.out.tfevents.1.host")
     assert prepare_run_dir(run_config(run, overwrite=True)) == run
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "plots"]
+    assert sorted(p.name for p in run.iterdir()) == [RUN_MARKER]
+
+
+@pytest.mark.parametrize("user_file", ["notes.txt", "plots/loss.csv", "best/holiday.jpg"])
+def test_overwrite_refuses_a_marked_run_holding_a_user_file(tmp_path, user_file):
+    run = a_marked_run(tmp_path / "run")
+    (run / user_file).parent.mkdir(exist_ok=True)
+    (run / user_file).write_text("mine")
+    with pytest.raises(NasloraError, match=f"holds {user_file.split('/')[0]}.*, which no training run wrote"):
+        prepare_run_dir(run_config(run, overwrite=True))
+    assert (run / user_file).read_text() == "mine" and (run / "train_config.json").read_text() == "old"
 
 
 def test_overwrite_never_deletes_a_user_best_folder(tmp_path):
@@ -162,9 +183,22 @@ def test_overwrite_never_deletes_a_user_best_folder(tmp_path):
         clear_run(tmp_path / "mine")
     assert (tmp_path / "mine" / "best" / "photo.jpg").read_text() == "mine"
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "notes.txt").write_text("mine")  # no run names: the run goes beside it
-    assert prepare_run_dir(run_config(tmp_path / "other", overwrite=True)) == tmp_path / "other"
-    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    (tmp_path / "other" / "notes.txt").write_text("mine")  # not a run: --overwrite does not apply
+    with pytest.raises(NasloraError, match="holds notes.txt, which no training run wrote"):
+        prepare_run_dir(run_config(tmp_path / "other", overwrite=True))
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+
+
+def test_an_unmarked_run_is_never_cleared(tmp_path):
+    """A run written before runs were marked: resumable, but --overwrite cannot tell it from user files."""
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "adapter_config.json").write_text("{}")
+    (run / "train_config.json").write_text("{}")
+    for overwrite in (False, True):
+        with pytest.raises(NasloraError, match=r"\.naslora-run marker.*for its owner to delete"):
+            prepare_run_dir(run_config(run, overwrite=overwrite))
+    assert sorted(p.name for p in run.iterdir()) == ["best", "train_config.json"]
 
 
 def test_a_run_folder_that_is_a_file_is_one_line(tmp_path):
@@ -188,7 +222,7 @@ def test_output_files_new_earlier_or_foreign(tmp_path):
     out.write_text("x")
     with pytest.raises(NasloraError, match="exists and is no merged checkpoint"):
         check_output_files([out, report], kind="merged checkpoint", earlier=False, replace=True)
-    with pytest.raises(NasloraError, match="already holds a merged checkpoint; pass --force"):
+    with pytest.raises(NasloraError, match="already holds a merged checkpoint; pass --overwrite"):
         check_output_files([out, report], kind="merged checkpoint", earlier=True, replace=False)
     check_output_files([out, report], kind="merged checkpoint", earlier=True, replace=True)
     with pytest.raises(NasloraError, match="is a folder"):

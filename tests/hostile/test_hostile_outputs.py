@@ -1,8 +1,8 @@
 """Hostile output locations (issue 13, items 1, 2, 4 and 12): a user's files are never lost.
 
-``export`` only writes a new or empty folder or (with ``--force``) an earlier artifact
+``export`` only writes a new or empty folder or (with ``--overwrite``) an earlier artifact
 directory; ``train`` refuses a used ``--out`` without ``--resume``/``--overwrite`` and
-never touches files a run did not write; ``merge`` never replaces a file it did not
+only clears a folder that a run marked and that holds nothing else; ``merge`` never replaces a file it did not
 write; ``predict`` gives every input its own outputs, appends to ``results.jsonl``,
 stays out of the input folders and reports every unusable input. Files are written
 with ordinary permissions and killed exports' temporary folders are cleaned up.
@@ -22,6 +22,7 @@ import pytest
 from harness import USER_ERROR, Attack, check_attack, copy_into, train_argv
 from PIL import Image
 
+from naslora_deploy.common.outputs import mark_run
 from naslora_deploy.runtime.manifest import read_manifest
 
 NO_SUCH_PID = 4194304 + 17  # above Linux's largest pid_max: never a running process
@@ -184,18 +185,23 @@ def replaced_the_artifact(tmp: Path, ctx: dict) -> None:
 
 EXPORT_REFUSALS = [  # (name, phrase, target, *options): refused, every file as it was
     ("export_into_a_user_folder", "holds no naslora-deploy artifact", user_folder),
-    ("export_into_a_user_folder_with_force", "never replaced, not even with --force", user_folder, "--force"),
+    (
+        "export_into_a_user_folder_with_overwrite",
+        "never replaced, not even with --overwrite",
+        user_folder,
+        "--overwrite",
+    ),
     ("export_over_a_file", "is a file", a_file),
-    ("export_over_a_file_with_force", "is a file", a_file, "--force"),
+    ("export_over_a_file_with_overwrite", "is a file", a_file, "--overwrite"),
     ("export_below_a_file", "which is a file", lambda tmp, ctx: a_file(tmp, ctx) / "art"),
     ("export_into_a_link_loop", "broken link", a_link_loop),
-    ("export_into_the_current_folder", "current folder", here_with_a_user_file, "--force"),
-    ("export_over_an_artifact_without_force", "pass --force", an_artifact),
+    ("export_into_the_current_folder", "current folder", here_with_a_user_file, "--overwrite"),
+    ("export_over_an_artifact_without_overwrite", "pass --overwrite", an_artifact),
     (
         "export_over_an_artifact_holding_a_user_file",
         "no export wrote (notes.txt)",
         an_artifact_with_user_file,
-        "--force",
+        "--overwrite",
     ),
     (
         "export_triton_into_a_user_folder",
@@ -203,16 +209,16 @@ EXPORT_REFUSALS = [  # (name, phrase, target, *options): refused, every file as 
         user_folder,
         "--format",
         "triton",
-        "--force",
+        "--overwrite",
     ),
 ]
 
 EXPORT_ROWS = table_rows(1, export_into, EXPORT_REFUSALS) + [
     Attack(
-        "export_over_an_artifact_with_force",
+        "export_over_an_artifact_with_overwrite",
         1,
         "manifest",
-        export_into(an_artifact, "--force"),
+        export_into(an_artifact, "--overwrite"),
         exit_code=0,
         after=replaced_the_artifact,
     ),
@@ -257,10 +263,10 @@ def merged_with_ordinary_modes(tmp: Path, ctx: dict) -> None:
 
 MERGE_REFUSALS = [  # (name, phrase, target, *options): refused, every file as it was
     ("merge_over_a_sam_checkpoint", "is no merged checkpoint", a_sam_checkpoint),
-    ("merge_over_a_sam_checkpoint_with_force", "never replaced", a_sam_checkpoint, "--force"),
+    ("merge_over_a_sam_checkpoint_with_overwrite", "never replaced", a_sam_checkpoint, "--overwrite"),
     ("merge_over_a_user_report", "m.report.json exists", a_user_report),
     ("merge_into_a_folder", "is a folder", user_folder),
-    ("merge_over_an_earlier_merge", "pass --force", earlier_merge),
+    ("merge_over_an_earlier_merge", "pass --overwrite", earlier_merge),
 ]
 
 MERGE_ROWS = table_rows(1, merge_into, MERGE_REFUSALS) + [
@@ -283,9 +289,10 @@ def train_into(build, *extra):
 
 
 def finished_run(tmp: Path, ctx: dict) -> Path:
-    """A run folder as training leaves it (its checkpoint is the session's adapter)."""
+    """A run folder as training leaves it, marked (its checkpoint is the session's adapter)."""
     run = tmp / "run"
     run.mkdir()
+    mark_run(run, created=True)
     copy_into(ctx["adapter"], run, "best")
     copy_into(ctx["adapter"], run, "last")
     user_file(run / "train_config.json", json.dumps({"epochs": 30}))
@@ -306,10 +313,8 @@ def user_folder_with_best(tmp: Path, ctx: dict) -> Path:
     return tmp / "mine"
 
 
-def replaced_only_the_run(tmp: Path, ctx: dict) -> None:
+def replaced_the_run(tmp: Path, ctx: dict) -> None:
     run = tmp / "run"
-    assert (run / "notes.txt").read_text() == USER_TEXT
-    assert (run / "plots" / "loss.csv").read_text() == "1,2\n"
     assert json.loads((run / "run_summary.json").read_text())["step"] == 1
     assert all("old" not in record for record in results_of(run / "metrics.jsonl"))
     assert (run / "last" / "training_state.pt").is_file()
@@ -347,6 +352,12 @@ TRAIN_REFUSALS = [  # (name, phrase, target, *options): refused, every file as i
     ),
     ("train_out_is_a_file", "is a file", a_file),
     ("train_resume_and_overwrite", "--overwrite", finished_run, "--resume", "--overwrite"),
+    (
+        "train_overwrite_a_run_holding_user_files",
+        "holds notes.txt, which no training run wrote",
+        run_with_user_files,
+        "--overwrite",
+    ),
 ]
 
 TRAIN_ROWS = table_rows(2, train_into, TRAIN_REFUSALS) + [
@@ -354,12 +365,12 @@ TRAIN_ROWS = table_rows(2, train_into, TRAIN_REFUSALS) + [
         "train_resume_nothing", 2, "no run to resume", train_into(a_new_folder, "--resume"), after=nothing_new
     ),
     Attack(
-        "train_overwrite_replaces_only_the_run",
+        "train_overwrite_replaces_the_run",
         2,
         "run directory",
-        train_into(run_with_user_files, "--overwrite"),
+        train_into(finished_run, "--overwrite"),
         exit_code=0,
-        after=replaced_only_the_run,
+        after=replaced_the_run,
     ),
     Attack(
         "train_safetensors_mode",

@@ -4,16 +4,21 @@ dense: ``out`` is a plain SAM state dict (loads with ``sam_model_registry``);
 fused: ``out`` holds the fused model's state. Beside it, ``<stem>.report.json``
 (what the model is, where it came from, the fidelity report) and, for a
 multi-class model, ``<stem>.head.safetensors`` (class head and queries).
+
+All of them are written under temporary names first and renamed only when every one
+is complete (the report last): a failure (a full disk) leaves an earlier merge at
+``out`` as it was and no part of the new one. ``out`` is locked for the writer.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from naslora_deploy.common.errors import CheckpointError
-from naslora_deploy.common.io import atomic_write_text
+from naslora_deploy.common.io import OutputError, atomic_write_text, output_error, output_lock
 from naslora_deploy.common.outputs import json_field
 from naslora_deploy.core.merging.report import MergeReport
 from naslora_deploy.core.model.classes import ClassSpec
@@ -30,14 +35,13 @@ def sidecar_paths(out: Path) -> Dict[str, Path]:
 
 def write_merged(merged, report: MergeReport, out, source: str = "") -> List[Path]:
     """Write a merged ``SegmentationModel`` (what ``merge_run`` returns) and its report; the paths
-    written, each atomically."""
+    written. Staged, then renamed together (the module's docstring); ``out`` locked meanwhile."""
     out = Path(out)
     spec = merged.spec
-    written = [save_state(out, merged.sam.state_dict())]
     paths = sidecar_paths(out)
+    states = {out: merged.sam.state_dict()}
     if merged.class_head is not None:
-        head = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
-        written.append(save_state(paths["head"], head))
+        states[paths["head"]] = {f"class_head.{k}": v for k, v in merged.class_head.state_dict().items()}
     description = {
         **spec.model_record(),
         "adapter": spec.adapter.to_dict(),
@@ -47,8 +51,38 @@ def write_merged(merged, report: MergeReport, out, source: str = "") -> List[Pat
         "head_weights": paths["head"].name if merged.class_head is not None else None,
         "merge": report.to_dict(),
     }
-    written.append(atomic_write_text(paths["report"], json.dumps(description, indent=2) + "\n"))
-    return written
+    text = json.dumps(description, indent=2) + "\n"
+    with output_lock(out, "merge --out"):
+        staged = _stage(states, paths["report"], text)
+        for final, path in staged.items():  # the report last: it is what names the checkpoint
+            os.replace(path, final)
+    return list(staged)
+
+
+def _staged_name(final: Path) -> Path:
+    return final.with_name(f".{final.stem}.staged-{os.getpid()}{final.suffix}")
+
+
+def _stage(states: Dict[Path, dict], report: Path, text: str) -> Dict[Path, Path]:
+    """Each state dict and the report under a temporary name (final -> temporary); on any failure
+    those written are removed, and a full disk names what the whole merge needs."""
+    staged: Dict[Path, Path] = {}
+    full, written = False, 0
+    try:
+        for final, state in states.items():
+            staged[final] = save_state(_staged_name(final), state)
+        staged[report] = atomic_write_text(_staged_name(report), text)
+    except BaseException as exc:
+        written = sum(path.stat().st_size for path in staged.values() if path.is_file())
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+        if not isinstance(exc, OutputError) or exc.kind != "full":
+            raise
+        full, written = True, written + exc.written
+    if full:  # out of the handler: the writer that failed has let go of its files
+        needed = sum(t.numel() * t.element_size() for state in states.values() for t in state.values())
+        raise output_error("full", next(iter(states)), written, needed + len(text))
+    return staged
 
 
 def merged_description(path) -> Optional[dict]:
