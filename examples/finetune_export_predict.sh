@@ -22,8 +22,8 @@ images=$data/test/images
 # shellcheck disable=SC2086  # TRAIN_OPTIONS holds several options
 naslora-deploy train --data "$data" --model "$variant" ${checkpoint[@]+"${checkpoint[@]}"} \
     --method nas_pc_lora --out "$run" --no-progress ${TRAIN_OPTIONS:-}
-naslora-deploy eval "$run" --data "$data" --json "$run/eval_metrics.json"  # test split, else held-out val
-naslora-deploy inspect "$run" --json "$run/architecture.json"  # --plot ops.png with the plot extra
+naslora-deploy eval "$run" --data "$data" --json "$work/eval_metrics.json"  # test split, else held-out val
+naslora-deploy inspect "$run" --json "$work/architecture.json"  # --plot ops.png with the plot extra
 
 # dense merge: plain SAM, zero overhead. The least-squares fold needs --calibration images:
 # without them a NAS-LoRA run loses far more of its adaptation; the fidelity report says how much.

@@ -84,10 +84,10 @@ def test_finetune_export_predict_script_runs_as_written(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     work = tmp_path / "naslora-example"
-    evaluated = json.loads((work / "run" / "eval_metrics.json").read_text())
+    evaluated = json.loads((work / "eval_metrics.json").read_text())
     assert evaluated["split"] == "val" and evaluated["metrics"]["images"] == 1  # what training held out
     assert 0.0 <= evaluated["metrics"]["iou"] <= 1.0
-    assert json.loads((work / "run" / "architecture.json").read_text())["weights"]
+    assert json.loads((work / "architecture.json").read_text())["weights"]
     manifest = json.loads((work / "artifacts" / "manifest.json").read_text())
     assert manifest["merge"]["mode"] == "dense" and "prompt_decoder.onnx" in manifest["files"]
     assert "identical operators True, initializers True, MACs True" in done.stdout

@@ -111,7 +111,7 @@ def inspect(adapter, plot, json_target, overwrite) -> None:
 @options_from(DemoConfig)
 @progress_option
 def demo(**options) -> None:
-    """Synthetic data -> train vit_tiny (NAS-PC-LoRA) -> evaluate -> merge both ways, in 1-2 CPU minutes."""
+    """Real LiteMedSAM weights on real photographs: each method trained, evaluated and merged."""
     from naslora_deploy.training.demo import run_demo
 
     run_demo(DemoConfig(**fields_of(DemoConfig, options)))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.common.filechecks import check_regular
 from naslora_deploy.common.limits import JSON_BYTES
 
 ERRNO_KINDS = {  # what the file system says when a user's disk or folder is in the way
@@ -476,12 +477,14 @@ def sha256_of(path: Union[str, Path]) -> str:
 def read_json(path: Union[str, Path], what: str = "JSON file"):
     """The parsed JSON of ``path``, every failure one ``NasloraError`` line naming the file.
 
-    The file's size is checked against ``limits.JSON_BYTES`` before it is read;
+    A FIFO, device or folder is refused unopened; the file's size is checked
+    against ``limits.JSON_BYTES`` before it is read;
     nesting too deep for the parser (a ``RecursionError``), bad UTF-8 and bad
     syntax are refused rather than raised. ``what`` names the file's role in the
     message ("COCO annotation file").
     """
     path = Path(path)
+    check_regular(path, what)  # a FIFO would block the read, a device never end it
     try:
         JSON_BYTES.check(path.stat().st_size, path, f"split the {what}")
         text = path.read_text(encoding="utf-8")

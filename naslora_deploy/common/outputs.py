@@ -144,6 +144,7 @@ def prepare_output_dir(
     replace: bool,
     flag: str = "--out",
     force_flag: str = OVERWRITE,
+    writer: str = "export",
 ) -> Path:
     """Check a folder that is about to be written in a temporary folder and swapped in whole.
 
@@ -171,7 +172,7 @@ def prepare_output_dir(
         raise refusal(
             flag,
             path,
-            f"holds files that no export wrote ({', '.join(foreign[:3])})",
+            f"holds files that no {writer} wrote ({', '.join(foreign[:3])})",
             "move them out or give a new folder",
         )
     if not replace:

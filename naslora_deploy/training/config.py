@@ -389,6 +389,9 @@ class DemoConfig:
     lr: float = field(default=2e-4, metadata=option("the decoder's learning rate", low=0))
     adapter_lr: float = field(default=1e-3, metadata=option("the adapters' learning rate", low=0))
     seed: int = field(default=0, metadata=option("seeds data and training", low=0))
+    overwrite: bool = field(
+        default=False, metadata=option("replace an earlier demo's output at --out (never another folder)")
+    )
     progress: Optional[bool] = None  # the CLI's shared --progress/--no-progress
 
     def __post_init__(self) -> None:

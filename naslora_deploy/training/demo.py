@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
 
 from naslora_deploy.common.imaging import overlay, read_image, save_png
-from naslora_deploy.common.io import atomic_write_text
+from naslora_deploy.common.io import atomic_write_text, hold_output
+from naslora_deploy.common.outputs import entries, prepare_output_dir
 from naslora_deploy.core.merging.calibration import calibration_images
 from naslora_deploy.core.merging.files import write_merged
 from naslora_deploy.core.merging.run import merge_run
@@ -83,10 +85,36 @@ class TestSet:
         return masks
 
 
+DEMO_MARKER = ".naslora-demo"  # written into every demo output folder: what --overwrite may replace
+DEMO_NAMES = {DEMO_MARKER, "data", "runs", "merged", "overlays", "summary.json", "summary.md"}
+
+
+def _earlier_demo(folder: Path) -> Optional[Set[str]]:
+    return DEMO_NAMES if (folder / DEMO_MARKER).is_file() else None
+
+
+def prepare_demo_dir(out, overwrite: bool) -> Path:
+    """The demo's ``--out``, checked, locked and marked: new or empty, or (with ``--overwrite``) an
+    earlier demo's folder holding nothing else, whose outputs are removed first."""
+    folder = prepare_output_dir(
+        out, kind="naslora-deploy demo", earlier=_earlier_demo, replace=overwrite, writer="demo"
+    )
+    hold_output(folder)
+    for name in sorted(DEMO_NAMES & set(entries(folder))):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / DEMO_MARKER, json.dumps({"format": "naslora-deploy demo"}) + "\n")
+    return folder
+
+
 def run_demo(config: DemoConfig) -> Path:
     """Run the whole demo, printing what it measured and wrote; returns the summary file."""
     started = time.perf_counter()
-    out = Path(config.out)
+    out = prepare_demo_dir(config.out, config.overwrite)
     data = write_photo_dataset(
         out / "data", count=config.images, seed=config.seed, val=2, test=config.test_images
     )

@@ -1,5 +1,6 @@
-"""Hostile command-line values (issue 27, class 1: counts that ask for unbounded memory; class 8: values
-that silently meant something else). Each row runs the real CLI; the counts of class 1 also run once in
+"""Hostile command-line values (issue 27, class 1: counts that ask for unbounded memory; class 2: the
+demo's output folder; class 8: values that silently meant something else). Each row runs the real
+CLI; the counts of class 1 also run once in
 a subprocess under an address-space cap, so a regression that allocates what they ask for fails the
 test instead of the machine.
 """
@@ -61,7 +62,51 @@ def predict_argv(image, *extra: str):
     return argv
 
 
+def user_folder(tmp: Path, ctx: dict) -> list:
+    """A user's folder holding a file of their own, given to ``demo --out``."""
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("my notes")
+    return ["demo", "--out", str(tmp / "mine"), "--no-progress"]
+
+
+MARKER_TEXT = '{"format": "naslora-deploy demo"}\n'
+
+
+def earlier_demo(tmp: Path, ctx: dict) -> list:
+    """An earlier demo's folder (its marker and summary), given again without --overwrite."""
+    (tmp / "demo").mkdir()
+    (tmp / "demo" / ".naslora-demo").write_text(MARKER_TEXT)
+    (tmp / "demo" / "summary.md").write_text("earlier")
+    return ["demo", "--out", str(tmp / "demo"), "--no-progress"]
+
+
+def untouched(folder: str, files: dict):
+    def after(tmp: Path, ctx: dict) -> None:
+        assert {p.name: p.read_text() for p in (tmp / folder).iterdir()} == files
+
+    return after
+
+
 ATTACKS = [
+    # ----- class 2: demo --out, like every output, never replaces what it did not write -----
+    Attack(
+        "demo_out_holds_a_users_files",
+        2,
+        "holds no naslora-deploy demo (notes.txt)",
+        argv=user_folder,
+        after=untouched("mine", {"notes.txt": "my notes"}),
+        issue=27,
+    ),
+    Attack(
+        "demo_out_is_an_earlier_demo_without_overwrite",
+        2,
+        "already holds a naslora-deploy demo; pass --overwrite",
+        argv=earlier_demo,
+        after=untouched(
+            "demo", {".naslora-demo": '{"format": "naslora-deploy demo"}\n', "summary.md": "earlier"}
+        ),
+        issue=27,
+    ),
     # ----- class 1: counts checked against a stated limit before anything is allocated -----
     Attack(
         "everything_points_per_side_100000",

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from naslora_deploy.common.errors import NasloraError, first_line
+from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import read_json
 
 
 @dataclass
@@ -71,11 +72,9 @@ class ClassSpec:
         palette that is not one [r, g, b] of 0..255 per name) is one ``NasloraError`` line.
         """
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise NasloraError(
-                f"{path}: cannot read it as JSON ({first_line(exc, 120)}); {CLASSES_JSON_FORM}"
-            ) from None
+            data = read_json(path, "classes.json")
+        except NasloraError as exc:
+            raise NasloraError(f"{exc}; {CLASSES_JSON_FORM}") from None
         problem = classes_json_problem(data)
         if problem:
             raise NasloraError(f"{path}: {problem}; {CLASSES_JSON_FORM}")

@@ -11,6 +11,7 @@ would block the reader) and never dropped silently: ``--skip-bad`` skips it with
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from pathlib import Path
@@ -98,7 +99,7 @@ def pair_folder(folder: Path, skip_bad: bool, skipped: List[str]) -> List[Pair]:
 def resolve_classes(root: Path, num_classes: Optional[int]) -> ClassSpec:
     """``--classes N`` or the data set's ``classes.json``; binary otherwise."""
     classes_json = root / "classes.json"
-    if classes_json.is_file():
+    if os.path.lexists(classes_json):  # a FIFO or broken link named so is refused, not passed over
         spec = ClassSpec.from_classes_json(classes_json)
         if num_classes is not None and num_classes != spec.num_classes:
             raise NasloraError(

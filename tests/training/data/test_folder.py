@@ -116,7 +116,7 @@ def test_missing_folders(tmp_path):
         ('{"classes": ["bg"]}', '"names" is missing'),
         ('{"names": ["bg", "glass"], "palette": [[0, 0, 0]]}', '"palette" must be a list of 2'),
         ('{"names": ["bg", "glass"], "palette": [[0, 0, 0], [300, 0, 0]]}', '"palette"[1] is [300, 0, 0]'),
-        ("{not json", "cannot read it as JSON"),
+        ("{not json", "cannot read the classes.json as JSON"),
     ],
 )
 def test_bad_classes_json_is_one_line(tmp_path, content, phrase):
