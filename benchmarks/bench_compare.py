@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -106,7 +107,25 @@ def train_config(args, arm: str, prompt: str, seed: int, out: Path, arm_lr: floa
     )
     if method == "none":
         fields["lr"] = arm_lr  # decoder-only: the swept rate is the decoder's
-    return TrainConfig(**{**fields, **changes})
+    config = TrainConfig(**{**fields, **changes})
+    if resumable(out, config):  # a piece killed with its session goes on from its last epoch
+        config.resume, config.overwrite = True, False
+    return config
+
+
+def resumable(out: Path, config) -> bool:
+    """Whether ``out`` holds an unfinished run of exactly ``config`` (its last epoch saved)."""
+    recorded = out / "train_config.json"
+    if not (out / "last" / "training_state.pt").is_file() or not recorded.is_file():
+        return False
+    if (out / "run_summary.json").is_file():
+        return False  # it finished: run it again from the start
+
+    def settings(recorded_config: dict) -> dict:  # paths compared resolved (a worktree links results/)
+        kept = {k: v for k, v in recorded_config.items() if k not in ("resume", "overwrite", "out")}
+        return {**kept, "data": str(Path(kept["data"]).resolve())}
+
+    return settings(json.loads(recorded.read_text())) == settings(config.to_dict())
 
 
 def _alpha(records: List[dict], model) -> Optional[dict]:
@@ -125,12 +144,22 @@ def _alpha(records: List[dict], model) -> Optional[dict]:
     return {"largest_share_change": largest, "mean_shares_per_epoch": trajectory}
 
 
+def _last_step(out: Path) -> Optional[int]:
+    """The step of the last epoch a killed piece logged (where its resume starts)."""
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return json.loads(lines[-1])["step"] if lines else None
+
+
 def run_piece(args, arm: str, prompt: str, seed: int, arm_lr: float, out: Path, **changes) -> dict:
     """Train one piece and evaluate its best/ on the test photographs."""
     from naslora_deploy.core.runs.checkpoint import load_adapter
     from naslora_deploy.training.trainer import train
 
     config = train_config(args, arm, prompt, seed, out, arm_lr, **changes)
+    resumed_at = _last_step(out) if config.resume else None
+    if not config.resume and out.exists():  # this benchmark's own scratch (RUNS), an older attempt
+        shutil.rmtree(out)
     began = time.perf_counter()
     run = train(config)
     wall = time.perf_counter() - began
@@ -145,7 +174,8 @@ def run_piece(args, arm: str, prompt: str, seed: int, arm_lr: float, out: Path, 
         "lr": arm_lr,
         "steps": records[-1]["step"],
         "config": config.to_dict(),
-        "wall_s": wall,
+        "wall_s": wall,  # of the last attempt only when resumed_at_step is set
+        "resumed_at_step": resumed_at,
         "median_step_ms": statistics.median(steps),
         "val_curve": [(r["step"], r["val"]["iou"]) for r in records if r.get("val")],
         "train_loss": [(r["step"], r["train_loss"]) for r in records],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The comparison's pieces in order, each its own process; a finished piece is skipped, so running this
-# again (another session) runs only what is missing. Logs: benchmarks/results/.logs/. Commit the
+# The comparison's pieces in order, each its own process; a finished piece is skipped and an unfinished
+# one resumes from its last epoch, so running this again (another session) runs only what is missing. Logs: benchmarks/results/.logs/. Commit the
 # result files under benchmarks/results/compare/ as they land.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,9 @@ piece run-none-lora-s0-bf16 run --arm lora --prompt none --seed 0 --precision bf
 runs 1 decoder lora nas_pc_lora
 runs 2 decoder lora nas_pc_lora
 runs 0 nas_lora
+# full fine-tuning (~2.4 h fp32 on the 2-core CPU): one seed first; a piece killed with its session
+# resumes from its last epoch next time (bench_compare.resumable)
+piece run-none-full-s0 run --arm full --prompt none --seed 0
 runs 1 nas_lora
 runs 2 nas_lora
 piece run-none-lora-s0-blocksall run --arm lora --prompt none --seed 0 --blocks all
