@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from naslora_deploy.common.errors import NasloraError
-from naslora_deploy.common.io import atomic_write_text, write_directory
+from naslora_deploy.common.io import atomic_write_text, read_json, write_directory
 from naslora_deploy.common.outputs import prepare_output_dir
 from naslora_deploy.core.adapters.config import TARGETS
 from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
@@ -204,6 +204,7 @@ def run_to_peft(
         "rank": rank // len(config.targets),
         "source": str(run_dir),
         "base_sha256": model.spec.base_sha256,
+        "base_random": model.spec.base_random,
     }
     _write(folder, tensors, peft_config(sorted(factors), rank, bool(biases)), record, report)
     return Path(out_dir)
@@ -228,7 +229,11 @@ def peft_manifest(out_dir: Union[str, Path]) -> dict:
     (``{"report": ...}``: the dense merge's, NAS runs only) and an empty ``trtexec``."""
     out_dir = Path(out_dir)
     report = out_dir / REPORT_NAME
-    merge_report = json.loads(report.read_text())["merge"] if report.is_file() else None
+    merge_report = read_json(report, "PEFT merge report") if report.is_file() else None
+    if merge_report is not None:
+        merge_report = merge_report.get("merge") if isinstance(merge_report, dict) else None
+        if not isinstance(merge_report, dict):
+            raise NasloraError(f"{report} holds no 'merge' object; export the PEFT adapter again")
     files = {p.name: {"bytes": p.stat().st_size} for p in sorted(out_dir.iterdir()) if p.is_file()}
     return {
         "format": "peft",

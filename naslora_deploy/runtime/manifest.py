@@ -23,7 +23,7 @@ from naslora_deploy.common import contract as names
 from naslora_deploy.common.contract import MANIFEST_FORMAT, MANIFEST_NAME
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import NORMALIZATIONS, InputMapping
-from naslora_deploy.common.io import sha256_of
+from naslora_deploy.common.io import read_json, sha256_of
 
 MAX_MANIFEST_BYTES = 16 << 20  # real manifests are a few kB
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,6 +60,7 @@ def _names(value) -> bool:
 
 
 SOURCE_KINDS = ("adapter", "merged_checkpoint", "sam_checkpoint")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # exporters.specs.PRECISIONS (the runtime imports no exporter)
 # key -> (required, check, what it must be); nested dicts have their own tables
 EXTERNAL_SCHEMA = {
     "file": (True, _kind(str), "a file name"),
@@ -81,6 +82,20 @@ SOURCE_SCHEMA = {
     "kind": (True, lambda v: v in SOURCE_KINDS, " or ".join(SOURCE_KINDS)),
     "path": (True, _kind(str), "a path"),
     "sha256": (False, _sha256, "64 hex digits"),
+    "base": (False, lambda v: v is None or _kind(str)(v), "null or a path"),
+    "variant": (False, lambda v: v is None or _kind(str)(v), "a model variant name"),
+}
+EXPORT_SCHEMA = {  # read back by ``exporters.specs.ExportSpec.from_manifest`` (verify, --backend torch)
+    "merge": (False, _kind(dict, str), "an object (older manifests: a merge mode)"),
+    "engine": (False, _kind(dict), "an object"),
+}
+EXPORT_MERGE_SCHEMA = {  # export.merge (a MergeSpec); older manifests hold these keys in export itself
+    "mode": (False, _kind(str), "a merge mode"),
+    "calibration": (False, lambda v: v is None or _kind(str)(v), "null or a folder"),
+}
+MERGE_SCHEMA = {
+    "mode": (False, _kind(str), "a merge mode"),
+    "report": (False, lambda v: v is None or _kind(dict)(v), "null or an object"),
 }
 SCHEMA = {
     "format": (True, lambda v: v == MANIFEST_FORMAT, MANIFEST_FORMAT),
@@ -88,8 +103,8 @@ SCHEMA = {
     "image_size": (True, _positive_int, "a positive integer"),
     "head": (True, lambda v: v in ("binary", "multiclass"), "binary or multiclass"),
     "files": (True, _kind(dict), "an object of file name -> entry"),
-    "precision": (True, _kind(str), "a precision name"),
-    "onnx_precision": (True, _kind(str), "a precision name"),
+    "precision": (True, lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
+    "onnx_precision": (True, lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
     "merge": (True, _kind(dict), "an object"),
     "export": (True, _kind(dict), "an object"),
     "source": (True, _kind(dict), "an object"),
@@ -111,9 +126,17 @@ def _check_table(data: dict, schema: dict, where: str, path: Path) -> None:
                 raise NasloraError(f"{path} is damaged: {where}{key!r} is missing; {AGAIN}")
         elif not check(data[key]):
             raise NasloraError(
-                f"{path} is damaged: {where}{key!r} is {json.dumps(data[key])[:60]}, "
-                f"expected {expected}; {AGAIN}"
+                f"{path} is damaged: {where}{key!r} is {_shown(data[key])}, expected {expected}; {AGAIN}"
             )
+
+
+def _shown(value) -> str:
+    """A JSON value as a message shows it: its JSON cut short, or its kind when too deep to print."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, ValueError):
+        return f"a deeply nested JSON {'object' if isinstance(value, dict) else 'array'}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def validate_manifest(data, path: Path) -> dict:
@@ -135,6 +158,12 @@ def validate_manifest(data, path: Path) -> dict:
             _check_table(entry["external_data"], EXTERNAL_SCHEMA, f"files[{name!r}].external_data.", path)
     _check_table(data.get("classes") or {}, CLASSES_SCHEMA, "classes.", path)
     _check_table(data["source"], SOURCE_SCHEMA, "source.", path)
+    _check_table(data["export"], EXPORT_SCHEMA, "export.", path)
+    if isinstance(data["export"].get("merge"), dict):
+        _check_table(data["export"]["merge"], EXPORT_MERGE_SCHEMA, "export.merge.", path)
+    else:  # an older manifest: the merge's options beside the mode
+        _check_table(data["export"], EXPORT_MERGE_SCHEMA, "export.", path)
+    _check_table(data["merge"], MERGE_SCHEMA, "merge.", path)
     required = REQUIRED_FILES + (
         (names.onnx_file(names.PROMPT_DECODER),) if data.get("prompt_point_slots") else ()
     )
@@ -289,9 +318,9 @@ def _read_json(directory: Path) -> object:
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise NasloraError(f"{path} is {path.stat().st_size} bytes, far too large for a manifest; {AGAIN}")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise NasloraError(f"{path} is damaged ({str(exc).splitlines()[0][:120]}); {AGAIN}") from None
+        return read_json(path, "artifact manifest")  # deep nesting, bad UTF-8, bad syntax: one line
+    except NasloraError as exc:
+        raise NasloraError(f"{path} is damaged ({str(exc).removeprefix(f'{path}: ')}); {AGAIN}") from None
 
 
 def read_manifest(directory, check_files: bool = True) -> Manifest:

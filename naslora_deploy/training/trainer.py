@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import sys
 import time
@@ -41,7 +42,7 @@ from naslora_deploy.core.adapters.injection import (
 )
 from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.core.model.variants import VARIANTS, build_sam
-from naslora_deploy.core.model.weights import base_weights_file
+from naslora_deploy.core.model.weights import base_weights_file, weights_sha256
 from naslora_deploy.core.runs import checkpoint as saved
 from naslora_deploy.core.runs.architecture import search_ran
 from naslora_deploy.core.runs.checkpoint import (
@@ -167,7 +168,7 @@ class Trainer:
             enable_gradient_checkpointing(sam)
         if c.compile:
             compile_encoder_blocks(sam)
-        base_path, base_sha = self._record_base(sam, c.checkpoint or bundled)
+        base_record = self._record_base(sam, c.checkpoint or bundled)
         num_queries = self.model.class_head.queries.num_embeddings if self.model.class_head is not None else 0
         return RunSpec(
             c.model,
@@ -175,18 +176,19 @@ class Trainer:
             classes,
             num_queries,
             sam.image_encoder.img_size,
-            base_path,
-            base_sha,
             normalization=sam.normalization,
             prompt=c.prompt,
             training=c.to_dict(),
+            **base_record,
         )
 
-    def _record_base(self, sam, checkpoint):
-        """The base checkpoint's path and sha256; a random base is saved in the run dir."""
-        if checkpoint:  # a hub folder is recorded by its weights file
+    def _record_base(self, sam, checkpoint) -> dict:
+        """``RunSpec``'s base fields: path, sha256 (``weights_sha256``: index and shards) and ``base_random``
+        (random weights, a choice ``TrainConfig._check_base_weights`` checked, saved in the run dir)."""
+        if checkpoint:  # a hub folder is recorded by its weights file or shard index
             path = base_weights_file(checkpoint) or Path(checkpoint)
-            return str(path.resolve()), sha256_of(path)
+            # absolute, not resolved: a hub cache's index is a link into blobs/, away from its shards
+            return {"base_checkpoint": os.path.abspath(path), "base_sha256": weights_sha256(path)}
         path = self.out / run_names.RUN_BASE
         if self.dist.is_main and not (self.config.resume and path.is_file()):
             from safetensors.torch import save_file
@@ -195,7 +197,11 @@ class Trainer:
             base = {k.replace(".qkv.base_layer.", ".qkv."): v for k, v in base.items()}
             atomic_write(path, lambda tmp: save_file(base, str(tmp)))
         barrier(self.dist)
-        return "../base_model.safetensors", sha256_of(path)
+        return {
+            "base_checkpoint": f"../{run_names.RUN_BASE}",
+            "base_sha256": sha256_of(path),
+            "base_random": True,
+        }
 
     # ----- resume -------------------------------------------------------------------
     def resume(self) -> None:

@@ -188,7 +188,7 @@ def one_line(error_type, call):
 def test_what_cannot_convert_is_one_line(base, tmp_path):
     run = make_run(tmp_path / "run", base, method="lora", rank=1)
     out = run_to_peft(run, tmp_path / "peft")
-    assert "pass --force" in one_line(NasloraError, lambda: run_to_peft(run, out))
+    assert "pass --overwrite" in one_line(NasloraError, lambda: run_to_peft(run, out))
     assert set(peft_manifest(out)["files"]) == {PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME}
     assert peft_manifest(out)["merge"] is None
     assert "is a file" in one_line(

@@ -306,7 +306,7 @@ def nan_base(tmp, ctx):
         str(ctx["adapter"]),
         "--out",
         str(tmp / "out"),
-        "--base",
+        "--checkpoint",
         str(base),
         "--allow-base-mismatch",
     ]

@@ -170,7 +170,7 @@ def test_base_checkpoint_mismatch_is_refused(binary_data, tmp_path):
         load_adapter(run, base_checkpoint=other)
     assert load_adapter(run, base_checkpoint=other, allow_base_mismatch=True) is not None
     (run / "base_model.safetensors").rename(tmp_path / "moved.safetensors")
-    with pytest.raises(CheckpointError, match="pass it with --base"):
+    with pytest.raises(CheckpointError, match="with --checkpoint"):
         load_adapter(run)
     assert load_adapter(run, base_checkpoint=tmp_path / "moved.safetensors") is not None
 

@@ -44,7 +44,8 @@ def merge_run(
     """Merge a trained run as ``spec`` says; returns ``(merged model, report)``.
 
     ``source``: a run or checkpoint directory (loaded with ``load_adapter``: ``base``,
-    ``allow_base_mismatch``, ``device``), or the ``SegmentationModel`` it returns.
+    ``allow_base_mismatch``, ``device``; an adapter that records no base needs ``base``, and the
+    recorded base must still have its sha256), or the ``SegmentationModel`` it returns.
     ``calibration``: images already read with ``read_calibration`` (otherwise read
     here). The merged model carries the run's ``spec`` and is in eval mode.
     """

@@ -19,18 +19,23 @@ Pure functions on tensor dicts (no model is built here):
 
 ``to_segment_anything`` chains them; ``variants.read_state_dict`` calls it. A key
 that maps nowhere is kept as it is, so ``load_fitting_state_dict`` names it.
+
+A shard index may name only files inside its folder (``shard_names``: no absolute
+path, no ``..``), and ``weights_sha256`` is the one digest of every byte a checkpoint
+is read from (a shard index: the index and every shard), which runs record and check.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from naslora_deploy.common.errors import CheckpointError
+from naslora_deploy.common.errors import CheckpointError, NasloraError
+from naslora_deploy.common.io import read_json, sha256_of
 
 LAYOUTS = ("segment_anything", "transformers")
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
@@ -111,33 +116,92 @@ def _rename(key: str, table) -> str:
 def weight_files(path: Union[str, Path]) -> List[Path]:
     """The weight files behind ``path``: the file itself, or a hub-style folder's (shards in order).
 
-    Raises ``CheckpointError`` (one line) when nothing is there or a shard index is damaged.
+    Raises ``CheckpointError`` (one line) when nothing is there or a shard index is damaged
+    or names a shard outside its folder (``shard_names``).
     """
     path = Path(path)
-    if path.is_file() and not path.name.endswith(".index.json"):
+    if path.is_file() and not is_shard_index(path):
         return [path]
     if path.is_dir():
-        found = [path / name for name in HUB_FILES if (path / name).is_file()]
-        if not found:
+        found = base_weights_file(path)
+        if found is None:
             raise CheckpointError(
                 f"checkpoint folder {path} holds none of {', '.join(HUB_FILES)}; pass a SAM weights file"
             )
-        path = found[0]
-        if not path.name.endswith(".index.json"):
+        path = found
+        if not is_shard_index(path):
             return [path]
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} not found; pass the path of a SAM .pth or .safetensors file (or a hub folder)"
         )
-    try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"shard index {path} is damaged ({type(exc).__name__}: {exc})") from None
+    shards = shard_names(path)
     missing = [s for s in shards if not (path.parent / s).is_file()]
     if missing:
         raise CheckpointError(f"shard index {path} names {missing[0]}, which is not beside it")
     return [path.parent / s for s in shards]
+
+
+def is_shard_index(path: Union[str, Path]) -> bool:
+    """Whether ``path`` names a Hugging Face shard index (``*.index.json``)."""
+    return Path(path).name.endswith(".index.json")
+
+
+def shard_names(index: Path) -> List[str]:
+    """The shard files a shard index's ``weight_map`` names, sorted, each a relative path inside the
+    index's folder: an absolute path or a ``..`` part is refused (it would read files elsewhere).
+    Links inside the folder are followed (the hub cache's snapshots are links to its blobs)."""
+    try:
+        data = read_json(index, "shard index")
+    except NasloraError as exc:  # deep nesting, bad UTF-8 or syntax, too large: one line
+        raise CheckpointError(f"{exc}; use an intact checkpoint") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f"shard index {index} is damaged: it holds no 'weight_map' object of tensor name -> shard file; "
+            "use the checkpoint as the hub wrote it"
+        )
+    odd = next((n for n in weight_map.values() if not isinstance(n, str)), None)
+    if odd is not None:
+        raise CheckpointError(
+            f"shard index {index} is damaged: its weight_map names a shard by a {type(odd).__name__}, "
+            "not a file name; use the checkpoint as the hub wrote it"
+        )
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if not _inside(name):
+            raise CheckpointError(
+                f"shard index {index} names shard {name!r}, which is outside its folder; shards must be "
+                "relative paths inside the checkpoint folder: use the checkpoint as the hub wrote it"
+            )
+    return names
+
+
+def _inside(name: str) -> bool:
+    """Whether a shard name is a relative path that stays in its folder (``\\`` read as ``/``)."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    return bool(path.parts) and "\x00" not in name and not path.is_absolute() and ".." not in path.parts
+
+
+def weights_sha256(path: Union[str, Path]) -> str:
+    """The sha256 that stands for every byte ``read_state_dict(path)`` reads.
+
+    A weights file: its own sha256 (as ``common.io.sha256_of``). A hub folder: that of its
+    weights file or shard index (``base_weights_file``). A shard index: the sha256 of the
+    text lines ``"<name> <sha256 of the file>\\n"``, first the index itself, then every shard
+    it names in sorted name order, so a change to any shard (or to the index) changes it.
+    Raises ``CheckpointError`` when nothing is there or the index is damaged.
+    """
+    path = Path(path)
+    file = base_weights_file(path)
+    if file is None:
+        raise CheckpointError(f"checkpoint {path} not found; pass a SAM weights file or hub folder")
+    if not is_shard_index(file):
+        return sha256_of(file)
+    digest = hashlib.sha256(f"{file.name} {sha256_of(file)}\n".encode())
+    for shard in weight_files(file):
+        digest.update(f"{shard.relative_to(file.parent).as_posix()} {sha256_of(shard)}\n".encode())
+    return digest.hexdigest()
 
 
 def is_tensor_dict(obj) -> bool:

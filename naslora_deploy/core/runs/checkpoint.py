@@ -1,7 +1,11 @@
 """Adapter checkpoints: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
 A checkpoint directory holds everything needed to rebuild the trained model on
-top of its base SAM checkpoint, whose sha256 is recorded and checked. The
+top of its base SAM checkpoint, whose sha256 is recorded and checked (for a
+sharded Hugging Face checkpoint: of the index and every shard, ``weights_sha256``).
+A run trained on random weights on purpose saves them as ``base_model.safetensors``
+in its run folder and records ``base_random``; an adapter that records no base at
+all is refused rather than loaded onto random weights (``load_adapter``). The
 safetensors file holds the whole trainable state and nothing else: adapters
 (W_e, W_d, cell ops, alpha, PC masks), the mask decoder and the class head.
 Directories are replaced atomically: a reader sees the old one or the new one.
@@ -20,19 +24,25 @@ import torch
 
 from naslora_deploy import __version__
 from naslora_deploy.common.contract import ADAPTER_CONFIG_NAME
-from naslora_deploy.common.errors import CheckpointError, first_line, read_errors_as
+from naslora_deploy.common.errors import CheckpointError, NasloraError, first_line, read_errors_as
 from naslora_deploy.common.imaging import InputMapping
-from naslora_deploy.common.io import atomic_write, atomic_write_text, sha256_of, write_directory
+from naslora_deploy.common.io import atomic_write, atomic_write_text, read_json, sha256_of, write_directory
+from naslora_deploy.common.outputs import RUN_BASE
 from naslora_deploy.core.adapters.config import AdapterConfig
 from naslora_deploy.core.adapters.injection import adapted_layers, add_adapters, attention_blocks
 from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.core.model.variants import VARIANTS, build_sam, first_mismatch
+from naslora_deploy.core.model.weights import base_weights_file, is_shard_index, weights_sha256
 
 CONFIG_NAME = ADAPTER_CONFIG_NAME
 WEIGHTS_NAME = "adapter_model.safetensors"
 TRAINING_STATE_NAME = "training_state.pt"
 FORMAT = "naslora-deploy-adapter/1"
+# what a random-base run recorded before ``base_random`` existed (the trainer's only such record): read as
+# random on purpose, since the file it names is the run's own saved base and its sha256 is checked
+LEGACY_RANDOM_BASE = f"../{RUN_BASE}"
+CHECKPOINT_HELP = "pass the base checkpoint it was trained on with --checkpoint"
 
 
 @dataclass
@@ -50,6 +60,7 @@ class RunSpec:
     normalization: str = "imagenet"
     prompt: str = "none"  # how it was trained: prompt-free, or with box prompts
     training: dict = field(default_factory=dict)  # the TrainConfig it was trained with (empty: older files)
+    base_random: bool = False  # trained on random weights on purpose (saved in the run directory)
 
     @property
     def head(self) -> str:
@@ -70,6 +81,7 @@ class RunSpec:
             "num_queries": self.num_queries,
             "base_checkpoint": self.base_checkpoint,
             "base_sha256": self.base_sha256,
+            "base_random": self.base_random,
             "adapter": self.adapter.to_dict(),
             "progress": self.progress,
             "training": self.training,
@@ -98,27 +110,83 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "adapter config") -> "RunSpec":
-        """Parse ``to_dict`` output; a foreign or damaged file gets a clear error."""
+        """Parse ``to_dict`` output; a foreign or damaged file gets one clear ``CheckpointError`` line."""
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"{source} holds a JSON {type(data).__name__}, not a naslora-deploy adapter config"
+            )
         if data.get("format") != FORMAT:
             raise CheckpointError(
                 f"{source} is not a naslora-deploy adapter config (format {data.get('format')!r})"
             )
+        _check_spec_types(data, source)
+        base_random = data.get("base_random")
+        if base_random is None:  # files older than the field
+            base_random = data.get("base_checkpoint") == LEGACY_RANDOM_BASE
         try:
-            return cls(
+            spec = cls(
                 variant=data["variant"],
                 adapter=AdapterConfig.from_dict(data["adapter"]),
                 classes=ClassSpec.from_dict(data["classes"]),
-                num_queries=int(data.get("num_queries", 0)),
-                image_size=int(data["image_size"]),
+                num_queries=data.get("num_queries", 0),
+                image_size=data["image_size"],
                 normalization=data.get("normalization", "imagenet"),  # files older than the field: SAM's
                 prompt=data.get("prompt", "none"),
                 base_checkpoint=data.get("base_checkpoint"),
                 base_sha256=data.get("base_sha256"),
                 progress=dict(data.get("progress") or {}),
                 training=dict(data.get("training") or {}),  # files older than the field: none recorded
+                base_random=base_random,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source} is damaged: {exc}") from None
+            spec.input_mapping  # noqa: B018 -- the recorded --bands / --stretch must parse
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{source} is damaged: {first_line(exc)}; {SPEC_HELP}") from None
+        return spec
+
+
+SPEC_HELP = "use the adapter_config.json its training wrote"
+
+
+def _whole(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+# adapter_config.json key -> (check, what it must be); keys that are absent take their defaults
+SPEC_TYPES = {
+    "variant": (lambda v: isinstance(v, str) and v in VARIANTS, f"one of {', '.join(VARIANTS)}"),
+    "image_size": (_whole(1), "a positive integer"),
+    "num_queries": (_whole(0), "a whole number"),
+    "normalization": (lambda v: isinstance(v, str), "a normalisation name"),
+    "prompt": (lambda v: isinstance(v, str), "a prompt mode"),
+    "base_checkpoint": (lambda v: v is None or (isinstance(v, str) and v != ""), "a path or null"),
+    "base_sha256": (
+        lambda v: v is None or (isinstance(v, str) and len(v) == 64 and set(v) <= set("0123456789abcdef")),
+        "64 hex digits or null",
+    ),
+    "base_random": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "adapter": (lambda v: isinstance(v, dict), "an object"),
+    "classes": (lambda v: isinstance(v, dict), "an object"),
+    "progress": (lambda v: v is None or isinstance(v, dict), "an object"),
+    "training": (lambda v: v is None or isinstance(v, dict), "an object"),
+}
+
+
+def _check_spec_types(data: dict, source) -> None:
+    """Each ``SPEC_TYPES`` key present in ``data`` holds what it must; else one line naming the first."""
+    for key, (check, expected) in SPEC_TYPES.items():
+        if key in data and not check(data[key]):
+            raise CheckpointError(
+                f"{source} is damaged: {key!r} is {shown(data[key])}, not {expected}; {SPEC_HELP}"
+            )
+
+
+def shown(value) -> str:
+    """A JSON value as a one-line message shows it: its JSON cut short, or its kind when too deep to print."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, ValueError):
+        return f"a deeply nested JSON {'object' if isinstance(value, dict) else 'array'}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def trainable_state(model) -> Dict[str, torch.Tensor]:
@@ -171,55 +239,101 @@ def read_spec(directory: Union[str, Path]) -> RunSpec:
     """Read ``adapter_config.json`` of a (resolved) checkpoint directory."""
     path = resolve_checkpoint_dir(directory) / CONFIG_NAME
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+        data = read_json(path, "adapter config")  # deep nesting, bad UTF-8, bad syntax: one line
+    except NasloraError as exc:
+        raise CheckpointError(f"{exc}; {SPEC_HELP}") from None
     return RunSpec.from_dict(data, source=str(path))
 
 
 def _base_path(spec: RunSpec, directory: Path, base_checkpoint) -> Optional[Path]:
+    """``--checkpoint`` if given, else the recorded base (relative: to ``directory``), else None."""
     if base_checkpoint is not None:
         return Path(base_checkpoint)
     if spec.base_checkpoint is None:
         return None
     recorded = Path(spec.base_checkpoint)
     recorded = recorded if recorded.is_absolute() else (directory / recorded)
-    if not recorded.is_file():  # weights that ship with a package move with its install: look there
-        bundled = VARIANTS[spec.variant].pretrained_checkpoint() if spec.variant in VARIANTS else None
-        if bundled is not None and sha256_of(bundled) == spec.base_sha256:
+    if not recorded.exists():  # weights that ship with a package move with its install: look there
+        bundled = VARIANTS[spec.variant].pretrained_checkpoint()
+        if bundled is not None and weights_sha256(bundled) == spec.base_sha256:
             return Path(bundled)
     return recorded
+
+
+def verified_base(
+    spec: RunSpec, directory: Path, base_checkpoint=None, allow_base_mismatch: bool = False
+) -> Path:
+    """The base SAM checkpoint to load ``directory``'s adapters onto, checked against its record.
+
+    ``base_checkpoint`` (``--checkpoint``) or the recorded one; its ``weights_sha256`` (every
+    shard of a sharded checkpoint) must equal the recorded sha256 unless ``allow_base_mismatch``.
+    An adapter that records no base is refused: loading it onto random weights would export a
+    model that was never trained. Each refusal is one ``CheckpointError`` line naming ``--checkpoint``.
+    """
+    base = _base_path(spec, directory, base_checkpoint)
+    config = directory / CONFIG_NAME
+    if base is None:
+        what = (
+            "records random base weights but not the file holding them: its adapters would be loaded onto "
+            "other random weights"
+            if spec.base_random
+            else "records no base checkpoint: its adapters would be loaded onto random weights"
+        )
+        raise CheckpointError(f"{config} {what}; {CHECKPOINT_HELP}")
+    if not base.exists() and base_checkpoint is not None:
+        raise CheckpointError(
+            f"--checkpoint {base} not found; pass the base checkpoint {directory} was trained on"
+        )
+    if not base.exists():
+        trained_on = (
+            f"random base weights saved as {spec.base_checkpoint} (keep its run folder whole)"
+            if spec.base_random
+            else f"base checkpoint {spec.base_checkpoint}"
+        )
+        raise CheckpointError(
+            f"{directory} was trained on {trained_on}, which is not at {base}; {CHECKPOINT_HELP}"
+        )
+    if spec.base_sha256 is not None and not allow_base_mismatch:
+        _check_base_sha256(spec, directory, base)
+    return base
+
+
+def _check_base_sha256(spec: RunSpec, directory: Path, base: Path) -> None:
+    found = weights_sha256(base)
+    if found == spec.base_sha256:
+        return
+    file = base_weights_file(base) or base
+    if is_shard_index(file) and sha256_of(file) == spec.base_sha256:
+        raise CheckpointError(
+            f"{directory} recorded the sha256 of shard index {file} only (an older naslora-deploy), which "
+            "does not cover its shards; pass --allow-base-mismatch to use the shards unchecked, or retrain"
+        )
+    shards = " (its index and every shard)" if is_shard_index(file) else ""
+    raise CheckpointError(
+        f"base checkpoint {base}{shards} has sha256 {found[:12]}..., but {directory} was trained on "
+        f"{spec.base_sha256[:12]}...; {CHECKPOINT_HELP}, or pass --allow-base-mismatch to use this one anyway"
+    )
 
 
 def load_adapter(directory, base_checkpoint=None, allow_base_mismatch: bool = False, device="cpu"):
     """Rebuild a trained ``SegmentationModel`` from a run or checkpoint directory.
 
-    The base SAM checkpoint is ``base_checkpoint`` or the recorded one; its
-    sha256 must match the recorded one unless ``allow_base_mismatch``.
+    The base SAM checkpoint is ``base_checkpoint`` or the recorded one, checked by
+    ``verified_base`` (its sha256 must match the recorded one unless ``allow_base_mismatch``;
+    an adapter that records no base needs ``base_checkpoint``).
     """
 
     directory = resolve_checkpoint_dir(directory)
     spec = read_spec(directory)
-    base = _base_path(spec, directory, base_checkpoint)
-    if spec.base_sha256 is not None:
-        if base is None or not base.is_file():
-            raise CheckpointError(
-                f"{directory} was trained on base checkpoint {spec.base_checkpoint} (sha256 "
-                f"{spec.base_sha256[:12]}...), "
-                f"which is not at {base}; pass it with --base"
-            )
-        found = sha256_of(base)
-        if found != spec.base_sha256 and not allow_base_mismatch:
-            raise CheckpointError(
-                f"base checkpoint {base} has sha256 {found[:12]}..., but {directory} was trained on "
-                f"{spec.base_sha256[:12]}...; pass the original SAM checkpoint, or --allow-base-mismatch to "
-                "use it anyway"
-            )
+    base = verified_base(spec, directory, base_checkpoint, allow_base_mismatch)
     sam = build_sam(spec.variant, base, pretrained=False)  # exactly the recorded base
-    if base is not None:
-        check_finite(sam.state_dict(), f"base checkpoint {base}")
-    add_adapters(sam, spec.adapter)
-    model = SegmentationModel(sam, spec.classes.num_classes, spec.num_queries)
+    check_finite(sam.state_dict(), f"base checkpoint {base}")
+    with read_errors_as(  # values out of any real range (a rank of 10**19) fail inside torch
+        CheckpointError,
+        lambda why: f"{directory / CONFIG_NAME} describes a model that cannot be built ({why}); {SPEC_HELP}",
+    ):
+        add_adapters(sam, spec.adapter)
+        model = SegmentationModel(sam, spec.classes.num_classes, spec.num_queries)
     load_trainable(model, directory / WEIGHTS_NAME, f"its {CONFIG_NAME}")
     model.spec = spec
     return model.to(device).eval()
@@ -325,7 +439,7 @@ def read_jsonl(path: Path) -> List[dict]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             record = None
         if not isinstance(record, dict):
             raise CheckpointError(f"{path} line {number} is not a JSON object; {RESUME_HELP}")
@@ -334,11 +448,12 @@ def read_jsonl(path: Path) -> List[dict]:
 
 
 def source_sha256(path: Union[str, Path]) -> str:
-    """What an export was made from, as one sha256: a checkpoint file's own, or for an adapter
-    run or checkpoint directory a digest of its resolved checkpoint's config and weights."""
+    """What an export was made from, as one sha256: a checkpoint file's own (a shard index's: with
+    its shards, ``weights_sha256``), or for an adapter run or checkpoint directory a digest of its
+    resolved checkpoint's config and weights (its base is checked by ``load_adapter``)."""
     path = Path(path)
     if path.is_file():
-        return sha256_of(path)
+        return weights_sha256(path)  # a shard index: with every shard it names
     directory = resolve_checkpoint_dir(path)
     digest = hashlib.sha256()
     for name in (CONFIG_NAME, WEIGHTS_NAME):

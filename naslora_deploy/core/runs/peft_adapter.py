@@ -13,16 +13,17 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 
 from naslora_deploy.common.errors import CheckpointError, NasloraError
+from naslora_deploy.common.io import read_json
 from naslora_deploy.core.adapters.config import TARGETS, AdapterConfig
 from naslora_deploy.core.adapters.injection import adapted_layers
 from naslora_deploy.core.model.variants import first_mismatch
 from naslora_deploy.core.model.weights import hf_to_segment_anything
-from naslora_deploy.core.runs.checkpoint import load_weights
+from naslora_deploy.core.runs.checkpoint import check_finite, load_weights, shown
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -32,14 +33,16 @@ Factors = Dict[int, Dict[str, Tuple[torch.Tensor, torch.Tensor]]]  # block -> ta
 
 
 def _metadata(path: Path) -> dict:
-    """The ``naslora_deploy`` record in a safetensors file's metadata ({} when absent or unreadable)."""
+    """The ``naslora_deploy`` record in a safetensors file's metadata: a JSON object, or {} when it is
+    absent, unreadable or not an object (the tensors' own reader then names what is wrong)."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as handle:
-            return json.loads((handle.metadata() or {}).get("naslora_deploy", "{}"))
-    except Exception:  # a missing, damaged or foreign file: no record
+            record = json.loads((handle.metadata() or {}).get("naslora_deploy", "{}"))
+    except Exception:  # a missing, damaged or foreign file, or nesting too deep: no record
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 # ----- the way back: a PEFT LoRA -> the start of a naslora-deploy LoRA run --------------------------
@@ -53,6 +56,7 @@ class PeftInit:
     rank: int
     form: str
     decoder: Dict[str, torch.Tensor] = field(default_factory=dict)
+    source: str = "the PEFT adapter"  # its folder, as messages name it
 
     @property
     def targets(self) -> Tuple[str, ...]:
@@ -74,25 +78,23 @@ class PeftInit:
         with torch.no_grad():
             for index, per_target in self.factors.items():
                 for target, (lora_a, lora_b) in per_target.items():
-                    adapter = _adapter_at(layers, index, target, lora_a, lora_b)
+                    adapter = _adapter_at(layers, index, target, lora_a, lora_b, self.source)
                     adapter.lora_A.copy_(lora_a)
                     adapter.lora_B.copy_(lora_b)
             if self.decoder:
                 found = {k.removeprefix("mask_decoder."): v for k, v in self.decoder.items()}
                 mismatch = first_mismatch(sam.mask_decoder.state_dict(), found)
                 if mismatch:
-                    raise CheckpointError(
-                        f"the PEFT adapter's mask decoder does not fit this SAM: {mismatch}"
-                    )
+                    raise CheckpointError(f"{self.source}'s mask decoder does not fit this SAM: {mismatch}")
                 sam.mask_decoder.load_state_dict(found)
 
 
-def _adapter_at(layers: dict, index: int, target: str, lora_a: torch.Tensor, lora_b: torch.Tensor):
+def _adapter_at(layers: dict, index: int, target: str, lora_a: torch.Tensor, lora_b: torch.Tensor, source):
     """The adapter that takes block ``index``'s ``target`` factors, checked to exist and to fit them."""
     adapter = layers[index].adapters[target] if index in layers and target in layers[index].adapters else None
     if adapter is None or adapter.lora_A.shape != lora_a.shape or adapter.lora_B.shape != lora_b.shape:
         raise CheckpointError(
-            f"the PEFT adapter's block {index} {target} (A {list(lora_a.shape)}, B {list(lora_b.shape)}) "
+            f"{source}: block {index} {target} (A {list(lora_a.shape)}, B {list(lora_b.shape)}) "
             "has no adapter of that shape in this SAM; train on the SAM the adapter was made for"
         )
     return adapter
@@ -107,20 +109,48 @@ REFUSED = {  # adapter_config.json field -> (value it must have, why)
 }
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# adapter_config.json field -> (check, what it must be), for the fields read or passed on; absent: default
+PEFT_TYPES = {
+    "r": (_is_count, "a positive integer"),
+    "lora_alpha": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        "a finite number",
+    ),
+    "use_rslora": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "target_modules": (lambda v: v is None or isinstance(v, str) or _is_names(v), "a list of module names"),
+    "modules_to_save": (lambda v: v is None or _is_names(v), "null or a list of module names"),
+}
+
+
 def _read_peft_config(adapter_dir: Path) -> dict:
     path = adapter_dir / PEFT_CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    if not path.is_file():
         raise CheckpointError(
-            f"cannot read PEFT config {path} ({type(exc).__name__}); pass a PEFT adapter folder"
-        ) from None
+            f"{path} not found; pass a PEFT adapter folder (adapter_config.json and weights)"
+        )
+    try:
+        config = read_json(path, "PEFT adapter config")  # deep nesting, bad UTF-8, bad syntax: one line
+    except NasloraError as exc:
+        raise CheckpointError(f"{exc}; pass a PEFT adapter folder as PEFT saved it") from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path} is not a PEFT adapter config")
+        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not a PEFT adapter config")
+    for name, (check, expected) in PEFT_TYPES.items():
+        if name in config and not check(config[name]):
+            raise CheckpointError(
+                f"{path}: {name} is {shown(config[name])}, not {expected}; fix it or save the adapter again"
+            )
     for name, (wanted, why) in REFUSED.items():
         value = config.get(name, wanted)
         if value != wanted and not (wanted is False and value is None):
-            raise CheckpointError(f"{path}: {name} is {config.get(name)!r}, not {wanted!r}: {why}")
+            raise CheckpointError(f"{path}: {name} is {shown(value)}, not {wanted!r}: {why}")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise CheckpointError(f"{path}: per-layer rank_pattern / alpha_pattern cannot be one LoRA run's rank")
     return config
@@ -136,7 +166,8 @@ def read_peft_adapter(adapter_dir: Union[str, Path]) -> PeftInit:
     adapter_dir = Path(adapter_dir)
     config = _read_peft_config(adapter_dir)
     tensors = load_weights(adapter_dir / PEFT_WEIGHTS_NAME)
-    saves_decoder = "mask_decoder" in (config.get("modules_to_save") or [])
+    check_finite(tensors, adapter_dir / PEFT_WEIGHTS_NAME)
+    saves_decoder = "mask_decoder" in (config.get("modules_to_save") or [])  # a list: checked above
     pairs: Dict[int, dict] = {}
     decoder = {}
     for key, tensor in tensors.items():
@@ -152,18 +183,54 @@ def read_peft_adapter(adapter_dir: Union[str, Path]) -> PeftInit:
             )
     if not pairs:
         raise CheckpointError(f"{adapter_dir} holds no LoRA on vision_encoder.layers.*.attn.qkv")
-    complete = [p for p in pairs.values() if len(p) == 2]
-    ranks = {p["A"].shape[0] for p in complete} | {p["B"].shape[1] for p in complete}
-    if len(ranks) != 1 or len(complete) != len(pairs):
+    rank = _rank(pairs, adapter_dir)
+    if config.get("r", rank) != rank:
         raise CheckpointError(
-            f"{adapter_dir}: every qkv needs lora_A and lora_B of one rank, found ranks {sorted(ranks)}"
+            f"{adapter_dir / PEFT_CONFIG_NAME}: r is {config['r']}, but its lora_A / lora_B have rank "
+            f"{rank}; fix r or save the adapter again"
         )
-    rank = ranks.pop()
     alpha = float(config.get("lora_alpha", rank))
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    targets = _metadata(adapter_dir / PEFT_WEIGHTS_NAME).get("targets") or list(TARGETS)
+    targets = _recorded_targets(adapter_dir / PEFT_WEIGHTS_NAME)
     factors, form, per_projection = _split(pairs, targets, rank, scaling)
-    return PeftInit(factors, per_projection, form, hf_to_segment_anything(decoder))
+    return PeftInit(factors, per_projection, form, hf_to_segment_anything(decoder), str(adapter_dir))
+
+
+def _rank(pairs: Dict[int, dict], adapter_dir: Path) -> int:
+    """The one rank R of every block's qkv pair, each checked to be A (R, C) and B (3 * C, R)."""
+    for index, pair in sorted(pairs.items()):
+        if len(pair) != 2:
+            raise CheckpointError(f"{adapter_dir}: block {index}'s qkv has lora_{''.join(pair)} but not both")
+        lora_a, lora_b = pair["A"], pair["B"]
+        if lora_a.dim() != 2 or lora_b.dim() != 2 or lora_b.shape != (3 * lora_a.shape[1], lora_a.shape[0]):
+            raise CheckpointError(
+                f"{adapter_dir}: block {index}'s qkv lora_A {list(lora_a.shape)} and lora_B "
+                f"{list(lora_b.shape)} are not a LoRA of a qkv layer (A: (r, C), B: (3C, r)); "
+                "use an adapter PEFT saved for SamModel"
+            )
+        if lora_a.shape[0] == 0 or lora_a.shape[1] == 0:
+            raise CheckpointError(f"{adapter_dir}: block {index}'s qkv LoRA is empty (rank or width 0)")
+    ranks = sorted({p["A"].shape[0] for p in pairs.values()})
+    if len(ranks) != 1:
+        raise CheckpointError(
+            f"{adapter_dir}: every qkv needs lora_A and lora_B of one rank, found ranks {ranks}"
+        )
+    return ranks[0]
+
+
+def _recorded_targets(weights: Path) -> List[str]:
+    """The projections our PEFT export recorded in its metadata (q, k, v order), or all three."""
+    targets = _metadata(weights).get("targets")
+    if targets is None:
+        return list(TARGETS)
+    if not (
+        _is_names(targets) and targets and len(set(targets)) == len(targets) and set(targets) <= set(TARGETS)
+    ):
+        raise CheckpointError(
+            f"{weights}: its naslora_deploy metadata records targets {shown(targets)}, not a list of "
+            f"q, k, v; remove that metadata entry or export the adapter again"
+        )
+    return [t for t in TARGETS if t in targets]
 
 
 def _split(pairs: Dict[int, dict], targets: Sequence[str], rank: int, scaling: float):
