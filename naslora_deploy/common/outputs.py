@@ -110,7 +110,7 @@ def json_field(path: PathLike, key: str):
     """``data[key]`` of the JSON object in file ``path``; None if it is missing, unreadable or no object."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     return data.get(key) if isinstance(data, dict) else None
 

@@ -99,7 +99,11 @@ def load_merged(path) -> Tuple[SegmentationModel, dict]:
     description = merged_description(path)
     if description is None:
         raise CheckpointError(f"{path} has no merge report beside it; it is not a merged checkpoint")
-    if description["merge"]["mode"] != "dense":
+    merge = description.get("merge") if isinstance(description, dict) else None
+    if not isinstance(merge, dict) or not isinstance(description.get("classes"), dict):
+        report = sidecar_paths(Path(path))["report"]
+        raise CheckpointError(f"{report} is damaged (no 'merge' or 'classes' object); merge the run again")
+    if merge.get("mode") != "dense":
         raise CheckpointError(
             f"{path} is a fused merge (not a plain SAM); export the run directory with --merge fused instead"
         )
