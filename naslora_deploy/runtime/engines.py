@@ -8,12 +8,13 @@ deserialisation failure.
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Dict, Optional
 
 from naslora_deploy.common.errors import NasloraError
+from naslora_deploy.common.io import read_json
 from naslora_deploy.common.lazy import lazy_import
 
 INSTALL_HELP = (
@@ -87,14 +88,14 @@ def check_engine_compatibility(
 def read_sidecar(engine: Path, path: Optional[Path] = None) -> dict:
     """Read an engine's sidecar (default: beside it); a missing, unreadable or non-object one is an error."""
     path = Path(path) if path is not None else sidecar_path(Path(engine))
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise NasloraError(
             f"{path} not found: every engine needs the sidecar written beside it by the export"
-        ) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise NasloraError(f"{path} is damaged ({str(exc).splitlines()[0][:120]})") from None
+        )
+    try:  # read_json: size limit, deep nesting, FIFOs and bad bytes as one line
+        data = read_json(path, "engine sidecar")
+    except NasloraError as exc:
+        raise NasloraError(f"{exc}; the sidecar is damaged: build the engine again") from None
     if not isinstance(data, dict):
         raise NasloraError(f"{path} is damaged (a JSON {type(data).__name__}, not an object)")
     return data

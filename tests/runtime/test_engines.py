@@ -38,5 +38,8 @@ def test_missing_or_damaged_sidecar(tmp_path):
     (tmp_path / "a.engine.json").write_text("{")
     with pytest.raises(NasloraError, match="damaged"):
         read_sidecar(engine)
+    (tmp_path / "a.engine.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(NasloraError, match="nested too deeply.*damaged"):
+        read_sidecar(engine)
     (tmp_path / "a.engine.json").write_text(json.dumps(SIDECAR))
     assert read_sidecar(engine)["gpu_name"] == "Orin"
