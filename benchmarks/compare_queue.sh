@@ -28,6 +28,9 @@ piece run-none-lora-s0-bf16 run --arm lora --prompt none --seed 0 --precision bf
 runs 1 decoder lora nas_pc_lora
 runs 2 decoder lora nas_pc_lora
 runs 0 nas_lora
+# the dense and fused merges of the best prompt-free arm so far (NAS-PC-LoRA, seed 0), on the test photographs
+[ -f benchmarks/results/compare/merges/none-nas_pc_lora-s0.json ] || \
+  piece merge-none-nas_pc_lora-s0 merge --arm nas_pc_lora --prompt none --seed 0
 # full fine-tuning (~2.4 h fp32 on the 2-core CPU): one seed first; a piece killed with its session
 # resumes from its last epoch next time (bench_compare.resumable)
 piece run-none-full-s0 run --arm full --prompt none --seed 0
