@@ -10,6 +10,7 @@ from conftest import release_freed_memory, train_args
 from naslora_deploy import build_sam
 from naslora_deploy.cli import main
 from naslora_deploy.core.merging.spec import MergeSpec
+from naslora_deploy.training.settings import EMPTY_MASKS_HINT
 
 SEARCH_FROM_EPOCH_2 = ("--epochs", "2", "--search-start", "1")  # two epochs, alpha searched in the second
 
@@ -180,26 +181,13 @@ def test_corrupt_training_image_is_named_before_training(binary_data, tmp_path):
 
 
 def test_demo_runs_end_to_end_on_real_weights(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "demo",
-                "--out",
-                str(tmp_path),
-                "--images",
-                "2",
-                "--test-images",
-                "2",
-                "--epochs",
-                "1",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    table = tmp_path.parent / f"{tmp_path.name}-table.json"
+    options = ["--count", "2", "--test-count", "2", "--epochs", "1", "--no-progress", "--json", str(table)]
+    assert main(["demo", "--out", str(tmp_path), *options]) == 0
     out = capsys.readouterr().out
     assert "litemedsam (real pretrained weights)" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert json.loads(table.read_text()) == summary  # --json: the table
     rows = summary["rows"]
     assert f"demo finished in {summary['seconds']:.1f} s" in out  # one wall time, console and summary
     assert [r["model"] for r in rows] == [
@@ -263,11 +251,8 @@ def test_top_level_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     listed = capsys.readouterr().out.split("Commands:")[1]
     names = [line.split()[0] for line in listed.strip().splitlines()]
-    assert (
-        sorted(names)
-        == sorted(cli.commands)
-        == sorted(["train", "eval", "inspect", "merge", "export", "verify", "predict", "bench", "demo"])
-    )
+    expected = ["train", "eval", "inspect", "merge", "export", "verify", "predict", "bench", "demo"]
+    assert sorted(names) == sorted(cli.commands) == sorted([*expected, "build-engines"])
 
 
 def test_no_option_is_declared_twice_and_defaults_live_in_the_dataclasses():
@@ -336,11 +321,12 @@ sys.exit(main(["inspect", {str(trained_run)!r}, "--plot", {str(tmp_path / "p.png
 
 @pytest.fixture(scope="module")
 def litemedsam_run(binary_data, tmp_path_factory):
-    """The real pretrained TinyViT SAM trained one step through the CLI; the tests below take it on
-    through eval -> merge -> export -> verify -> predict (a test each, each starting lean)."""
+    """The real pretrained TinyViT SAM (train's default model) trained one step, prompt-free, through the
+    CLI; the tests below take it on through eval -> merge -> export -> verify -> predict (a test each,
+    each starting lean)."""
     run = tmp_path_factory.mktemp("litemedsam") / "run"
     options = ["--method", "nas_pc_lora", "--epochs", "1", "--batch-size", "1", "--max-steps", "1"]
-    assert main(train_args(binary_data, run, *options, "--no-progress", model="litemedsam")) == 0
+    assert main(["train", "--data", str(binary_data), "--out", str(run), *options, "--prompt", "none"]) == 0
     release_freed_memory()
     return run
 
@@ -356,7 +342,10 @@ def litemedsam_artifacts(litemedsam_run, tmp_path_factory):
 def test_litemedsam_run_evaluates_and_merges_to_plain_litemedsam(litemedsam_run, binary_data, tmp_path):
     run = litemedsam_run
     config = json.loads((run / "best" / "adapter_config.json").read_text())
-    assert config["variant"] == "litemedsam" and config["normalization"] == "minmax"
+    assert config["variant"] == "litemedsam" and config["normalization"] == "minmax"  # the default model
+    assert config["training"]["pretrained"] is True
+    # prompt-free, LiteMedSAM's masks are empty after one step: the run says how to prompt it
+    assert json.loads((run / "run_summary.json").read_text())["notes"] == [EMPTY_MASKS_HINT]
     assert config["base_sha256"] == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
     assert not (run / "base_model.safetensors").exists()  # the bundled weights are recorded, not copied
     assert main(["eval", str(run), "--data", str(binary_data), "--json", str(tmp_path / "m.json")]) == 0

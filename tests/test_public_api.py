@@ -368,3 +368,39 @@ def test_error_classes_are_raised_as_documented(loader_outputs):
         merge(loader_outputs["build_sam"].model, "fused")
     with pytest.raises(CheckpointError):
         load_adapter(loader_outputs["load_adapter"].model.spec.base_checkpoint)  # a weights file, not a run
+
+
+RUNTIME_CHECKS = {  # naslora_deploy.runtime's public names, each driven on an exported artifact
+    "Segmenter": lambda runtime, artifacts, image: (
+        runtime.Segmenter.open(artifacts, "onnxruntime", "cpu").segment(image).mask.shape == image.shape[:2]
+    ),
+    "Segmentation": lambda runtime, artifacts, image: isinstance(
+        runtime.Segmenter.open(artifacts, "onnxruntime", "cpu").segment(image), runtime.Segmentation
+    ),
+    "SamPredictor": lambda runtime, artifacts, image: _sam_predictor_answers(runtime, artifacts, image),
+}
+
+
+def _sam_predictor_answers(runtime, artifacts, image) -> bool:
+    """segment-anything's predictor calls, and its answer's shapes and dtypes."""
+    import numpy as np
+
+    predictor = runtime.SamPredictor.open(artifacts, "onnxruntime", "cpu")
+    predictor.set_image(image)
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[20, 30]]), point_labels=np.array([1]))
+    refined = predictor.predict(box=np.array([5, 5, 60, 80]), mask_input=low_res[:1], multimask_output=False)
+    return (
+        masks.shape == (3, *image.shape[:2])
+        and masks.dtype == bool
+        and scores.dtype == np.float32
+        and low_res.shape == (3, 64, 64)
+        and refined[0].shape == (1, *image.shape[:2])
+    )
+
+
+def test_runtime_public_names(binary_artifacts, photo):
+    import naslora_deploy.runtime as runtime
+
+    assert set(RUNTIME_CHECKS) == set(runtime.__all__)
+    for name, check_name in RUNTIME_CHECKS.items():
+        assert check_name(runtime, binary_artifacts, photo), name

@@ -17,10 +17,11 @@ from typing import List, Optional, Sequence
 import click
 
 from naslora_deploy import __version__
-from naslora_deploy.cli import deploy, run, train
+from naslora_deploy.cli import deploy, device, run, train
 from naslora_deploy.cli.options import export_spec_from, fields_of
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import ERRNO_KINDS, describe_command, release_outputs
+from naslora_deploy.common.lazy import missing_train_extra
 from naslora_deploy.training.config import DemoConfig, TrainConfig
 
 __all__ = ["cli", "main", "export_spec_from", "fields_of", "TrainConfig", "DemoConfig"]
@@ -41,6 +42,7 @@ for command in (
     deploy.verify,
     run.predict,
     run.bench,
+    device.build_engines,
     train.demo,
 ):
     cli.add_command(command)
@@ -69,6 +71,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exc.exit_code
     except (NasloraError, ValueError) as exc:
         click.echo(f"{prefix}: error: {exc}", err=True)
+        return 2
+    except ModuleNotFoundError as exc:  # a runtime-only install: torch & co. come with the [train] extra
+        if missing_train_extra(exc) is None:
+            raise
+        click.echo(f"{prefix}: error: {missing_train_extra(exc)}", err=True)
         return 2
     except OSError as exc:
         if exc.errno not in ERRNO_KINDS:  # a full, read-only or closed disk: a path to change, not a bug

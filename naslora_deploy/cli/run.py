@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -10,6 +13,7 @@ import click
 from naslora_deploy.cli.options import (
     EVERYTHING_OPTIONS,
     Bounded,
+    CliOption,
     check_outputs,
     emit_json,
     fields_of,
@@ -27,6 +31,7 @@ from naslora_deploy.runtime.bench import bench_prompts, format_prompt_rows, form
 from naslora_deploy.runtime.everything import EverythingSpec
 from naslora_deploy.runtime.predict import (
     EVERYTHING_ALONE,
+    RESULTS_NAME,
     check_out,
     gather_inputs,
     predict_files,
@@ -77,13 +82,29 @@ def _batch_sizes(ctx, param, text: str) -> List[int]:
 @options_from(EverythingSpec, only=EVERYTHING_OPTIONS)
 @runtime_options
 @progress_option
+@json_option
+@overwrite_option("replace an existing --json FILE")
 def predict(
-    artifacts, inputs, out, points, box, tile, overlap, everything, backend, device, progress, **rest
+    artifacts,
+    inputs,
+    out,
+    points,
+    box,
+    tile,
+    overlap,
+    everything,
+    backend,
+    device,
+    progress,
+    json_target,
+    overwrite,
+    **rest,
 ):
     """Segment images (files, folders or globs) with an artifact directory; no torch needed.
 
     Outputs are named after each input's path (``x.png`` -> ``x.png_mask.png``) and
     results.jsonl is appended to; unusable inputs are listed and make the exit code 1.
+    ``--json FILE``: this run's records (results.jsonl's new lines) and the inputs skipped.
     """
     prompts = parse_points(points), parse_box(box)
     tiling = tiling_from_options(tile, overlap, prompts != (None, None))
@@ -93,13 +114,20 @@ def predict(
         _report_skipped(found.problems if len(found.problems) > 1 else [])
         raise NasloraError(f"nothing to segment: {_failed(found.problems)}")
     check_out(out, found.files, found.folders)  # before the artifacts are opened
+    check_outputs(overwrite, json=json_target)
     segmenter = open_artifacts(artifacts, backend, device)
-    click.echo(f"backend: {segmenter.backend_name}; {len(found.files)} image(s)")
-    done, errors = predict_files(
-        segmenter, found.files, out, *prompts, progress, tiling=tiling, everything=spec
-    )
+    say(json_target, f"backend: {segmenter.backend_name}; {len(found.files)} image(s)")
+    results = out / RESULTS_NAME
+    start = results.stat().st_size if results.is_file() else 0  # results.jsonl is a log runs append to
+    with contextlib.redirect_stdout(sys.stderr if json_target == "-" else sys.stdout):  # stdout: the JSON
+        done, errors = predict_files(
+            segmenter, found.files, out, *prompts, progress, tiling=tiling, everything=spec
+        )
     _report_skipped(found.problems + errors)
-    click.echo(f"wrote masks, overlays and results.jsonl for {done} image(s) to {out}")
+    say(json_target, f"wrote masks, overlays and results.jsonl for {done} image(s) to {out}")
+    if json_target is not None:
+        records = [json.loads(line) for line in _lines_after(results, start)]
+        emit_json(json_target, {"results": records, "skipped": found.problems + errors}, overwrite)
     if found.problems or errors:
         click.echo(f"naslora-deploy predict: error: {_failed(found.problems + errors)}", err=True)
         raise click.exceptions.Exit(1)
@@ -118,6 +146,15 @@ def _everything(everything: bool, options: Dict[str, object], prompted: bool):
     return spec
 
 
+def _lines_after(path: Path, start: int) -> List[str]:
+    """The lines appended to ``path`` after byte ``start``."""
+    if not path.is_file():
+        return []
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        return handle.read().decode("utf-8").splitlines()
+
+
 def _report_skipped(problems: List[str]) -> None:
     for problem in problems:
         click.echo(f"naslora-deploy predict: skipped {problem}", err=True)
@@ -134,32 +171,44 @@ def _failed(problems: List[str]) -> str:
     "--batch-sizes", default="1", show_default=True, callback=_batch_sizes, help="comma-separated batch sizes"
 )
 @click.option(
-    "--prompts",
-    metavar="COUNTS",
+    "--prompt-counts",
+    metavar="N,M",
+    cls=CliOption,
+    old=("--prompts",),
     callback=lambda ctx, param, value: None if value is None else _batch_sizes(ctx, param, value),
     help="also time the predictor: one embedding, then N box prompts in one call (comma-separated N)",
 )
-@click.option("--runs", type=Bounded(int, 1), default=20, show_default=True)
-@click.option("--warmup", type=Bounded(int, 0), default=3, show_default=True)
+@click.option(
+    "--repeats",
+    type=Bounded(int, 1),
+    default=20,
+    show_default=True,
+    cls=CliOption,
+    old=("--runs",),
+    help="timed runs per row (medians are quoted)",
+)
+@click.option("--warmup", type=Bounded(int, 0), default=3, show_default=True, help="untimed runs first")
 @runtime_options
 @json_option
 @overwrite_option("replace an existing --json FILE")
-def bench(artifacts, batch_sizes, prompts, runs, warmup, backend, device, json_target, overwrite) -> None:
+def bench(
+    artifacts, batch_sizes, prompt_counts, repeats, warmup, backend, device, json_target, overwrite
+) -> None:
     """Latency, throughput and memory; two artifact directories alternate run by run (A B).
 
-    ``--prompts N,M``: also the predictor path (one embedding, N box prompts in one
+    ``--prompt-counts N,M``: also the predictor path (one embedding, N box prompts in one
     decoder call) against N one-shot calls; its rows (key ``prompts``) follow the batch rows.
     """
     if len(artifacts) > 2:
         raise ValueError("bench compares at most two artifact directories (A B)")
     check_outputs(overwrite, json=json_target)
     segmenters = [open_artifacts(a, backend, device) for a in artifacts]
-    if prompts and any(s.point_slots is None for s in segmenters):
-        raise ValueError("--prompts times the prompt decoder: export the artifacts with --prompts")
-    rows = run_bench(segmenters, batch_sizes, runs, warmup)
+    if prompt_counts and any(s.point_slots is None for s in segmenters):
+        raise ValueError("--prompt-counts times the prompt decoder: export the artifacts with --prompts")
+    rows = run_bench(segmenters, batch_sizes, repeats, warmup)
     say(json_target, format_rows(rows))
-    if prompts:
-        prompt_rows = bench_prompts(segmenters, prompts, runs, warmup)
+    if prompt_counts:
+        prompt_rows = bench_prompts(segmenters, prompt_counts, repeats, warmup)
         say(json_target, format_prompt_rows(prompt_rows))
         rows = rows + prompt_rows
     emit_json(json_target, rows, overwrite)

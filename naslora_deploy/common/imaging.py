@@ -48,6 +48,14 @@ from naslora_deploy.common.filechecks import (  # re-exported: readers and tests
 )
 from naslora_deploy.common.io import atomic_write
 from naslora_deploy.common.limits import IMAGE_PIXELS
+from naslora_deploy.common.plots import (
+    OVERLAY_COLOUR,
+    TRUTH_COLOUR,
+    draw_prompts,
+    label_outline,
+    line_width,
+    palette,
+)
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -445,19 +453,24 @@ def postprocess_probabilities(prob: np.ndarray, original: Sequence[int], size: i
     return out.reshape(*prob.shape[:-2], height, width)
 
 
-OVERLAY_COLOUR = (255, 64, 32)
+def overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    class_map=None,
+    alpha: float = 0.45,
+    *,
+    points=None,
+    point_labels=None,
+    boxes=None,
+    truth=None,
+) -> np.ndarray:
+    """The photo with the mask filled (class colours for multi-class) and its outline drawn.
 
-
-def palette(count: int) -> np.ndarray:
-    """Distinct RGB colours per class (class 0, background, is black)."""
-    rng = np.random.default_rng(7)
-    colours = rng.integers(64, 256, size=(max(count, 1), 3)).astype(np.uint8)
-    colours[0] = 0
-    return colours
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, class_map=None, alpha: float = 0.45) -> np.ndarray:
-    """The photo with the mask filled (class colours for multi-class) and its outline drawn."""
+    Optional: ``truth``, the ground truth ((H, W) bool, or class indices), drawn as an outline
+    (``plots.TRUTH_COLOUR``, cyan); the prompt: ``boxes`` ((4,) or (K, 4) x0, y0, x1, y1 pixels)
+    as yellow rectangles, ``points`` ((N, 2) x, y pixels) with ``point_labels`` ((N,), 1 object,
+    0 background; default all 1) as green / red discs (``plots.draw_prompts``).
+    """
     out = image.astype(np.float32)
     if class_map is not None:
         colours = palette(int(class_map.max()) + 1)[class_map].astype(np.float32)
@@ -470,7 +483,12 @@ def overlay(image: np.ndarray, mask: np.ndarray, class_map=None, alpha: float = 
         label_image.filter(ImageFilter.MinFilter(3))
     )
     out[edges] = colours[edges] if class_map is not None else OVERLAY_COLOUR
-    return out.clip(0, 255).astype(np.uint8)
+    if truth is not None:
+        truth = np.asarray(truth)
+        if truth.shape != image.shape[:2]:
+            raise ValueError(f"overlay: the ground truth is {truth.shape} but the image is {image.shape[:2]}")
+        out[label_outline(truth, line_width(image.shape))] = TRUTH_COLOUR
+    return draw_prompts(out.clip(0, 255).astype(np.uint8), points, point_labels, boxes)
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:

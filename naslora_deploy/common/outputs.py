@@ -452,3 +452,18 @@ def prepare_write_folder(path: PathLike, *, avoid: Iterable[PathLike] = (), flag
                 "outputs there would mix with the inputs: give a folder outside the inputs",
             )
     return path
+
+
+def take_marked_folder(folder: Path, names: Set[str], marker: str, record: dict, flag: str = "--out") -> Path:
+    """Lock a checked output folder (``prepare_output_dir``), remove what an earlier run of the same
+    writer left there (``names``, no other entry), and mark it: ``marker`` holds ``record`` as JSON."""
+    hold_output(folder, flag)
+    for name in sorted(names & set(entries(folder, flag))):
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / marker, json.dumps(record) + "\n")
+    return folder

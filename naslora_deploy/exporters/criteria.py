@@ -105,3 +105,6 @@ def criteria_summary() -> str:
         if limits["tolerance"] is not None or limits["max_rel"] is not None:
             parts.append(f"{precision} {criterion_text(**limits)}")
     return ", ".join(parts)
+
+
+LATENCY_REPEATS = 10  # verify --latency: alternating encoder runs per artifact (medians quoted)

@@ -26,7 +26,7 @@ from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import atomic_write_text, output_lock, sha256_of, write_directory
 from naslora_deploy.common.outputs import prepare_artifact_dir, prepare_triton_dir
-from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.common.progress import phase, steps
 from naslora_deploy.core.merging.calibration import calibration_images
 from naslora_deploy.core.merging.files import load_merged, merged_description
 from naslora_deploy.core.merging.run import merge_run, read_calibration
@@ -67,14 +67,20 @@ def load_source(
     base=None,
     allow_base_mismatch=False,
     progress: Optional[bool] = False,
+    measure: bool = True,
 ) -> ExportSource:
-    """An adapter run/checkpoint directory (merged here by ``merge_run``) or a plain SAM checkpoint file."""
+    """An adapter run/checkpoint directory (merged here by ``merge_run``), a checkpoint ``merge`` wrote
+    (with its report) or a plain SAM checkpoint file. ``measure=False``: the merge's fidelity is not
+    measured (no report; ``rebuild_source``)."""
     source = Path(source)
     if source.is_dir():
         sha256 = source_sha256(source)  # before loading: what the artifacts were made from
-        trained = load_adapter(source, base, allow_base_mismatch)  # refuses non-finite weights
-        calibration = read_calibration(spec.merge, trained)  # once: the merge and int8 share it
-        model, report = merge_run(trained, spec.merge, calibration=calibration, progress=progress)
+        with phase(f"export: load run {source}", progress):
+            trained = load_adapter(source, base, allow_base_mismatch)  # refuses non-finite weights
+        calibration = read_calibration(spec.merge, trained, progress)  # once: the merge and int8 share it
+        model, report = merge_run(
+            trained, spec.merge, calibration=calibration, progress=progress, measure=measure
+        )
         description = {
             "kind": "adapter",
             "path": str(source.resolve()),
@@ -82,14 +88,16 @@ def load_source(
             "spec": trained.spec.to_dict(),
             "sha256": sha256,
         }
-        return ExportSource(model, trained.spec.variant, description, report.to_dict(), calibration)
+        report = report.to_dict() if report is not None else None
+        return ExportSource(model, trained.spec.variant, description, report, calibration)
     if not source.is_file():
         raise NasloraError(
             f"export source {source} not found; pass an adapter directory or a SAM checkpoint file"
         )
     merged_file = merged_description(source)
     if merged_file is not None:  # written by ``merge``: reused with its report, not merged again
-        model, merged_file = load_merged(source)
+        with phase(f"export: load merged checkpoint {source} (merged once, by merge)", progress):
+            model, merged_file = load_merged(source)
         description = {
             "kind": "merged_checkpoint",
             "path": str(source.resolve()),
@@ -101,9 +109,10 @@ def load_source(
         raise NasloraError(
             f"{source} is a checkpoint file: name its variant with --model ({', '.join(VARIANTS)})"
         )
-    sha256 = source_sha256(source)
-    model = SegmentationModel(build_sam(variant, source)).eval()
-    check_finite(model.sam.state_dict(), f"checkpoint {source}")
+    with phase(f"export: load {variant} checkpoint {source}", progress):
+        sha256 = source_sha256(source)
+        model = SegmentationModel(build_sam(variant, source)).eval()
+        check_finite(model.sam.state_dict(), f"checkpoint {source}")
     description = {
         "kind": "sam_checkpoint",
         "path": str(source.resolve()),
@@ -146,7 +155,8 @@ def export_graphs(
             names.PROMPT_INPUTS,
             names.PROMPT_OUTPUTS,
         )
-    for name, (module, example, inputs, outputs) in progress_bar(graphs.items(), "export: ONNX", progress):
+    models = steps(list(graphs.items()), "export: ONNX model", progress, label=lambda item: item[0])
+    for name, (module, example, inputs, outputs) in models:
         axes = names.PROMPT_AXES if name == names.PROMPT_DECODER else None
         with batch_dynamic(model.sam.image_encoder):
             path = module_to_onnx(
@@ -169,7 +179,8 @@ def export_graphs(
             )
         encoder = files[names.IMAGE_ENCODER]
         feeds = ({names.IMAGE: image[None]} for image in images.numpy())  # one image a run: bounded memory
-        onnx_to_int8(encoder, encoder, feeds, external_threshold=spec.external_threshold)
+        with phase(f"export: int8 quantization of {names.IMAGE_ENCODER} ({len(images)} images)", progress):
+            onnx_to_int8(encoder, encoder, feeds, external_threshold=spec.external_threshold)
     return files
 
 
@@ -226,10 +237,14 @@ def _write_artifacts(folder: Path, loaded: ExportSource, spec: ExportSpec, progr
         files = export_graphs(model, spec, tmp, progress, loaded.calibration)
         engines = {}
         if spec.format == "trt":
-            for name, onnx_path in progress_bar(files.items(), "export: TensorRT engines", progress):
+            built = steps(
+                list(files.items()), "export: TensorRT engine", progress, label=lambda item: item[0]
+            )
+            for name, onnx_path in built:
                 inputs = io_signature(onnx_path)["inputs"]
                 engines[name] = onnx_to_engine(onnx_path, tmp / names.engine_file(name), spec.engine, inputs)
-        written["manifest"] = _manifest(loaded, spec, files, engines)
+        with phase("export: manifest (sha256 of every file)", progress):
+            written["manifest"] = _manifest(loaded, spec, files, engines)
         text = json.dumps(written["manifest"].to_dict(), indent=2)
         atomic_write_text(tmp / names.MANIFEST_NAME, text + "\n")
 
@@ -275,8 +290,9 @@ def _export_peft(source, out, spec: ExportSpec, base, allow_base_mismatch: bool,
     return written, peft_manifest(written), None
 
 
-def rebuild_source(manifest: Manifest, base=None) -> ExportSource:
-    """The PyTorch model an artifact directory was exported from, merged the same way."""
+def rebuild_source(manifest: Manifest, base=None, progress: Optional[bool] = False) -> ExportSource:
+    """The PyTorch model an artifact directory was exported from, merged the same way (``progress``:
+    the merge's, as ``load_source``). The merge is not measured again: the manifest holds its report."""
     described = manifest.source
     spec = ExportSpec.from_manifest(manifest)
     spec.format, spec.precision = "onnx", "fp32"  # the PyTorch reference: no engine, full precision
@@ -285,9 +301,9 @@ def rebuild_source(manifest: Manifest, base=None) -> ExportSource:
         raise NasloraError(
             f"the export source {path} is gone; the PyTorch model cannot be rebuilt without it"
         )
-    return load_source(
-        path, spec, described.get("variant") or manifest.variant, base or described.get("base")
-    )
+    variant = described.get("variant") or manifest.variant
+    base = base or described.get("base")
+    return load_source(path, spec, variant, base, progress=progress, measure=False)
 
 
 def _manifest(

@@ -36,12 +36,17 @@ def module_to_onnx(
     ``dynamic_axes`` (name -> {axis: name}) replaces that default where a graph
     has other dynamic axes (the prompt decoder's images, prompts and points).
     Models whose tensors exceed ``external_threshold`` bytes keep their weights
-    in ``<name>.data`` beside the graph (ONNX protobufs stop at 2 GB).
+    in ``<name>.data`` beside the graph (ONNX protobufs stop at 2 GB). A module
+    may declare inputs of its own after the caller's (``onnx_extra_inputs``: the
+    prompt decoder's optional ``mask_input`` / ``has_mask_input``).
     """
     import onnx
 
     if dynamic_axes is None and dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    example_inputs, input_names, dynamic_axes = _with_extra_inputs(
+        module, example_inputs, input_names, dynamic_axes
+    )
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
         with torch.no_grad(), warnings.catch_warnings():
@@ -71,6 +76,22 @@ def module_to_onnx(
             else:
                 dim.dim_value = int(tensor.shape[axis])
     return save_onnx(model, path, external_threshold)
+
+
+def _with_extra_inputs(module, example_inputs, input_names, dynamic_axes):
+    """The caller's inputs plus those ``module`` declares beyond them (``onnx_extra_inputs()``: names,
+    example tensors, dynamic axes), e.g. the prompt decoder's ``mask_input`` / ``has_mask_input``."""
+    declare = getattr(module, "onnx_extra_inputs", None)
+    if declare is None:
+        return tuple(example_inputs), list(input_names), dynamic_axes
+    names, examples, axes = declare()
+    if any(name in input_names for name in names):  # the caller named them: it gives their tensors too
+        return tuple(example_inputs), list(input_names), dynamic_axes
+    return (
+        (*example_inputs, *examples),
+        [*input_names, *names],
+        None if dynamic_axes is None else {**dynamic_axes, **axes},
+    )
 
 
 def tensor_bytes(model) -> int:

@@ -55,10 +55,16 @@ class TorchBackend:
         with torch.no_grad():
             return {n: t.float().cpu().numpy() for n, t in zip(self.outputs, self.decoder(embeddings))}
 
-    def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+    def prompt_decode(
+        self, embeddings, coords: np.ndarray, labels: np.ndarray, mask_input=None
+    ) -> Dict[str, np.ndarray]:
         with torch.no_grad():
+            masks = () if mask_input is None else (torch.from_numpy(mask_input).to(self.device),)
             outs = self.prompter(
-                embeddings, torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device)
+                embeddings,
+                torch.from_numpy(coords).to(self.device),
+                torch.from_numpy(labels).to(self.device),
+                *masks,
             )
         return {n: o.float().cpu().numpy() for n, o in zip(names.PROMPT_OUTPUTS, outs)}
 
@@ -87,8 +93,9 @@ def check_source_unchanged(manifest: dict, directory=None) -> None:
         )
 
 
-def rebuild_verified(manifest: dict, directory=None):
-    """``rebuild_source`` after ``check_source_unchanged``; the model must take the manifest's image size."""
+def rebuild_verified(manifest: dict, directory=None, progress: Optional[bool] = False):
+    """``rebuild_source`` after ``check_source_unchanged``; the model must take the manifest's image size.
+    ``progress``: the rebuild's merge, per block (``common.progress``)."""
 
     try:
         ExportSpec.from_manifest(manifest)
@@ -99,7 +106,7 @@ def rebuild_verified(manifest: dict, directory=None):
             "export the artifacts again"
         ) from None
     check_source_unchanged(manifest, directory)
-    source = rebuild_source(manifest)
+    source = rebuild_source(manifest, progress=progress)
     if source.model.image_size != manifest.image_size:
         raise NasloraError(
             f"{directory or 'the manifest'} says image_size {manifest.image_size}, but its source model "

@@ -12,12 +12,13 @@ to the original image happen in the runtime, so no ``orig_im_size`` input.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
 from naslora_deploy.core.model.heads import batched_predict_masks, decode_queries, upsample_logits
+from naslora_deploy.runtime.prompts import HAS_MASK_INPUT, MASK_INPUT, MASK_INPUT_AXES
 
 
 def _batch_dynamic_merging_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,10 +91,13 @@ class PromptDecoderGraph(nn.Module):
     SAM's ``MaskDecoder`` does) or E = K; ``point_coords`` (K, N, 2) in the padded
     model-input frame; ``point_labels`` (K, N): 1 positive, 0 negative, 2 / 3 box
     top-left / bottom-right, -1 padding (SAM's prompt encoder layout: points, then
-    a box's corners, or one padding point when there is no box). Outputs every
-    mask token's low-res logits (K, M, 4h, 4w) and IoU predictions (K, M): mask 0
-    is SAM's single-mask output, masks 1..M-1 its multimask outputs; the runtime
-    picks, upsamples and crops (SamPredictor's post-processing).
+    a box's corners, or one padding point when there is no box); ``mask_input``
+    (B, 1, 4h, 4w) low-res logits of an earlier prediction and ``has_mask_input``
+    (B, 1), 1 where that mask is used and 0 for SAM's "no mask" embedding, B = 1
+    (shared by the K prompts) or K: segment-anything's ``SamOnnxModel`` inputs.
+    Outputs every mask token's low-res logits (K, M, 4h, 4w) and IoU predictions
+    (K, M): mask 0 is SAM's single-mask output, masks 1..M-1 its multimask
+    outputs; the runtime picks, upsamples and crops (SamPredictor's post-processing).
     """
 
     def __init__(self, sam) -> None:
@@ -118,9 +122,38 @@ class PromptDecoderGraph(nn.Module):
             embedding = embedding + encoder.point_embeddings[i].weight * (labels == i).to(embedding.dtype)
         return embedding
 
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor):
+    def embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """Dense prompt embeddings (B, C, h, w): the downscaled mask where ``has_mask_input`` is 1, SAM's
+        ``no_mask_embed`` where it is 0 (``SamOnnxModel._embed_masks``)."""
+        encoder = self.prompt_encoder
+        has = has_mask_input.reshape(-1, 1, 1, 1).to(mask_input.dtype)
+        no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return has * encoder.mask_downscaling(mask_input) + (1 - has) * no_mask
+
+    def onnx_extra_inputs(self) -> Tuple[Tuple[str, ...], Tuple[torch.Tensor, ...], dict]:
+        """The inputs this graph takes beyond the contract's ``PROMPT_INPUTS`` (``onnx_export.module_to_onnx``
+        adds them): names, tensors to trace with (one mask shared by the prompts, not used), dynamic axes."""
+        size = 4 * self.dense.shape[-1]
+        examples = (torch.zeros(1, 1, size, size), torch.zeros(1, 1))
+        return (MASK_INPUT, HAS_MASK_INPUT), examples, MASK_INPUT_AXES
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: Optional[torch.Tensor] = None,
+        has_mask_input: Optional[torch.Tensor] = None,
+    ):
         sparse = self.embed_points(point_coords, point_labels)
         # E = 1 broadcasts over the K prompts (ONNX Expand keeps E = K as it is)
         embeddings = image_embeddings.expand(point_coords.shape[0], -1, -1, -1)
-        masks, iou = batched_predict_masks(self.decoder, embeddings, self.image_pe, self.dense, sparse)
+        dense = self.dense
+        if mask_input is not None:
+            if has_mask_input is None:
+                has_mask_input = mask_input.new_ones(mask_input.shape[0], 1)
+            # B = 1 goes to K by an explicit Expand, as the embeddings do, so that no elementwise op
+            # broadcasts a dynamic axis (kept simple for TensorRT; not yet built with it here)
+            dense = self.embed_masks(mask_input, has_mask_input).expand(point_coords.shape[0], -1, -1, -1)
+        masks, iou = batched_predict_masks(self.decoder, embeddings, self.image_pe, dense, sparse)
         return masks, iou

@@ -18,8 +18,15 @@ import numpy as np
 from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.lazy import lazy_import
-from naslora_deploy.runtime.engines import import_tensorrt, load_engine_bytes
-from naslora_deploy.runtime.manifest import Manifest, artifact_file, check_image_input, is_listed
+from naslora_deploy.runtime.engines import import_tensorrt, load_checked_engine
+from naslora_deploy.runtime.manifest import (
+    Manifest,
+    artifact_file,
+    check_image_input,
+    is_listed,
+    rebuild_hint,
+)
+from naslora_deploy.runtime.prompts import mask_feeds
 
 RUNTIME_BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
@@ -32,7 +39,9 @@ class Backend(Protocol):
     buffer, a tensor: only this backend's ``decode`` and ``prompt_decode`` read it).
     ``decode``: handle -> {``low_res_logits``, ``mask_logits`` [, ``class_logits``]}.
     ``prompt_decode``: handle of E images, (K, N, 2) coords, (K, N) labels (E = 1
-    or K) -> {``low_res_logits`` (K, M, 4h, 4w), ``iou_predictions`` (K, M)}.
+    or K) -> {``low_res_logits`` (K, M, 4h, 4w), ``iou_predictions`` (K, M)};
+    ``mask_input`` (B, 1, 4h, 4w) earlier low-res logits (B = 1 or K) is passed
+    only when given (``prompts.mask_feeds`` feeds it, or "no mask", to the graph).
     Optional: ``max_prompts`` (most K per call), ``reuses_embeddings`` (the next
     ``encode`` overwrites the last handle's embeddings).
     """
@@ -186,8 +195,12 @@ class OnnxRuntimeBackend:
     def decode(self, embeddings) -> Dict[str, np.ndarray]:
         return self._run(names.MASK_DECODER, {names.IMAGE_EMBEDDINGS: embeddings})
 
-    def prompt_decode(self, embeddings, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+    def prompt_decode(
+        self, embeddings, coords: np.ndarray, labels: np.ndarray, mask_input: Optional[np.ndarray] = None
+    ) -> Dict[str, np.ndarray]:
         feeds = {names.IMAGE_EMBEDDINGS: embeddings, names.POINT_COORDS: coords, names.POINT_LABELS: labels}
+        inputs = {value.name: value.shape for value in self.sessions[names.PROMPT_DECODER].get_inputs()}
+        feeds.update(mask_feeds(inputs, mask_input))
         return self._run(names.PROMPT_DECODER, feeds)
 
 
@@ -205,13 +218,12 @@ class TensorRTBackend:
         self.engines, self.contexts, self.buffers = {}, {}, {}
         self.stream = self._check(cudart.cudaStreamCreate())
         for name in names.GRAPHS:
-            if not (directory / names.engine_file(name)).is_file():
+            path = directory / names.engine_file(name)
+            if not (path.is_file() or is_listed(manifest, path.name)):
                 continue
-            path = artifact_file(directory, manifest, names.engine_file(name))
-            sidecar = artifact_file(directory, manifest, names.engine_file(name) + ".json")
-            engine = runtime.deserialize_cuda_engine(load_engine_bytes(path, sidecar))
+            engine = runtime.deserialize_cuda_engine(load_checked_engine(directory, manifest, name))
             if engine is None:
-                raise NasloraError(f"TensorRT could not load {path}; rebuild it on this machine")
+                raise NasloraError(f"TensorRT could not load {path}; {rebuild_hint(directory)}")
             if name == names.IMAGE_ENCODER:
                 check_image_input(manifest, path, tuple(engine.get_tensor_shape(names.IMAGE)))
             self.engines[name] = engine
@@ -219,7 +231,8 @@ class TensorRTBackend:
             self._allocate(name, engine, self._max_batch(engine))
         if names.IMAGE_ENCODER not in self.engines:
             raise NasloraError(
-                f"{directory} has no {names.engine_file(names.IMAGE_ENCODER)}; export with --format trt"
+                f"{directory} has no {names.engine_file(names.IMAGE_ENCODER)}; build the engines on this "
+                f"machine: naslora-deploy build-engines {directory}"
             )
         self.max_batch = self._max_batch(self.engines[names.IMAGE_ENCODER])
         self.name = "tensorrt"
@@ -314,7 +327,9 @@ class TensorRTBackend:
         """Most prompts per prompt-decoder call (the engine profile's batch)."""
         return self._max_batch(self.engines[names.PROMPT_DECODER])
 
-    def prompt_decode(self, images: int, coords: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
+    def prompt_decode(
+        self, images: int, coords: np.ndarray, labels: np.ndarray, mask_input: Optional[np.ndarray] = None
+    ) -> Dict[str, np.ndarray]:
         engine = self.engines.get(names.PROMPT_DECODER)
         if engine is None:
             raise NasloraError("these artifacts have no prompt_decoder.engine; export with --prompts")
@@ -328,6 +343,9 @@ class TensorRTBackend:
             names.POINT_COORDS: coords.astype(np.float32),
             names.POINT_LABELS: labels.astype(np.float32),
         }
+        tensors = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        # always fed where the engine has them: an input left out would read uninitialised device memory
+        inputs.update(mask_feeds({t: tuple(engine.get_tensor_shape(t)) for t in tensors}, mask_input))
         return self._execute(names.PROMPT_DECODER, images, inputs)
 
 
@@ -335,12 +353,16 @@ def open_backend(
     directory: Path, manifest: Manifest, backend: str = "auto", device: Optional[str] = None
 ) -> Backend:
     """Open one of the runtime's own backends; ``auto`` takes TensorRT (where engines were
-    built and the device is not the CPU), else onnxruntime."""
+    built and the device is not the CPU), else onnxruntime.
+
+    Where ``auto`` falls back from TensorRT, or a requested ``device="cuda"`` ends on the CPU,
+    a ``UserWarning`` says why in one line (the CLI prints it as ``warning: ...``).
+    """
     if backend == "tensorrt":
         return TensorRTBackend(directory, manifest)
     if backend == "onnxruntime":
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        return OnnxRuntimeBackend(directory, manifest, providers)
+        return _warn_if_not_on_gpu(OnnxRuntimeBackend(directory, manifest, providers), device, [])
     if backend != "auto":
         raise NasloraError(
             f"unknown backend {backend!r}; the runtime has {', '.join(RUNTIME_BACKENDS)} "
@@ -348,11 +370,37 @@ def open_backend(
         )
     reasons = []
     candidates = ["onnxruntime"]
-    if (directory / names.engine_file(names.IMAGE_ENCODER)).is_file() and device != "cpu":
+    if device != "cpu" and (
+        (directory / names.engine_file(names.IMAGE_ENCODER)).is_file()
+        or is_listed(manifest, names.engine_file(names.IMAGE_ENCODER))
+    ):
         candidates.insert(0, "tensorrt")
     for name in candidates:
         try:
+            if name == "onnxruntime":  # the last candidate: say why the ones before it were passed over
+                providers = ["CPUExecutionProvider"] if device == "cpu" else None
+                opened = OnnxRuntimeBackend(directory, manifest, providers)
+                return _warn_if_not_on_gpu(opened, device, reasons)
             return open_backend(directory, manifest, name, device)
         except NasloraError as exc:
             reasons.append(f"{name}: {exc}")
     raise NasloraError("no backend could load these artifacts (" + "; ".join(reasons) + ")")
+
+
+def _warn_if_not_on_gpu(opened, device: Optional[str], reasons: List[str]):
+    """``opened``, after a one-line ``UserWarning`` where it is a fallback: from TensorRT (``reasons``
+    says why it failed) or from the GPU that ``device="cuda"`` asked for."""
+    import warnings
+
+    if reasons:
+        warnings.warn(
+            f"backend auto fell back to {opened.name}: " + "; ".join(reasons), UserWarning, stacklevel=3
+        )
+    elif str(device).startswith("cuda") and not opened.on_gpu:
+        warnings.warn(
+            f"device {device} was asked for, but {opened.name} runs on the CPU: onnxruntime here has no "
+            "usable CUDA provider (install onnxruntime-gpu, on a Jetson NVIDIA's wheel for your JetPack)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return opened

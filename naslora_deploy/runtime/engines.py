@@ -11,19 +11,22 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
+from naslora_deploy.common import contract as names
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.io import read_json
 from naslora_deploy.common.lazy import lazy_import
+from naslora_deploy.runtime.manifest import Manifest, artifact_file, is_listed, rebuild_hint
 
 INSTALL_HELP = (
     "TensorRT is not installed: on an x86 server `pip install tensorrt` (NVIDIA's wheel, matching your "
-    "CUDA), "
-    "on a Jetson it comes with JetPack; or export with --format onnx and build the engines on the target "
-    "with "
-    'trtexec (the command for each file is under "trtexec" in the artifact\'s manifest.json)'
+    "CUDA), on a Jetson it comes with JetPack; or export with --format onnx and build the engines on the "
+    'target with naslora-deploy build-engines (or trtexec: the command for each file is under "trtexec" '
+    "in the artifact's manifest.json)"
 )
+# the build facts ``runtime.engine_build.register_engine`` records beside an engine's sha256
+BUILD_FACTS = ("precision", "tensorrt_version", "gpu_name", "compute_capability")
 
 
 def sidecar_path(engine: Path) -> Path:
@@ -67,22 +70,54 @@ def current_gpu() -> Dict[str, Optional[str]]:
 def check_engine_compatibility(
     sidecar: dict, trt_version: str, gpu: Dict[str, Optional[str]], engine: str = "engine"
 ) -> None:
-    """Raise a clear ``NasloraError`` if the engine was built for another TensorRT or GPU."""
+    """Raise a clear ``NasloraError`` if the engine was built for another TensorRT or GPU; the
+    message names the command that rebuilds it (``build-engines``, in the engine's folder)."""
+    again = rebuild_hint(Path(engine).parent if engine != "engine" else "ARTIFACT_DIR")
     built_trt = sidecar.get("tensorrt_version")
     if built_trt and built_trt != trt_version:
         raise NasloraError(
             f"{engine} was built with TensorRT {built_trt} but this machine has TensorRT {trt_version}; "
-            "rebuild it here (naslora-deploy export --format trt, or the trtexec command in its sidecar)"
+            + again
         )
     built_cc = sidecar.get("compute_capability")
     here_cc = gpu.get("compute_capability")
     if built_cc and here_cc and built_cc != here_cc:
         raise NasloraError(
             f"{engine} was built on {sidecar.get('gpu_name')} (compute capability {built_cc}) but this GPU "
-            "is "
-            f"{gpu.get('name')} ({here_cc}); TensorRT engines do not move between GPU generations: rebuild "
-            "it here"
+            f"is {gpu.get('name')} ({here_cc}); TensorRT engines do not move between GPU generations: {again}"
         )
+
+
+def check_engine(
+    directory, manifest: Manifest, graph: str, trt_version: str, gpu: Dict[str, Optional[str]]
+) -> Tuple[Path, Path]:
+    """The checked (engine, sidecar) paths of ``graph``'s engine, or one line naming build-engines.
+
+    The engine and its sidecar must be registered in the manifest (``register_engine`` does it;
+    a file put there by hand is refused); the build facts registered beside the engine's sha256,
+    and the sidecar's, must match this TensorRT and GPU. ``read_manifest`` already compared every
+    registered file with its sha256 (a changed engine is refused there, naming the same command).
+    """
+    directory = Path(directory)
+    engine_name = names.engine_file(graph)
+    for name in (engine_name, engine_name + ".json"):
+        if not is_listed(manifest, name):
+            raise NasloraError(
+                f"{directory / name} is not registered in {names.MANIFEST_NAME} (built by hand or copied "
+                f"in?), so the runtime cannot trust it; {rebuild_hint(directory)}"
+            )
+    engine = artifact_file(directory, manifest, engine_name)
+    sidecar = artifact_file(directory, manifest, engine_name + ".json")
+    recorded = read_sidecar(engine, sidecar)
+    registered = {k: v for k, v in manifest.files[engine_name].items() if k in BUILD_FACTS}
+    for key, value in registered.items():
+        if recorded.get(key) not in (None, value):
+            raise NasloraError(
+                f"{sidecar} says {key} {recorded.get(key)!r} but {names.MANIFEST_NAME} registered {value!r} "
+                f"for {engine_name}; {rebuild_hint(directory)}"
+            )
+    check_engine_compatibility({**recorded, **registered}, trt_version, gpu, str(engine))
+    return engine, sidecar
 
 
 def read_sidecar(engine: Path, path: Optional[Path] = None) -> dict:
@@ -106,16 +141,15 @@ def import_tensorrt():
     return lazy_import("tensorrt", message=INSTALL_HELP)
 
 
-def load_engine_bytes(engine: Path, sidecar: Optional[Path] = None) -> bytes:
-    """Check the sidecar against this machine, then return the engine's bytes.
-
-    ``engine`` and ``sidecar`` (default: beside the engine) are paths the caller
-    checked (``runtime.manifest.artifact_file``): listed in the manifest and hashed.
-    """
+def load_checked_engine(directory, manifest: Manifest, graph: str) -> bytes:
+    """``graph``'s engine bytes, once ``check_engine`` accepted it for this TensorRT and GPU."""
     trt = import_tensorrt()
-    recorded = read_sidecar(engine, sidecar)
-    check_engine_compatibility(recorded, trt.__version__, current_gpu(), str(engine))
+    engine, _ = check_engine(directory, manifest, graph, trt.__version__, current_gpu())
+    return _read_engine(engine)
+
+
+def _read_engine(engine: Path) -> bytes:
     try:
-        return Path(engine).read_bytes()
+        return engine.read_bytes()
     except OSError as exc:
-        raise NasloraError(f"cannot read {engine} ({exc.strerror}); export it again") from None
+        raise NasloraError(f"cannot read {engine} ({exc.strerror}); {rebuild_hint(engine.parent)}") from None

@@ -28,6 +28,17 @@ from naslora_deploy.common.io import read_json, sha256_of
 MAX_MANIFEST_BYTES = 16 << 20  # real manifests are a few kB
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 AGAIN = "export the artifacts again"
+ENGINE_SUFFIXES = (".engine", ".engine.json")  # a TensorRT engine and its sidecar
+
+
+def rebuild_hint(directory) -> str:
+    """What rebuilds and registers an artifact's engines on this machine."""
+    return f"rebuild and register them here: naslora-deploy build-engines {directory} --overwrite"
+
+
+def remedy(directory, name: str) -> str:
+    """What to do about a listed file that is wrong: engines are rebuilt on the device, the rest exported."""
+    return rebuild_hint(directory) if str(name).endswith(ENGINE_SUFFIXES) else AGAIN
 
 
 def _kind(*types):
@@ -73,6 +84,13 @@ FILE_SCHEMA = {
     "inputs": (False, _kind(list), "a list"),
     "outputs": (False, _kind(list), "a list"),
     "external_data": (False, _kind(dict), "an object"),
+    # a TensorRT engine's build facts, registered by ``runtime.engine_build.register_engine``
+    "precision": (False, lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
+    "tensorrt_version": (False, _kind(str), "a version"),
+    "gpu_name": (False, lambda v: v is None or _kind(str)(v), "null or a GPU name"),
+    "compute_capability": (False, lambda v: v is None or _kind(str)(v), "null or a compute capability"),
+    "build_seconds": (False, _kind(int, float), "a number"),
+    "built_at": (False, _kind(str), "a time"),
 }
 CLASSES_SCHEMA = {
     "num_classes": (False, _positive_int, "a positive integer"),
@@ -301,7 +319,7 @@ def artifact_file(directory, manifest: Manifest, name: str) -> Path:
     if not is_listed(manifest, name):
         raise NasloraError(
             f"{directory / name} is not listed in {MANIFEST_NAME}, so its integrity cannot be checked; "
-            f"{AGAIN}"
+            f"{remedy(directory, name)}"
         )
     return member(directory, name)
 
@@ -328,10 +346,14 @@ def read_manifest(directory, check_files: bool = True) -> Manifest:
     directory = Path(directory)
     manifest = Manifest.from_dict(_read_json(directory), directory / MANIFEST_NAME)
     for name, sha256 in listed_files(manifest):
-        file = member(directory, name)
+        try:
+            file = member(directory, name)
+        except NasloraError as exc:
+            raise NasloraError(str(exc).replace(AGAIN, remedy(directory, name))) from None
         if check_files and sha256_of(file) != sha256:
             raise NasloraError(
-                f"{file} does not match its sha256 in {MANIFEST_NAME} (changed or truncated); {AGAIN}"
+                f"{file} does not match its sha256 in {MANIFEST_NAME} (changed or truncated); "
+                f"{remedy(directory, name)}"
             )
     return manifest
 

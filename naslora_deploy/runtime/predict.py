@@ -27,6 +27,7 @@ import glob
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -37,7 +38,9 @@ from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import IMAGE_SUFFIXES, overlay, save_png
 from naslora_deploy.common.io import append_line
 from naslora_deploy.common.outputs import prepare_write_folder, refusal
+from naslora_deploy.common.progress import bar_drawn, log_line
 from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.runtime.crops import CandidateCounts
 from naslora_deploy.runtime.everything import encode_coco_rle
 from naslora_deploy.runtime.tiling import check_tiling, segment_tiled, tile_windows
 
@@ -168,7 +171,8 @@ def predict_files(
 ) -> Tuple[int, List[str]]:
     """Segment every file; a bad file is reported and skipped. Returns (done, errors).
 
-    ``progress``: a bar over the files (None: on a terminal only, and only for two or more).
+    ``progress``: a bar over the files, for two or more or in everything mode (None: on a terminal;
+    a log gets one line as each image starts, and everything mode's line per crop).
     ``tiling``: (tile, overlap) segments each image window by window (``tiling.segment_tiled``,
     prompt-free); the records say ``tile``, ``overlap`` and ``windows`` (None when untiled).
     ``everything``: an ``EverythingSpec``: every object of each image (``Segmenter.generate``),
@@ -182,11 +186,15 @@ def predict_files(
     out = check_out(out, files)
     names = output_names(files)
     done, errors = 0, []
-    for path in progress_bar(files, "predict", progress if len(files) > 1 else False):
+    shown = progress if len(files) > 1 or everything is not None else False  # one quick image: silent
+    started = time.perf_counter()
+    for number, path in enumerate(progress_bar(files, "predict", shown), 1):
+        if shown is not False and not bar_drawn(shown):  # a log: one line as each image starts
+            log_line(f"predict {number}/{len(files)} {path} ({time.perf_counter() - started:.1f} s)")
         try:
             image = segmenter.read(path)  # with the run's input mapping, as the overlay shows it
             if everything is not None:
-                write_everything(out, names[path], path, image, segmenter, everything)
+                write_everything(out, names[path], path, image, segmenter, everything, shown)
                 done += 1
                 continue
             if tiling is None:
@@ -199,17 +207,27 @@ def predict_files(
         tile, overlap = tiling or (None, None)
         windows = len(tile_windows(*result.size, *tiling)) if tiling else None
         tiled = {"tile": tile, "overlap": overlap, "windows": windows}
-        _write_outputs(out, names[path], path, image, result, tiled)
+        _write_outputs(out, names[path], path, image, result, tiled, points=points, box=box)
         done += 1
     return done, errors
 
 
-def _write_outputs(out: Path, name: str, path: Path, image: np.ndarray, result, extra=None) -> None:
-    """The mask and the overlay (each atomic), then the record (one appended line; ``extra`` added)."""
+def _write_outputs(
+    out: Path, name: str, path: Path, image: np.ndarray, result, extra=None, points=None, box=None
+) -> None:
+    """The mask and the overlay (each atomic), then the record (one appended line; ``extra`` added).
+
+    ``points`` ((x, y) or (x, y, label) tuples, as ``--points`` gives them) and ``box`` (x0, y0, x1,
+    y1): the prompt, drawn on the overlay (green / red points, a yellow box)."""
     mask_png = result.class_map if result.class_map is not None else (result.mask * 255).astype(np.uint8)
+    point_xy = [p[:2] for p in points] if points else None
+    point_labels = [int(p[2]) if len(p) > 2 else 1 for p in points] if points else None
+    drawn = overlay(
+        image, result.mask, result.class_map, points=point_xy, point_labels=point_labels, boxes=box
+    )
     pngs = {
         "mask": (f"{name}_mask.png", mask_png),
-        "overlay": (f"{name}_overlay.png", overlay(image, result.mask, result.class_map)),
+        "overlay": (f"{name}_overlay.png", drawn),
     }
     figures = {
         "area": result.area,
@@ -248,17 +266,34 @@ def instance_labels(records: List[dict], size: Tuple[int, int]) -> np.ndarray:
     return labels
 
 
-def write_everything(out: Path, name: str, path: Path, image: np.ndarray, segmenter, spec) -> None:
+def write_everything(
+    out: Path, name: str, path: Path, image: np.ndarray, segmenter, spec, progress: Optional[bool] = False
+) -> None:
     """Everything mode for one image: ``<name>_masks.png`` (instance labels), the overlay, and a record
-    whose ``masks`` list holds each mask's COCO RLE with SAM's fields (area, bbox XYWH, scores, point)."""
+    whose ``masks`` list holds each mask's COCO RLE with SAM's fields (area, bbox XYWH, scores, point)
+    and ``candidates`` what each filter removed (``CandidateCounts``; finding none warns, naming the file).
+    ``progress``: ``Segmenter.generate``'s bar over point batches, or a line per crop in a log."""
 
     start = time.perf_counter()
-    records = segmenter.generate(image, replace(spec, output_mode="binary_mask"))
+    counts = CandidateCounts()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = segmenter.generate(image, replace(spec, output_mode="binary_mask"), progress, counts)
+    for warning in caught:  # said again with the image's name: a run over many files says which
+        warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
     elapsed = 1000 * (time.perf_counter() - start)
     labels = instance_labels(records, image.shape[:2])
     pngs = {
         "masks_png": (f"{name}_masks.png", labels),
-        "overlay": (f"{name}_overlay.png", overlay(image, labels > 0, labels)),
+        "overlay": (  # with the grid point each mask was generated from (its prompt)
+            f"{name}_overlay.png",
+            overlay(
+                image,
+                labels > 0,
+                labels,
+                points=[r["point_coords"][0] for r in records if r.get("point_coords")] or None,
+            ),
+        ),
     }
     masks = [
         {**{k: v for k, v in r.items() if k != "segmentation"}, "rle": encode_coco_rle(r["segmentation"])}
@@ -268,6 +303,7 @@ def write_everything(out: Path, name: str, path: Path, image: np.ndarray, segmen
         "count": len(records),
         "everything": {k: v for k, v in asdict(spec).items() if k != "output_mode"},
         "timings_ms": {"generate": round(elapsed, 3)},
+        "candidates": asdict(counts),
         "masks": masks,
     }
     _write_record(out, path, image.shape[:2], pngs, figures)

@@ -4,20 +4,30 @@
 a box's two corners, or one padding point when there is no box) in the padded
 model-input frame; ``MaskUpscaler`` is SAM's ``postprocess_masks`` (bilinear
 to the model input, crop the padding, bilinear to the original size, both with
-``align_corners=False`` and no antialiasing, as ``F.interpolate`` does).
+``align_corners=False`` and no antialiasing, as ``F.interpolate`` does);
+``mask_batch`` / ``mask_feeds`` take an earlier prediction's low-res logits to
+the prompt decoder's ``mask_input`` (refinement, as SamPredictor's).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.common.imaging import resized_shape
 
 PAD_LABEL = -1.0
+# the prompt decoder's optional inputs (segment-anything's SamOnnxModel's): an earlier prediction's low-res
+# logits (B, 1, 4h, 4w) and whether to use them (B, 1); B = 1 (shared by the K prompts) or K. Artifacts
+# exported before them have neither, and the runtime asks them for none.
+MASK_INPUT = "mask_input"
+HAS_MASK_INPUT = "has_mask_input"
+MASK_INPUT_AXES = {MASK_INPUT: {0: "masks"}, HAS_MASK_INPUT: {0: "masks"}}
+NO_MASK_INPUT = "this artifact's prompt decoder takes no mask_input; export it again"
 
 
 @dataclass
@@ -33,6 +43,10 @@ class Prediction:
     scores: np.ndarray
     low_res_logits: np.ndarray
     timings: Dict[str, float] = field(default_factory=dict)  # milliseconds
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """``masks, scores, low_res_logits = prediction``, as SamPredictor's ``predict`` returns them."""
+        return iter((self.masks, self.scores, self.low_res_logits))
 
 
 def _finite_array(value, name: str, shapes: Tuple[Tuple[Optional[int], ...], ...]) -> np.ndarray:
@@ -146,6 +160,43 @@ def prompt_batch(
         parts_label.append(np.full((prompts, 1), PAD_LABEL, np.float32))
     coords = np.ascontiguousarray(np.concatenate(parts_xy, axis=1), dtype=np.float32)
     return coords, np.ascontiguousarray(np.concatenate(parts_label, axis=1), dtype=np.float32), batched
+
+
+def mask_batch(mask_input, prompts: int, batched: bool, size: int) -> Optional[np.ndarray]:
+    """``predict``'s ``mask_input`` as (B, 1, size, size) float32 for K = ``prompts`` prompts (B = 1 or K),
+    None for None; else one ``ValueError`` line. One prompt takes (1, size, size), SamPredictor's form, or
+    (size, size); K prompts take (1 or K, 1, size, size), ``predict_torch``'s."""
+    if mask_input is None:
+        return None
+    if batched:
+        mask = _finite_array(mask_input, "mask_input", ((None, 1, size, size),))
+        if len(mask) not in (1, prompts):
+            raise ValueError(f"mask_input holds {len(mask)} masks for {prompts} prompts; give 1 or {prompts}")
+        return np.ascontiguousarray(mask)
+    mask = _finite_array(mask_input, "mask_input", ((1, size, size), (size, size)))
+    return np.ascontiguousarray(mask.reshape(1, 1, size, size))
+
+
+def mask_feeds(input_shapes: Dict[str, Sequence], mask_input: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+    """The prompt decoder's mask feeds, for a graph whose inputs have ``input_shapes`` (name -> shape).
+
+    ``mask_input`` (B, 1, h, w) float32 goes in with ``has_mask_input`` 1; None
+    feeds one zero mask with ``has_mask_input`` 0 (SAM's "no mask" embedding: the
+    outputs are those of a graph without mask inputs). A graph exported without
+    them gets no feeds, and a ``mask_input`` for it is one ``NasloraError`` line.
+    """
+    if MASK_INPUT not in input_shapes:
+        if mask_input is not None:
+            raise NasloraError(NO_MASK_INPUT)
+        return {}
+    if mask_input is None:
+        height, width = (int(d) for d in input_shapes[MASK_INPUT][-2:])
+        return {
+            MASK_INPUT: np.zeros((1, 1, height, width), np.float32),
+            HAS_MASK_INPUT: np.zeros((1, 1), np.float32),
+        }
+    mask = np.ascontiguousarray(mask_input, dtype=np.float32)
+    return {MASK_INPUT: mask, HAS_MASK_INPUT: np.ones((len(mask), 1), np.float32)}
 
 
 def _axis_weights(out_size: int, in_size: int, count: int):

@@ -12,8 +12,9 @@ pad; then crop the padding and resize the masks back to the original size.
 from __future__ import annotations
 
 import time
+from inspect import signature
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,11 +29,13 @@ from naslora_deploy.common.imaging import (
     read_image,
 )
 from naslora_deploy.runtime.backends import Backend, open_backend
-from naslora_deploy.runtime.everything import EverythingSpec, generate_masks
+from naslora_deploy.runtime.everything import CandidateCounts, EverythingSpec, generate_crop_masks
 from naslora_deploy.runtime.manifest import Manifest, read_manifest
-from naslora_deploy.runtime.prompts import MaskUpscaler, Prediction, prompt_batch
+from naslora_deploy.runtime.prompts import MaskUpscaler, Prediction, mask_batch, prompt_batch
 from naslora_deploy.runtime.results import ImageInput, Segmentation
 from naslora_deploy.runtime.tiling import segment_tiled
+
+IMAGE_FORMATS = ("RGB", "BGR")  # SamPredictor.set_image's channel orders
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -181,9 +184,22 @@ class Segmenter:
 
     # -- the predictor: one embedding, many prompts (SamPredictor's shape) --
 
-    def set_image(self, image: ImageInput) -> None:
-        """Compute and keep ``image``'s embedding for ``predict`` and ``generate`` (as SamPredictor's)."""
-        array = self._load(image)
+    def set_image(self, image: ImageInput, image_format: str = "RGB") -> None:
+        """Compute and keep ``image``'s embedding for ``predict`` and ``generate`` (as SamPredictor's).
+
+        ``image_format``: the channel order of an array, ``RGB`` or ``BGR`` (OpenCV's; flipped to RGB, as
+        SamPredictor does); files are read as RGB whatever it says.
+        """
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format {image_format!r} is unknown; give {' or '.join(IMAGE_FORMATS)}")
+        if image_format == "BGR" and not isinstance(image, (str, Path)):
+            image = np.asarray(image)
+            if image.ndim == 3 and image.shape[-1] in (3, 4):  # BGRA keeps its alpha last
+                image = np.concatenate([image[..., 2::-1], image[..., 3:]], axis=-1)
+        self._set_array(self._load(image))
+
+    def _set_array(self, array: np.ndarray) -> None:
+        """``set_image`` for an image already read (``_load``)."""
         start = time.perf_counter()
         embeddings = self._encode(self._batch([array]))
         self._image = {
@@ -197,6 +213,11 @@ class Segmenter:
         """Forget the image set by ``set_image``."""
         self._image = None
 
+    @property
+    def is_image_set(self) -> bool:
+        """Whether ``set_image`` has an embedding ready for ``predict``."""
+        return self._image is not None
+
     def _encode(self, batch: np.ndarray):
         if getattr(self.backend, "reuses_embeddings", False):
             self._image = None  # the backend's one embeddings buffer is about to be overwritten
@@ -209,17 +230,24 @@ class Segmenter:
             raise NasloraError("no image is set: call set_image(image) before predict or generate")
         return self._image
 
-    def decode_prompts(self, coords: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def decode_prompts(
+        self, coords: np.ndarray, labels: np.ndarray, mask_input: Optional[np.ndarray] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """The set image's prompt decoder on K prompts: ``coords`` (K, T, 2), ``labels`` (K, T) in the
-        model frame (``prompts.prompt_batch``) -> every mask token's low-res logits (K, M, h, w) and
-        IoU predictions (K, M), in chunks the backend takes."""
+        model frame (``prompts.prompt_batch``), ``mask_input`` (1 or K, 1, h, w) earlier low-res logits
+        or None -> every mask token's low-res logits (K, M, h, w) and IoU predictions (K, M), in chunks
+        the backend takes."""
         embeddings = self._current_image()["embeddings"]
         chunk = int(getattr(self.backend, "max_prompts", 64))
+        if mask_input is not None and "mask_input" not in signature(self.backend.prompt_decode).parameters:
+            raise NasloraError(f"the {self.backend_name} backend takes no mask_input")
         low_res, iou = [], []
         for first in range(0, len(coords), chunk):
-            out = self.backend.prompt_decode(
-                embeddings, coords[first : first + chunk], labels[first : first + chunk]
-            )
+            part = slice(first, first + chunk)
+            extra = {}
+            if mask_input is not None:
+                extra["mask_input"] = mask_input if len(mask_input) == 1 else mask_input[part]
+            out = self.backend.prompt_decode(embeddings, coords[part], labels[part], **extra)
             low_res.append(out[names.LOW_RES_LOGITS])
             iou.append(out[names.IOU_PREDICTIONS])
         return np.concatenate(low_res), np.concatenate(iou)
@@ -231,19 +259,26 @@ class Segmenter:
         boxes=None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        mask_input=None,
     ) -> Prediction:
-        """Masks for prompts on the image of ``set_image`` (SamPredictor's ``predict`` / ``predict_torch``).
+        """Masks for prompts on the image of ``set_image`` (SamPredictor's ``predict`` / ``predict_torch``;
+        ``runtime.SamPredictor`` has its very arguments and tuple).
 
         ``points`` (N, 2) x, y pixels with ``labels`` (N,) 1 object / 0 background
         (default 1), and/or ``boxes`` (4,) x0, y0, x1, y1: one prompt, masks (C, H, W).
         ``points`` (K, N, 2) / ``labels`` (K, N) and/or ``boxes`` (K, 4): K prompts in
         one decoder call, masks (K, C, H, W). C = 3 with ``multimask_output`` (SAM's
         three masks), else 1. ``return_logits``: float32 logits instead of masks.
+        ``mask_input``: an earlier prediction's low-res logits of one mask, (1, h, w)
+        for one prompt, (1 or K, 1, h, w) for K (refinement; needs a prompt
+        decoder exported with mask inputs). The ``Prediction`` unpacks as
+        ``masks, scores, low_res_logits``.
         """
         image = self._current_image()
         start = time.perf_counter()
         coords, point_labels, batched = prompt_batch(points, labels, boxes, image["size"], self.image_size)
-        low_res, iou = self.decode_prompts(coords, point_labels)
+        masks_in = mask_batch(mask_input, len(coords), batched, self.image_size // 4)
+        low_res, iou = self.decode_prompts(coords, point_labels, masks_in)
         t_dec = time.perf_counter()
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         low_res, iou = low_res[:, chosen], iou[:, chosen]
@@ -254,25 +289,46 @@ class Segmenter:
         timings = {"decoder": 1000 * (t_dec - start), "post": 1000 * (time.perf_counter() - t_dec)}
         return Prediction(masks, iou.astype(np.float32), low_res.astype(np.float32), timings)
 
-    def generate(self, image: ImageInput, spec: Optional[EverythingSpec] = None, **options) -> List[dict]:
+    def generate(
+        self,
+        image: ImageInput,
+        spec: Optional[EverythingSpec] = None,
+        progress: Optional[bool] = False,
+        counts: Optional[CandidateCounts] = None,
+        **options,
+    ) -> List[dict]:
         """Everything mode (SamAutomaticMaskGenerator's ``generate``): a point grid through the batched
-        prompt decoder, filtered by predicted IoU and stability, box NMS, small-region removal.
+        prompt decoder, filtered by predicted IoU and stability, box NMS, small-region removal; with
+        ``crop_n_layers``, again on crops of the image, duplicates across crops removed by box NMS.
 
         ``spec`` or keyword ``options`` (``EverythingSpec`` fields: ``points_per_side=32``,
-        ``pred_iou_thresh``, ``output_mode="coco_rle"``...). Returns SAM's records, best first:
-        ``segmentation`` ((H, W) bool or COCO RLE), ``area``, ``bbox`` (XYWH), ``predicted_iou``,
-        ``point_coords``, ``stability_score``, ``crop_box``. Sets ``image`` as the predictor's image.
+        ``pred_iou_thresh``, ``crop_n_layers``, ``point_grids``, ``output_mode="coco_rle"``...). Returns
+        SAM's records, best first: ``segmentation`` ((H, W) bool or COCO RLE), ``area``, ``bbox`` (XYWH),
+        ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box`` (XYWH). ``progress``: a bar
+        over the point batches (None: on a terminal; a log gets one line per crop); ``counts``: filled with
+        how many candidates each filter removed (finding none warns with them). The predictor's image is
+        the last crop's afterwards.
         """
         spec = spec or EverythingSpec(**options)
-        self.set_image(image)
-        size = self._image["size"]
+        if self.point_slots is None:
+            raise NasloraError(f"{self.directory} has no prompt decoder; export it with --prompts")
+        array = self._load(image)
 
-        def decode(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-            coords, labels, _ = prompt_batch(points[:, None, :], None, None, size, self.image_size)
-            low_res, iou = self.decode_prompts(coords, labels)
-            return low_res[:, 1:], iou[:, 1:]  # SAM's three multimask outputs
+        def embed_crop(crop_box) -> Tuple[Callable, Callable]:
+            x0, y0, x1, y1 = crop_box
+            crop = array[y0:y1, x0:x1]
+            check_resizable(*crop.shape[:2], self.image_size, f"crop {list(crop_box)} of the image")
+            self._set_array(crop)
+            size = self._image["size"]
 
-        return generate_masks(decode, self._image["upscale"], size, spec)
+            def decode(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+                coords, labels, _ = prompt_batch(points[:, None, :], None, None, size, self.image_size)
+                low_res, iou = self.decode_prompts(coords, labels)
+                return low_res[:, 1:], iou[:, 1:]  # SAM's three multimask outputs
+
+            return decode, self._image["upscale"]
+
+        return generate_crop_masks(embed_crop, array.shape[:2], spec, progress, counts)
 
     def _segment_prompted(self, image: np.ndarray, points, box) -> Segmentation:
         """One-shot prompted segmentation: ``set_image`` + a single-mask ``predict``."""
@@ -280,7 +336,7 @@ class Segmenter:
         point_xy, point_labels = None, None
         if points:
             point_xy, point_labels = _point_list(points)
-        self.set_image(image)
+        self._set_array(image)
         prediction = self.predict(point_xy, point_labels, box, multimask_output=False, return_logits=True)
         logits = prediction.masks[0]
         prob = sigmoid(logits)

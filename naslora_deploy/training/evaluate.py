@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from naslora_deploy.core.model.heads import semantic_probabilities, upsample_log
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.data.folder import discover
+from naslora_deploy.training.gallery import EvaluatedImage, Gallery, check_gallery_dir
 from naslora_deploy.training.metrics import BinaryMetrics, MultiClassMetrics, check_saliency_protocol
 from naslora_deploy.training.prompts import component_boxes, scale_boxes
 
@@ -73,13 +74,15 @@ def evaluate(
     device="cpu",
     prompt: str = "none",
     saliency: str = "normalized",
+    on_image: Optional[Callable[[EvaluatedImage, object], None]] = None,
 ) -> Dict[str, object]:
     """Binary or multi-class metrics of ``model`` over ``pairs`` (see ``metrics``).
 
     ``prompt="box"``: box-prompted, one exact box per ground-truth component (MedSAM's protocol).
     ``saliency``: the binary saliency figures' protocol, ``normalized`` (standard per-image
     min-max) or ``raw``; the result records it as ``saliency_protocol``. Multi-class MAE
-    is computed on the predicted class probabilities.
+    is computed on the predicted class probabilities. ``on_image(EvaluatedImage, metrics)`` is
+    called after each image is added to the metrics (``gallery.Gallery.add``).
     """
     check_saliency_protocol(saliency)
     was_training = model.training
@@ -95,8 +98,12 @@ def evaluate(
             images = [read_image(image_path) for image_path, _ in chunk]
             labels_of = [load_labels(mask_path, classes) for _, mask_path in chunk]
             boxes = [component_boxes(labels == 1)[0] for labels in labels_of] if prompt == "box" else None
-            for prob, labels in zip(predict_probabilities(model, images, device, boxes), labels_of):
+            probabilities = predict_probabilities(model, images, device, boxes)
+            for offset, (prob, labels) in enumerate(zip(probabilities, labels_of)):
                 metrics.update(prob, labels)  # binary: (H, W) probability; multi-class: (K, H, W)
+                if on_image is not None:
+                    framed = None if boxes is None else boxes[offset]
+                    on_image(EvaluatedImage(start + offset, chunk[offset], labels, prob, framed), metrics)
     finally:
         model.train(was_training)
     return metrics.results()
@@ -127,14 +134,21 @@ def evaluate_run(
     skip_bad: bool = False,
     prompt: Optional[str] = None,
     saliency_protocol: str = "normalized",
+    gallery=None,
+    gallery_count: int = 8,
+    overwrite: bool = False,
 ) -> Dict[str, object]:
     """``naslora-deploy eval``: a loaded run (``load_adapter``) on the folder data set ``data``.
 
     ``split``: default test, else val, else train. On the run's own data without split folders,
     val is the images training held out, split as training split them (its val fraction and
     seed); the run's data options (COCO category, bands, stretch) apply. ``prompt``: default as
-    trained. Returns ``{"split", "images", "prompt", "metrics"}``.
+    trained. ``gallery``: a folder for per-image metrics and the ``gallery_count`` worst and best
+    overlays (``training.gallery``; an earlier gallery there is replaced only with ``overwrite``).
+    Returns ``{"split", "images", "prompt", "metrics"}`` (and ``"gallery"``, the folder).
     """
+    if gallery is not None:
+        check_gallery_dir(gallery, overwrite, data)  # before any work
     classes = model.spec.classes
     trained = model.spec.training or {}
     formats = {k: trained.get(k) for k in ("category", "bands", "stretch")}
@@ -150,5 +164,11 @@ def evaluate_run(
         raise NasloraError(f"{data} has no {split} split")
     prompt = prompt or model.spec.prompt
     device = next(model.parameters()).device
-    metrics = evaluate(model, pairs, classes, batch_size, device, prompt, saliency_protocol)
-    return {"split": split, "images": len(pairs), "prompt": prompt, "metrics": metrics}
+    collector = Gallery(classes, gallery_count, prompt) if gallery is not None else None
+    on_image = collector.add if collector is not None else None
+    metrics = evaluate(model, pairs, classes, batch_size, device, prompt, saliency_protocol, on_image)
+    result = {"split": split, "images": len(pairs), "prompt": prompt, "metrics": metrics}
+    if collector is not None:
+        title = f"{split} split of {data}, prompt {prompt}: {headline(metrics)[0]} {headline(metrics)[1]:.4f}"
+        result["gallery"] = str(collector.write(gallery, overwrite, data, title))
+    return result

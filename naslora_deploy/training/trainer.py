@@ -1,17 +1,15 @@
 """Stage-wise NAS-LoRA training (paper Alg. 1) with checkpoints that lose nothing.
 
-Stage 1 updates the weights (adapters, decoder, class head) with alpha fixed;
-from epoch ``search_start`` (T_B) on, stage 2 then updates alpha with the
-weights fixed, each with its own Adam. Stage 2 is a second forward and backward
-pass at the updated weights (``alpha_pass="second"``, Alg. 1 as written), or it
-reuses stage 1's backward (``alpha_pass="same"``: alpha's gradient is taken at the
-weights before their update, a first-order shortcut that costs no extra pass).
-``joint`` updates both from one backward pass from the first epoch (the paper's
-Table 9, first row). The sample order and flips (``sampling``) and the weights'
-learning rate (``schedule``; alpha's is constant, as in DARTS) are pure functions
-of (seed, epoch, index) and of the step, so a resumed run repeats an
-uninterrupted one exactly. Each epoch's record in ``metrics.jsonl`` holds the
-learning rates used and, for the NAS methods, the mean op shares (softmax(alpha)).
+Stage 1 updates the weights (adapters, decoder, class head) with alpha fixed; from epoch
+``search_start`` (T_B) on, stage 2 then updates alpha with the weights fixed, each with its own
+Adam. Stage 2 is a second forward and backward pass at the updated weights (``alpha_pass="second"``,
+Alg. 1 as written), or it reuses stage 1's backward (``alpha_pass="same"``: alpha's gradient is
+taken at the weights before their update, a first-order shortcut that costs no extra pass).
+``joint`` updates both from one backward pass from the first epoch (the paper's Table 9, first
+row). The sample order and flips (``sampling``) and the weights' learning rate (``schedule``;
+alpha's is constant, as in DARTS) are pure functions of (seed, epoch, index) and of the step, so
+a resumed run repeats an uninterrupted one exactly. Each epoch's record in ``metrics.jsonl`` holds
+the learning rates used and, for the NAS methods, the mean op shares (softmax(alpha)).
 """
 
 from __future__ import annotations
@@ -79,6 +77,7 @@ from naslora_deploy.training.prefix_cache import PrefixCache
 from naslora_deploy.training.prompts import training_prompts
 from naslora_deploy.training.sampling import epoch_order, flip_batch
 from naslora_deploy.training.schedule import learning_rate, search_never_starts, total_steps
+from naslora_deploy.training.settings import prompt_hint
 
 __all__ = ["Trainer", "TrainConfig", "train", "epoch_order", "flip_batch", "op_shares", "pick_device"]
 
@@ -145,6 +144,7 @@ class Trainer:
             print(f"warning: {self.search_note}", file=sys.stderr, flush=True)
         self.epoch, self.step, self.best = 0, 0, None
         self.history: List[dict] = []
+        self.notes: List[str] = []  # hints said on stderr and kept in run_summary.json
 
     def _build_model(self) -> RunSpec:
         c = self.config
@@ -154,6 +154,7 @@ class Trainer:
         saved_base = self.out / run_names.RUN_BASE
         bundled = VARIANTS[c.model].pretrained_checkpoint() if c.checkpoint is None and c.pretrained else None
         base = c.checkpoint or bundled or (saved_base if c.resume and saved_base.is_file() else None)
+        c.pretrained = bool(c.checkpoint or bundled)  # recorded as it is: vit_tiny has no real weights
         torch.manual_seed(c.seed)  # random base weights (no checkpoint at all) and the class head
         sam = build_sam(c.model, base, pretrained=False)
         add_adapters(sam, adapter)
@@ -453,6 +454,10 @@ class Trainer:
             name, score = headline(val)
             summary += f"  val {name} {score:.4f}" + ("  (best)" if score == self.best else "")
         print(summary, flush=True)
+        hint = prompt_hint(self.config.prompt, val)
+        if hint and hint not in self.notes:  # once a run, and in run_summary.json
+            self.notes.append(hint)
+            print(f"warning: {hint}", file=sys.stderr, flush=True)
         if writer is not None and val:
             writer.add_scalar(f"val/{headline(val)[0]}", headline(val)[1], self.step)
 
@@ -468,6 +473,8 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "precision": "bf16" if self.bf16 else "fp32",
                 "search_ran": search_ran(self.history),
+                "best": self.best,  # the best validation IoU (binary) or mIoU (multi-class), None without val
+                "notes": self.notes,
             }
             if self.dist.enabled:
                 summary["ranks_identical"] = agree

@@ -10,6 +10,7 @@ from PIL import Image
 from naslora_deploy.common.imaging import (
     IGNORE_INDEX,
     ImageReadError,
+    overlay,
     postprocess_probabilities,
     preprocess_image,
     preprocess_mask,
@@ -17,6 +18,14 @@ from naslora_deploy.common.imaging import (
     resized_shape,
 )
 from naslora_deploy.common.masks import binarize_mask, read_mask
+from naslora_deploy.common.plots import (
+    BOX_COLOUR,
+    OVERLAY_COLOUR,
+    POINT_COLOURS,
+    TRUTH_COLOUR,
+    line_width,
+    outline,
+)
 
 
 def test_image_modes_are_converted(tmp_path):
@@ -166,3 +175,82 @@ def test_conversion_notes_are_said_once(fresh_notes):
         for _ in range(3):
             binarize_mask(np.array([[0, 100]]))
     assert len(caught) == 1 and "0 and 100" in str(caught[0].message)
+
+
+# ----- overlays: the mask, the ground truth's outline and the prompt -------------------------------
+def _scene(height=120, width=160):
+    image = np.full((height, width, 3), 90, np.uint8)
+    mask = np.zeros((height, width), bool)
+    mask[30:80, 40:100] = True
+    truth = np.zeros((height, width), bool)
+    truth[40:90, 50:110] = True
+    return image, mask, truth
+
+
+def _pixels(picture, colour):
+    return (picture == np.array(colour)).all(-1)
+
+
+def test_overlay_without_the_new_arguments_is_unchanged():
+    image, mask, _ = _scene()
+    plain = overlay(image, mask)
+    assert np.array_equal(plain, overlay(image, mask, None, 0.45, points=None, boxes=None, truth=None))
+    assert not _pixels(plain, TRUTH_COLOUR).any() and not _pixels(plain, BOX_COLOUR).any()
+    assert _pixels(plain, OVERLAY_COLOUR).any() and (plain[0, 0] == 90).all()
+
+
+def test_the_ground_truth_is_outlined_by_mask_xor_its_erosion():
+    image, mask, truth = _scene()
+    drawn = overlay(image, mask, truth=truth)
+    ring = truth & ~np.pad(truth, 1)[2:, 1:-1] | truth & ~np.pad(truth, 1)[:-2, 1:-1]
+    ring |= truth & ~np.pad(truth, 1)[1:-1, 2:] | truth & ~np.pad(truth, 1)[1:-1, :-2]
+    assert np.array_equal(_pixels(drawn, TRUTH_COLOUR), ring)  # a rectangle: its 4-neighbour edge
+    assert ring.sum() == 2 * (50 + 60) - 4
+    assert np.array_equal(outline(truth), ring)
+    big = np.zeros((1024, 1024), bool)
+    big[100:400, 100:400] = True
+    width = line_width(big.shape)
+    assert width == 4 and outline(big, width).sum() == 300 * 300 - (300 - 2 * width) ** 2  # 4 at 1024
+    edge = np.zeros((20, 20), bool)
+    edge[:5, :5] = True  # touching the border: outlined along it
+    assert outline(edge)[0, 2] and outline(edge)[2, 0] and not outline(edge)[2, 2]
+
+
+def test_a_class_map_truth_outlines_every_class():
+    image, _, truth = _scene()
+    labels = truth.astype(np.uint8)
+    labels[5:20, 5:20] = 2
+    drawn = overlay(image, np.zeros(truth.shape, bool), truth=labels)
+    assert np.array_equal(_pixels(drawn, TRUTH_COLOUR), outline(truth) | outline(labels == 2))
+
+
+def test_the_prompt_is_drawn_boxes_and_points_by_label():
+    image, mask, truth = _scene()
+    drawn = overlay(
+        image, mask, truth=truth, boxes=[45, 35, 115, 95], points=[[20, 20], [140, 100]], point_labels=[1, 0]
+    )
+    box = _pixels(drawn, BOX_COLOUR)
+    ys, xs = np.nonzero(box)
+    assert (xs.min(), ys.min(), xs.max(), ys.max()) == (45, 35, 115, 95)
+    assert not box[50:80, 60:100].any()  # an outline, not a filled box
+    assert _pixels(drawn, POINT_COLOURS[1])[15:26, 15:26].sum() > 10
+    assert _pixels(drawn, POINT_COLOURS[0])[95:106, 135:146].sum() > 10
+    assert not _pixels(drawn, POINT_COLOURS[0])[:60].any() and not _pixels(drawn, POINT_COLOURS[1])[60:].any()
+    several = overlay(image, mask, boxes=np.array([[0, 0, 10, 10], [100, 60, 150, 110]]), points=[[5, 5]])
+    assert _pixels(several, BOX_COLOUR)[60:].any() and _pixels(several, POINT_COLOURS[1]).any()  # default: 1
+
+
+@pytest.mark.parametrize(
+    "arguments, phrase",
+    [
+        ({"points": [[1, 2, 3]]}, "(N, 2)"),
+        ({"points": [[1, 2]], "point_labels": [1, 0]}, "1 point(s) but 2 point label(s)"),
+        ({"boxes": [1, 2, 3]}, "x0, y0, x1, y1"),
+        ({"truth": np.zeros((5, 5), bool)}, "the ground truth is (5, 5)"),
+    ],
+)
+def test_bad_prompts_or_truth_are_one_line(arguments, phrase):
+    image, mask, _ = _scene()
+    with pytest.raises(ValueError) as raised:
+        overlay(image, mask, **arguments)
+    assert phrase in str(raised.value) and "\n" not in str(raised.value)

@@ -392,3 +392,49 @@ def test_mask_iou_of_label_maps_and_empty_masks():
     b = torch.tensor([[0, 1], [1, 2]])
     # labels 0: 1/1, 1: 1/2, 2: 1/2
     assert mask_iou(a, b) == pytest.approx((1 + 0.5 + 0.5) / 3)
+
+
+def test_merge_measure_false_gives_the_same_weights_without_a_report(adapted_factory, tiny_images):
+    sam = adapted_factory("nas_pc_lora")
+    measured, report = merge(sam, "dense", calibration=tiny_images)
+    rebuilt, none = merge(sam, "dense", calibration=tiny_images, measure=False)
+    assert report is not None and none is None
+    for (name, a), b in zip(measured.state_dict().items(), rebuilt.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_merge_logs_each_block_and_image_and_writes_json(binary_adapter, binary_data, tmp_path, capsys):
+    """In a log (stderr is no terminal under pytest) one line per phase, fitted block and measured image;
+    ``--json`` holds the report and the files written; ``--no-progress`` is silent."""
+    import json
+    import re
+
+    from naslora_deploy.cli import main
+
+    out, result = tmp_path / "merged.pth", tmp_path / "merge.json"
+    options = ["--mode", "dense", "--calibration", str(binary_data), "--calibration-images", "4"]
+    assert main(["merge", str(binary_adapter), *options, "--out", str(out), "--json", str(result)]) == 0
+    log = capsys.readouterr().err
+    blocks = [int(n) for n in re.findall(r"merge: fit block \d+/(\d+) \(attention block \d+\)", log)]
+    assert blocks and len(blocks) == blocks[0]  # one line per adapted block
+    assert "merge: measure image 1/2" in log and "merge: measure image 2/2" in log
+    for phase in ("merge: load run", "merge: read calibration images", "merge: dense fold", "merge: write"):
+        assert phase in log
+    data = json.loads(result.read_text())
+    assert data["report"]["mode"] == "dense" and data["report"]["images"] == 2
+    assert data["written"][0] == str(out) and out.is_file()
+    assert (
+        main(["merge", str(binary_adapter), *options, "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    )
+    assert "merge:" not in capsys.readouterr().err
+
+
+def test_merge_help_names_only_its_own_options():
+    from click.testing import CliRunner
+
+    from naslora_deploy.cli import cli
+
+    merge_help = " ".join(CliRunner().invoke(cli, ["merge", "--help"]).output.split())
+    assert "--precision" not in merge_help and "--json" in merge_help
+    export_help = " ".join(CliRunner().invoke(cli, ["export", "--help"]).output.split())
+    assert "--precision int8" in export_help and "litemedsam" in export_help and "--json" in export_help

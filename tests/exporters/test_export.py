@@ -69,6 +69,8 @@ def test_manifest_describes_every_file(binary_adapter, tmp_path):
         ["images", 64, 16, 16],
         ["batch", "points", 2],
         ["batch", "points"],
+        ["masks", 1, 64, 64],  # mask_input: earlier low-res logits (one shared, or one a prompt)
+        ["masks", 1],  # has_mask_input: 1 uses it, 0 is SAM's "no mask"
     ]
     assert [v["shape"] for v in prompt["outputs"]] == [["batch", 4, 64, 64], ["batch", 4]]  # every mask token
     assert manifest["prompt_point_slots"] == 5  # the TensorRT profile's points: 3 point slots + 2 box slots
@@ -185,3 +187,24 @@ def test_fp16_criteria_are_the_recorded_measurement():
         "decoder_max_rel": fp16.decoder_max_rel,
         "end_to_end_min_mask_iou": fp16.end_to_end_min_mask_iou,
     }
+
+
+def test_export_of_a_merged_checkpoint_carries_its_report(binary_adapter, binary_data, tmp_path, capsys):
+    """``merge`` once, then ``export`` its checkpoint: not merged again (the log says so, one line per
+    exported model), the manifest holds merge's report, and ``--json -`` puts only JSON on stdout."""
+    from naslora_deploy.cli import main
+
+    merged = tmp_path / "merged.pth"
+    options = ["--mode", "dense", "--calibration", str(binary_data), "--calibration-images", "4"]
+    assert main(["merge", str(binary_adapter), *options, "--out", str(merged), "--no-progress"]) == 0
+    capsys.readouterr()
+    art = tmp_path / "art"
+    assert main(["export", str(merged), "--out", str(art), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    log = captured.err
+    assert "export: load merged checkpoint" in log and "merge: fit block" not in log
+    assert "export: ONNX model 1/2 image_encoder" in log and "export: ONNX model 2/2 mask_decoder" in log
+    report = json.loads((tmp_path / "merged.report.json").read_text())["merge"]
+    assert result["manifest"]["merge"]["report"] == report == read_manifest(art)["merge"]["report"]
+    assert result["manifest"]["source"]["kind"] == "merged_checkpoint" and result["artifacts"] == str(art)

@@ -103,6 +103,13 @@ def test_trt_engines_with_sidecars_and_parity(binary_adapter, tmp_path):
     assert sidecar["tensorrt_version"] and sidecar["compute_capability"] and sidecar["precision"] == "fp32"
     assert sidecar["source_onnx_sha256"] == manifest["files"]["image_encoder.onnx"]["sha256"]
     assert (out / "image_encoder.engine").read_bytes()[:4] != b"{"  # no JSON prepended to the engine
+    import tensorrt
+
+    from naslora_deploy.runtime.engines import check_engine, current_gpu
+    from naslora_deploy.runtime.manifest import read_manifest
+
+    # the export's engines pass the runtime's checks as build-engines' do (sidecar facts, listed, hashed)
+    check_engine(out, read_manifest(out), "image_encoder", tensorrt.__version__, current_gpu())
     report = verify_parity(out)
     assert any(row.backend.startswith("tensorrt") for row in report.rows)
     assert report.passed

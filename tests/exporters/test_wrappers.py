@@ -95,3 +95,31 @@ def test_prompt_decoder_shares_one_embedding_across_prompts(sam_and_embeddings):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shared[0][:, 1:], native[0], rtol=1e-4, atol=1e-4)  # SAM's multimask output
     torch.testing.assert_close(shared[1][:, 1:], native[1], rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_decoder_takes_sams_mask_input(sam_and_embeddings):
+    """``mask_input`` with ``has_mask_input`` 1 is SAM's mask prompt; 0 is its "no mask" (the outputs of a
+    call without mask inputs); one mask (B = 1) is shared by the K prompts."""
+    sam, embeddings = sam_and_embeddings
+    graph = PromptDecoderGraph(sam).eval()
+    coords = torch.tensor([[[40.0, 60.0], [0.0, 0.0]], [[200.0, 30.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, -1.0], [1.0, -1.0]])
+    masks = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(3)) * 4
+    with torch.no_grad():
+        plain = graph(embeddings[:1], coords, labels)
+        unused = graph(embeddings[:1], coords, labels, masks, torch.zeros(2, 1))
+        used = graph(embeddings[:1], coords, labels, masks, torch.ones(2, 1))
+        shared = graph(embeddings[:1], coords, labels, masks[:1], torch.ones(1, 1))
+        for k in range(2):
+            sparse, dense = sam.prompt_encoder(
+                points=(coords[k : k + 1], labels[k : k + 1]), boxes=None, masks=masks[k : k + 1]
+            )
+            native = sam.mask_decoder(
+                embeddings[:1], sam.prompt_encoder.get_dense_pe(), sparse[:, :2], dense, multimask_output=True
+            )
+            torch.testing.assert_close(used[0][k : k + 1, 1:], native[0], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(used[1][k : k + 1, 1:], native[1], rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(unused, plain):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(shared[0][0], used[0][0], rtol=1e-5, atol=1e-5)
+    assert (used[0] - plain[0]).abs().max() > 1e-2  # the mask changes the answer

@@ -159,7 +159,7 @@ def test_library_configs_check_the_same_bounds():
         TrainConfig(data="d", out="o", device="tpu9").validate()
     with pytest.raises(ValueError, match="--opset must be >= 14 and <= 20"):
         ExportSpec(opset=5)
-    with pytest.raises(ValueError, match="--images must be >= 1"):
+    with pytest.raises(ValueError, match="--count must be >= 1"):
         DemoConfig(images=0)
     TrainConfig(
         data="d", out="o", model="vit_tiny", max_steps=1, device="cuda:1"

@@ -210,6 +210,7 @@ def resume(damage):
         damage(run)
         return ["train", "--data", str(ctx["binary_data"]), "--model", "vit_tiny", "--out", str(run)] + [
             "--resume",
+            "--allow-changed",  # one more step than the saved run: a change the user states
             "--epochs",
             "2",
             "--max-steps",

@@ -43,3 +43,12 @@ def test_missing_or_damaged_sidecar(tmp_path):
         read_sidecar(engine)
     (tmp_path / "a.engine.json").write_text(json.dumps(SIDECAR))
     assert read_sidecar(engine)["gpu_name"] == "Orin"
+
+
+def test_a_mismatch_names_the_command_that_rebuilds_it_in_the_engines_folder(tmp_path):
+    engine = tmp_path / "art" / "image_encoder.engine"
+    with pytest.raises(NasloraError) as raised:
+        check_engine_compatibility(
+            SIDECAR, "10.8.0", {"name": "Orin", "compute_capability": "8.7"}, str(engine)
+        )
+    assert str(raised.value).endswith(f"naslora-deploy build-engines {tmp_path / 'art'} --overwrite")

@@ -1,4 +1,5 @@
-"""Everything mode in numpy against segment-anything's automatic mask generator and its torch helpers."""
+"""Everything mode in numpy against segment-anything's automatic mask generator and its torch helpers:
+one crop, crop layers, custom point grids; the account of the candidates and the progress lines."""
 
 import dataclasses
 import inspect
@@ -14,11 +15,14 @@ from segment_anything.modeling import Sam
 from segment_anything.utils import amg
 from torchvision.ops import batched_nms, nms
 
+from naslora_deploy.runtime.crops import FILTERS, crop_boxes
 from naslora_deploy.runtime.everything import (
+    CandidateCounts,
     EverythingSpec,
     box_nms,
     box_xyxy_to_xywh,
     encode_coco_rle,
+    generate_crop_masks,
     generate_masks,
     image_point_grid,
     masks_to_boxes,
@@ -151,7 +155,7 @@ def test_box_xyxy_to_xywh():
 def test_spec_defaults_are_sams():
     sam_defaults = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
     for spec_field in dataclasses.fields(EverythingSpec):
-        assert spec_field.metadata["cli"]["help"]
+        assert spec_field.name == "point_grids" or spec_field.metadata["cli"]["help"]  # grids: API only
         expected = Sam.mask_threshold if spec_field.name == "mask_threshold" else None
         expected = sam_defaults[spec_field.name].default if expected is None else expected
         assert getattr(EverythingSpec(), spec_field.name) == expected, spec_field.name
@@ -175,6 +179,11 @@ def test_spec_defaults_are_sams():
         ("mask_threshold", float("inf")),
         ("mask_threshold", "0"),
         ("output_mode", "uncompressed_rle"),
+        ("crop_n_layers", -1),
+        ("crop_n_layers", 5),
+        ("crop_nms_thresh", 1.5),
+        ("crop_overlap_ratio", -0.1),
+        ("crop_n_points_downscale_factor", 0),
     ],
 )
 def test_spec_refuses_bad_values_in_one_line(name, value):
@@ -191,12 +200,12 @@ def _hash01(*values):
     return np.modf(np.abs(mixed) * 43758.5453)[0]
 
 
-def fake_decode(points):
+def fake_decode(points, size_hw=IMAGE_HW):
     """Cones of varying size and steepness around each point, ragged by a texture (holes, islands)."""
     h, w = LOW_RES_HW
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    px = points[:, 0, None, None, None] * (w / IMAGE_HW[1])
-    py = points[:, 1, None, None, None] * (h / IMAGE_HW[0])
+    px = points[:, 0, None, None, None] * (w / size_hw[1])
+    py = points[:, 1, None, None, None] * (h / size_hw[0])
     outputs = np.arange(3, dtype=np.float32)[None, :, None, None]
     radius = (4 + 5 * outputs) * (1 + 0.4 * np.sin(px * 0.3 + py * 0.2))
     steepness = 20 + 120 * _hash01(px, py, outputs)
@@ -207,40 +216,50 @@ def fake_decode(points):
     return logits.astype(np.float32), np.broadcast_to(iou, (len(points), 3)).astype(np.float32)
 
 
-def fake_upscale(low_res):
+def fake_upscale(low_res, size_hw=IMAGE_HW):
     """Nearest-neighbour (M, h, w) -> (M, H, W)."""
-    rows = np.arange(IMAGE_HW[0]) * LOW_RES_HW[0] // IMAGE_HW[0]
-    cols = np.arange(IMAGE_HW[1]) * LOW_RES_HW[1] // IMAGE_HW[1]
+    rows = np.arange(size_hw[0]) * LOW_RES_HW[0] // size_hw[0]
+    cols = np.arange(size_hw[1]) * LOW_RES_HW[1] // size_hw[1]
     return low_res[:, rows][:, :, cols]
 
 
+def fake_embed_crop(crop):
+    """``generate_crop_masks``'s ``embed_crop`` answered by the fakes at the crop's size."""
+    size_hw = (crop[3] - crop[1], crop[2] - crop[0])
+    return (lambda points: fake_decode(points, size_hw)), (lambda low_res: fake_upscale(low_res, size_hw))
+
+
 class FakePredictor:
-    """What SamAutomaticMaskGenerator asks of a SamPredictor, answered by ``fake_decode``."""
+    """What SamAutomaticMaskGenerator asks of a SamPredictor, answered by ``fake_decode`` (per crop)."""
 
     def __init__(self, mask_threshold):
         self.model = SimpleNamespace(mask_threshold=mask_threshold)
         self.transform = SimpleNamespace(apply_coords=lambda points, size: points)
         self.device = "cpu"
+        self.crops = []
 
     def set_image(self, image):
-        assert image.shape[:2] == IMAGE_HW
+        self.crops.append(image.shape[:2])
 
     def reset_image(self):
         pass
 
     def predict_torch(self, point_coords, point_labels, multimask_output, return_logits):
         assert multimask_output and return_logits and bool((point_labels == 1).all())
-        low_res, iou = fake_decode(point_coords[:, 0].numpy().astype(np.float32))
-        masks = fake_upscale(low_res.reshape(-1, *LOW_RES_HW)).reshape(*low_res.shape[:2], *IMAGE_HW)
+        size_hw = self.crops[-1]
+        low_res, iou = fake_decode(point_coords[:, 0].numpy().astype(np.float32), size_hw)
+        masks = fake_upscale(low_res.reshape(-1, *LOW_RES_HW), size_hw).reshape(*low_res.shape[:2], *size_hw)
         return torch.from_numpy(masks), torch.from_numpy(iou), torch.from_numpy(low_res)
 
 
-def sams_records(spec):
+def sams_records(spec, image_hw=IMAGE_HW):
     stand_in = SimpleNamespace(image_encoder=SimpleNamespace(img_size=1024))
     settings = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "mask_threshold"}
+    if spec.point_grids is not None:  # SAM takes grids instead of points_per_side
+        settings.update(points_per_side=None, point_grids=spec.layer_grids())
     generator = SamAutomaticMaskGenerator(stand_in, **settings)
     generator.predictor = FakePredictor(spec.mask_threshold)
-    return generator.generate(np.zeros((*IMAGE_HW, 3), np.uint8))
+    return generator.generate(np.zeros((*image_hw, 3), np.uint8))
 
 
 def assert_same_records(ours, theirs):
@@ -317,3 +336,133 @@ def test_decode_of_the_wrong_shape_is_refused():
 
     with pytest.raises(ValueError, match=r"\(K, C, h, w\)"):
         generate_masks(flat_decode, fake_upscale, IMAGE_HW, EverythingSpec(points_per_side=2))
+
+
+# ----- crop layers and point grids against SamAutomaticMaskGenerator -------------------------------
+CROP_SPECS = {
+    "one crop layer": EverythingSpec(points_per_side=8, points_per_batch=20, crop_n_layers=1),
+    "two layers, fewer points, small regions": EverythingSpec(
+        points_per_side=8,
+        crop_n_layers=2,
+        crop_n_points_downscale_factor=2,
+        crop_overlap_ratio=0.2,
+        crop_nms_thresh=0.5,
+        min_mask_region_area=30,
+        output_mode="coco_rle",
+    ),
+    "point grids": EverythingSpec(
+        crop_n_layers=1,
+        point_grids=(np.random.default_rng(5).uniform(0, 1, (30, 2)), amg.build_point_grid(3)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CROP_SPECS)
+def test_crop_layers_and_point_grids_are_sams(name):
+    spec = CROP_SPECS[name]
+    ours = generate_crop_masks(fake_embed_crop, IMAGE_HW, spec)
+    theirs = sams_records(spec)
+    assert_same_records(ours, theirs)
+    whole = [0, 0, IMAGE_HW[1], IMAGE_HW[0]]
+    from_crops = [r for r in ours if r["crop_box"] != whole]
+    assert len(from_crops) >= 3, "the crops should add masks of their own"
+    for record in from_crops:  # mapped back into the image: inside the crop they came from
+        x, y, w, h = record["crop_box"]
+        mask = record["segmentation"]
+        if isinstance(mask, dict):
+            from pycocotools import mask as coco_mask
+
+            mask = coco_mask.decode({**mask, "counts": mask["counts"].encode()}).astype(bool)
+        assert mask.shape == IMAGE_HW and mask.any()
+        assert (
+            not mask[:y].any()
+            and not mask[y + h :].any()
+            and not mask[:, :x].any()
+            and not mask[:, x + w :].any()
+        )
+        px, py = record["point_coords"][0]
+        assert x <= px <= x + w and y <= py <= y + h
+
+
+def test_crop_boxes_are_sams():
+    for size_hw, layers, overlap in [((90, 120), 2, 512 / 1500), ((601, 333), 3, 0.1), ((50, 50), 1, 0.0)]:
+        ours = crop_boxes(size_hw, layers, overlap)
+        theirs = amg.generate_crop_boxes(size_hw, layers, overlap)
+        assert [list(box) for box in ours[0]] == theirs[0] and ours[1] == theirs[1]
+
+
+def test_crops_find_more_candidates_than_the_whole_image():
+    whole, cropped = CandidateCounts(), CandidateCounts()
+    spec = EverythingSpec(points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=1.0)
+    found = generate_crop_masks(fake_embed_crop, IMAGE_HW, spec, counts=whole)
+    more = generate_crop_masks(
+        fake_embed_crop, IMAGE_HW, dataclasses.replace(spec, crop_n_layers=1), counts=cropped
+    )
+    assert (whole.crops, cropped.crops) == (1, 5)
+    assert cropped.candidates == 5 * whole.candidates == 5 * 3 * 64
+    assert len(more) > len(found)
+
+
+@pytest.mark.parametrize(
+    "grids, says",
+    [
+        ([np.zeros((4, 3))], r"point_grids\[0\] must be an \(N, 2\) array"),
+        ([np.full((4, 2), 1.5)], r"point_grids\[0\] holds points outside \[0, 1\]"),
+        ([np.zeros((0, 2))], r"must be an \(N, 2\) array of \(x, y\) points, N >= 1"),
+        ([np.zeros((4, 2)), np.zeros((4, 2))], "point_grids holds 2 grid\\(s\\) for crop_n_layers 0"),
+    ],
+)
+def test_bad_point_grids_are_one_line(grids, says):
+    with pytest.raises(ValueError, match=says):
+        EverythingSpec(point_grids=grids)
+
+
+def test_point_grids_are_comparable_and_json_ready():
+    import json
+
+    grid = amg.build_point_grid(4)
+    spec = EverythingSpec(point_grids=[grid])
+    assert spec == EverythingSpec(point_grids=(grid,)) != EverythingSpec()
+    np.testing.assert_array_equal(spec.layer_grids()[0], grid)
+    assert json.loads(json.dumps(dataclasses.asdict(spec)))["point_grids"][0][5] == list(grid[5])
+
+
+# ----- the account of the candidates, and progress ---------------------------------------------------
+def test_counts_add_up_and_nothing_found_says_which_threshold():
+    counts = CandidateCounts()
+    spec = EverythingSpec(points_per_side=8, crop_n_layers=1, min_mask_region_area=20)
+    records = generate_crop_masks(fake_embed_crop, IMAGE_HW, spec, counts=counts)
+    removed = sum(getattr(counts, name) for name, _, _ in FILTERS)
+    assert counts.kept == len(records) > 0 and counts.candidates == removed + counts.kept
+    assert counts.points == 64 * 5 and counts.pred_iou_thresh > 0 and counts.crop_edge > 0
+    assert counts.summary(spec).startswith(f"everything mode found {len(records)} masks: {counts.candidates}")
+
+    strict = EverythingSpec(
+        points_per_side=4, pred_iou_thresh=0.9, stability_score_thresh=1.0, stability_score_offset=50.0
+    )
+    with pytest.warns(UserWarning) as caught:
+        assert generate_masks(fake_decode, fake_upscale, IMAGE_HW, strict) == []
+    (line,) = [str(w.message) for w in caught]
+    _, iou = fake_decode(image_point_grid(4, IMAGE_HW).astype(np.float32))
+    above = int(np.count_nonzero(iou > np.float32(0.9)))
+    assert line.startswith(
+        f"everything mode found 0 masks: 48 candidates (16 points x 3 masks), "
+        f"pred_iou_thresh 0.9 removed {48 - above}, stability_score_thresh 1.0 removed {above}"
+    )
+    assert line.endswith("; lower --pred-iou-thresh or --stability-score-thresh (0 keeps every mask)")
+    assert "\n" not in line
+
+
+def test_a_log_gets_one_line_per_crop(capsys):
+    spec = EverythingSpec(points_per_side=4, crop_n_layers=1, pred_iou_thresh=0, stability_score_thresh=0)
+    generate_crop_masks(fake_embed_crop, IMAGE_HW, spec, progress=None)  # stderr is no terminal here
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" [")[0] for line in lines] == [f"everything: crop {i}/5" for i in range(1, 6)]
+    assert lines[0].startswith("everything: crop 1/5 [0, 0, 120, 90]: ") and lines[0].endswith(" s)")
+    generate_crop_masks(fake_embed_crop, IMAGE_HW, spec, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_generate_masks_refuses_crop_layers():
+    with pytest.raises(ValueError, match="crop layers need generate_crop_masks"):
+        generate_masks(fake_decode, fake_upscale, IMAGE_HW, EverythingSpec(crop_n_layers=1))

@@ -206,7 +206,9 @@ def test_resume_after_sigkill_ends_with_the_same_weights(binary_data, tmp_path):
     assert process.wait() == -signal.SIGKILL, "the run must still have been going when killed"
     assert load_adapter(killed) is not None  # the last complete checkpoint is readable
 
-    subprocess.run(_train_command(binary_data, killed, "--resume"), check=True, env=env, capture_output=True)
+    # --resume alone: the data, model and options come from the run's saved train_config.json
+    resume = [sys.executable, "-m", "naslora_deploy", "train", "--out", str(killed), "--resume"]
+    subprocess.run([*resume, "--no-progress"], check=True, env=env, capture_output=True)
     expected = load_file(str(straight / "last" / "adapter_model.safetensors"))
     resumed = load_file(str(killed / "last" / "adapter_model.safetensors"))
     assert expected.keys() == resumed.keys()
@@ -348,6 +350,7 @@ def test_train_vit_b_without_a_checkpoint_stops_with_one_line(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and not out.exists()
     assert "--checkpoint sam_vit_b_01ec64.pth" in err and "segment-anything#model-checkpoints" in err
     assert "facebook/sam-vit-base" in err and "--no-pretrained (or --checkpoint none)" in err
+    assert "--model litemedsam" in err  # the one model whose weights need no download
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from naslora_deploy.common.errors import MergeError
-from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.common.progress import steps
 from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
 from naslora_deploy.core.adapters.layers import AdaptedQKV
 
@@ -219,7 +219,8 @@ def sequential_folds(
     work_blocks = [block for _, block in attention_blocks(work.image_encoder)]
     folds: Folds = {}
     intercepts: Intercepts = {}
-    for index in progress_bar(sorted(layers), "merge: fit blocks", progress):
+    blocks = sorted(layers)
+    for index in steps(blocks, "merge: fit block", progress, label=lambda i: f"(attention block {i})"):
         layer = layers[index]
         gram: Dict[str, torch.Tensor] = {}
         cross: Dict[str, torch.Tensor] = {}

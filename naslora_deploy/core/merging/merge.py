@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 
 from naslora_deploy.common.errors import MergeError
-from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.common.progress import phase, steps
 from naslora_deploy.core.adapters.injection import adapted_layers, attention_blocks
 from naslora_deploy.core.adapters.layers import AdaptedQKV
 from naslora_deploy.core.merging.calibration import (
@@ -102,6 +102,7 @@ def merge(
     progress: Optional[bool] = False,
     fit: str = "sequential",
     recover: Union[int, Recovery] = 0,
+    measure: bool = True,
 ):
     """Merge the adapters of ``model``; returns ``(merged_model, report)``.
 
@@ -118,7 +119,9 @@ def merge(
     original fold: all blocks on the unmerged model, no intercept); used where
     a fold is fitted. ``recover``: dense only, needs ``calibration``: tune the
     folded factors for this many steps (or a ``Recovery``) before the exact
-    merge. ``progress``: bars over the passes (None: on a terminal only).
+    merge. ``progress``: bars over the passes (None: on a terminal only; a log gets one line per
+    fitted block and measured image). ``measure=False``: skip the fidelity measurement (the report
+    is None): for rebuilding a model whose merge was measured already (``verify``).
     Raises ``MergeError`` if a merged weight is not finite, ``ValueError`` on bad arguments.
     """
     head = model if hasattr(model, "sam") else None
@@ -151,18 +154,21 @@ def merge(
         sam, head, layers, config, batches, fit_images, fitted, fit, recovery, prompt, progress, notes
     )
     with torch.no_grad():
-        merged = MERGE_STRATEGIES[mode if config.has_adapters else "plain"](job)
+        with phase(f"merge: {mode} fold of {len(layers)} adapted block(s)", progress):
+            merged = MERGE_STRATEGIES[mode if config.has_adapters else "plain"](job)
         merged_head = None
         if head is not None:
             merged_head = head.with_sam(merged.sam)
             merged_head.class_head = copy.deepcopy(head.class_head)
+        if not measure:
+            return (merged.sam if head is None else merged_head.train(head.training)), None
         prompts = ["box"] if prompt == "box" and head is not None and head.class_head is None else ["none"]
         fidelity = measure_fidelity(
             sam,
             merged.sam,
             layers,
             merged.candidates,
-            progress_bar(measure_images(), "merge: measure", progress),
+            _one_by_one(measure_images, "merge: measure image", progress),
             Heads(head, merged_head, prompts) if head is not None else None,
         )
     fitted_on = fitted_on if (fitted or merged.recovered is not None) else "nothing"
@@ -170,6 +176,12 @@ def merge(
     if head is None:
         return merged.sam, report
     return merged_head.train(head.training), report
+
+
+def _one_by_one(batches: Batches, desc: str, progress: Optional[bool]) -> Iterable[torch.Tensor]:
+    """Each image of ``batches()`` as a batch of one, with a bar or one log line per image."""
+    images = (image for batch in batches() for image in batch.split(1))
+    return steps(images, desc, progress, total=count_images(batches))
 
 
 def _report(mode, config, merged: Merged, fidelity, layers, notes, fitted_on, measured_on) -> MergeReport:
@@ -307,7 +319,7 @@ def _fit(
 ) -> Tuple[Folds, Optional[Intercepts], str]:
     """Least-squares folds of the chosen ``fit`` and their description."""
     if fit == "joint":
-        fitting = progress_bar(images(), "merge: fit folds", progress)
+        fitting = steps(list(images()), "merge: fit batch", progress)
         return (
             least_squares_folds(sam, fitting),
             None,

@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from naslora_deploy.common.progress import progress as progress_bar
+from naslora_deploy.common.progress import phase, steps
 from naslora_deploy.core.adapters.config import AdapterConfig
 from naslora_deploy.core.adapters.injection import adapted_layers, add_adapters
 from naslora_deploy.core.adapters.layers import AdaptedQKV
@@ -176,12 +176,13 @@ def distil(
             chunks = _chunks(list(range(len(images))), recovery.batch_size)
             return sum(float(loss_of(c)) * len(c) for c in chunks) / len(images)
 
-    before = full_loss()
+    with phase(f"merge: recovery loss before ({len(images)} images)", progress):
+        before = full_loss()
     optimiser = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(recovery.seed)
     order: List[int] = []
     with torch.enable_grad():
-        for _ in progress_bar(range(recovery.steps), "merge: recovery", progress):
+        for _ in steps(range(recovery.steps), "merge: recovery step", progress):
             if len(order) < recovery.batch_size:
                 order += torch.randperm(len(images), generator=generator).tolist()
             chosen, order = order[: recovery.batch_size], order[recovery.batch_size :]

@@ -43,6 +43,10 @@ def merge_problem(mode: str, steps, has_calibration: bool, decoder: bool = False
     return ""
 
 
+# ``--calibration``'s help as ``merge`` gives it; ``export`` adds what int8 does with the images
+CALIBRATION_HELP = "image folder for the dense merge's least-squares fold (and its measurement)"
+
+
 @dataclass
 class MergeSpec:
     """How to merge a run: the mode, the calibration images, and merge-aware recovery."""
@@ -52,11 +56,7 @@ class MergeSpec:
         metadata=option("dense: plain SAM; fused: exact, tiny branch", choices=MERGE_MODES, flag="--merge"),
     )
     calibration: Optional[str] = field(
-        default=None,
-        metadata=option(
-            "image folder for the dense merge's least-squares fold (and its measurement) and for "
-            "--precision int8's activation ranges"
-        ),
+        default=None, metadata=option(CALIBRATION_HELP + " and for --precision int8's activation ranges")
     )
     calibration_images: int = field(default=16, metadata=option("how many calibration images to use", low=1))
     recover: int = field(

@@ -84,23 +84,47 @@ def format_table(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], top
     return "\n".join(lines)
 
 
-def plot_shares(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], path: Path) -> Path:
-    """Bar chart of the operation shares (needs matplotlib)."""
+HEATMAP_COLOURS = "viridis"  # share 0 dark violet, the largest share yellow
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (one line naming the ``plot`` extra if absent)."""
     matplotlib = lazy_import("matplotlib", "plot", "--plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shares = operation_shares(weights)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(range(len(ops)), shares, color="#3b6ea5")
-    ax.set_xticks(range(len(ops)))
-    ax.set_xticklabels(ops, rotation=30, ha="right")
-    ax.set_ylabel("mean softmax(alpha)")
-    ax.set_title("Share of each candidate operation (all blocks, q/k/v)")
-    fig.tight_layout()
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120))
-    plt.close(fig)
     return Path(path)
+
+
+def plot_shares(ops: List[str], weights: Dict[Tuple[int, str], np.ndarray], path: Path) -> Path:
+    """Heatmap of softmax(alpha) per (block, projection) row and operation column, each cell annotated
+    with its share, and a last row of the mean share (the paper's Fig. C2 proportions; needs
+    matplotlib). Colour runs from 0 to the largest share drawn (``HEATMAP_COLOURS``)."""
+    plt = _pyplot()
+    rows = [f"{block} {target}" for block, target in weights] + ["mean"]
+    grid = np.vstack([np.stack(list(weights.values())), operation_shares(weights)])
+    short = [SHORT_NAMES.get(op, op[:9]) for op in ops]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(ops), 1.2 + 0.26 * len(rows)))
+    top = float(grid.max()) or 1.0
+    ax.imshow(grid, cmap=HEATMAP_COLOURS, vmin=0.0, vmax=top, aspect="auto", interpolation="nearest")
+    for (row, column), share in np.ndenumerate(grid):
+        colour = "black" if share > 0.6 * top else "white"  # readable on viridis' light and dark ends
+        ax.text(column, row, f"{share:.2f}", ha="center", va="center", fontsize=7, color=colour)
+    ax.axhline(len(rows) - 1.5, color="white", linewidth=2)  # the mean row apart from the blocks
+    ax.set_xticks(range(len(ops)), short, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_ylabel("block, projection")
+    ax.set_title(f"softmax(alpha) per projection (colour: 0 .. {top:.2f})", fontsize=9)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 SEARCH_STAGES = ("weights+alpha", "joint")  # the training stages in which alpha is updated
@@ -141,22 +165,20 @@ def format_trajectory(ops: List[str], trajectory: List[dict]) -> str:
 
 def plot_trajectory(ops: List[str], trajectory: List[dict], path: Path) -> Path:
     """Line chart of each op's mean share over the logged steps (needs matplotlib)."""
-    matplotlib = lazy_import("matplotlib", "plot", "--plot")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     steps = [p["step"] for p in trajectory]
     for op in ops:
-        ax.plot(steps, [p["shares"].get(op, 0.0) for p in trajectory], label=op)
+        ax.plot(steps, [p["shares"].get(op, 0.0) for p in trajectory], label=op, marker=".")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("mean softmax(alpha)")
     ax.set_title("Alpha's trajectory (mean over blocks and q/k/v)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120))
-    plt.close(fig)
-    return Path(path)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def inspection_summary(directory, plot: Optional[Path] = None) -> dict:

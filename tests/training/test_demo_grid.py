@@ -1,0 +1,88 @@
+"""The demo's summary picture: methods x test photographs, each cell the method's mask with the ground
+truth outlined and the prompt box drawn (small arrays; the demo itself runs in tests/test_cli.py)."""
+
+import numpy as np
+
+from naslora_deploy.common.plots import BOX_COLOUR, TRUTH_COLOUR
+from naslora_deploy.training import demo
+from naslora_deploy.training.demo import _drawn, summary_grid
+
+CELL = 144  # summary_grid's cell: pictures of this size are placed unscaled
+
+
+def small_test_set(count=3):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (CELL, CELL, 3), dtype=np.uint8) for _ in range(count)]
+    y, x = np.mgrid[:CELL, :CELL]
+    masks = [(y - 60 - 10 * i) ** 2 + (x - 70) ** 2 < 40**2 for i in range(count)]  # discs: not their box
+    return demo.TestSet(images, masks)
+
+
+def rows_for(test):
+    methods = {
+        "perfect": list(test.masks),
+        "nothing": [np.zeros_like(m) for m in test.masks],
+        "shifted": [np.roll(m, 15, axis=1) for m in test.masks],
+    }
+    return [{"model": name, "predictions": p, "per_image_iou": test.ious(p)} for name, p in methods.items()]
+
+
+def find(grid, picture):
+    """(y, x) of ``picture`` placed unscaled in ``grid``, or None."""
+    height, width = picture.shape[:2]
+    ys, xs = np.nonzero((grid[: 1 - height or None, : 1 - width or None] == picture[0, 0]).all(-1))
+    for y, x in zip(ys, xs):
+        if np.array_equal(grid[y : y + height, x : x + width], picture):
+            return int(y), int(x)
+    return None
+
+
+def test_the_grid_has_a_row_per_method_and_a_column_per_test_image():
+    test = small_test_set()
+    rows = rows_for(test)
+    grid = summary_grid(rows, test)
+    assert grid.dtype == np.uint8 and grid.shape[2] == 3
+    places = {}
+    for r, row in enumerate(rows):
+        for i in range(len(test.images)):
+            cell = _drawn(test, row["predictions"][i], i)
+            assert (cell == TRUTH_COLOUR).all(-1).sum() > 50  # the ground truth is outlined
+            assert (cell == BOX_COLOUR).all(-1).sum() > 50  # the prompt box is drawn
+            places[r, i] = find(grid, cell)
+    assert None not in places.values()
+    for r in range(len(rows)):  # one row per method, top to bottom; one column per image, left to right
+        assert len({places[r, i][0] for i in range(3)}) == 1
+        assert [places[r, i][1] for i in range(3)] == sorted(places[r, i][1] for i in range(3))
+    assert places[0, 0][0] < places[1, 0][0] < places[2, 0][0]
+    assert places[0, 1][1] == places[2, 1][1]
+    # the cells differ by method: the perfect mask's cell is not the empty one's
+    assert not np.array_equal(
+        _drawn(test, rows[0]["predictions"][0], 0), _drawn(test, rows[1]["predictions"][0], 0)
+    )
+
+
+def test_the_grid_shows_at_most_limit_test_images():
+    test = small_test_set(3)
+    rows = rows_for(test)
+    full, cut = summary_grid(rows, test), summary_grid(rows, test, limit=2)
+    assert cut.shape[0] == full.shape[0]  # the same rows
+    assert find(cut, _drawn(test, rows[0]["predictions"][1], 1)) is not None
+    assert find(cut, _drawn(test, rows[0]["predictions"][2], 2)) is None
+
+
+def test_the_summary_links_the_grid_and_keeps_predictions_out_of_its_json(tmp_path):
+    test = small_test_set(2)
+    rows = rows_for(test)
+    rows[0]["model"], rows[0]["model_object"] = "a trained row", object()  # overlays: trained and zero-shot
+    rows[1]["model"] = "zero-shot (box)"
+    for row in rows:
+        row.update({"iou": float(np.mean(row["per_image_iou"])), "dice": 0.5, "train s": 0.0})
+    pictures = demo._overlays(tmp_path, rows, test)
+    assert [p is not None for p in pictures] == [True, True, False]
+    assert pictures[0] == tmp_path / "overlays" / "0.png" and pictures[0].is_file()
+    assert (tmp_path / demo.GRID_NAME).is_file() and demo.GRID_NAME in demo.DEMO_NAMES
+    summary = demo._write_summary(tmp_path, "header", rows, pictures, 1.0)
+    text = summary.read_text()
+    assert f"]({demo.GRID_NAME})" in text and text.count("![](overlays/") == 2
+    written = (tmp_path / "summary.json").read_text()
+    assert "predictions" not in written and "model_object" not in written
