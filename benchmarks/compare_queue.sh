@@ -37,6 +37,8 @@ piece run-none-full-s0 run --arm full --prompt none --seed 0
 runs 1 nas_lora
 runs 2 nas_lora
 piece run-none-lora-s0-blocksall run --arm lora --prompt none --seed 0 --blocks all
+piece sweep-box-decoder sweep --arm decoder --prompt box --lrs 1e-4,3e-4,1e-3 --steps 100
+piece sweep-box-lora sweep --arm lora --prompt box --lrs 3e-4,1e-3,3e-3 --steps 100
 for seed in 0 1 2; do
   for arm in decoder lora nas_pc_lora nas_lora; do
     piece "run-box-$arm-s$seed" run --arm "$arm" --prompt box --seed "$seed"
