@@ -97,6 +97,10 @@ def check_command(command: DocCommand) -> None:
     name, sub = argv[0], cli.commands[argv[0]]
     try:
         params = sub.make_context(name, argv[1:]).params
+    except click.exceptions.Exit as exc:  # "`train --help`": click printed the help and ended the parse
+        if exc.exit_code == 0:
+            return
+        raise
     except (click.MissingParameter, click.BadOptionUsage) as exc:
         fragment_gap = isinstance(exc, click.MissingParameter) or "requires an argument" in exc.message
         if command.complete or not fragment_gap:
