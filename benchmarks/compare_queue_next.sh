@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The pieces still missing after 2026-12-07's first sessions, most valuable first (run by
+# benchmarks/compare_queue.sh's rules: one process at a time, a finished piece is skipped, an
+# unfinished one resumes). compare_queue.sh remains the whole list.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+mkdir -p benchmarks/results/.logs
+while pgrep -f "benchmarks/bench_compare.py" > /dev/null; do sleep 10; done
+piece() {
+  local name=$1; shift
+  echo "$(date -u +%H:%M:%S) start $name"
+  $PY benchmarks/bench_compare.py "$@" > "benchmarks/results/.logs/$name.log" 2>&1
+  echo "$(date -u +%H:%M:%S) end $name (exit $?)"
+}
+piece run-none-nas_lora-s1 run --arm nas_lora --prompt none --seed 1
+piece run-none-nas_lora-s2 run --arm nas_lora --prompt none --seed 2
+piece run-none-lora-s0-blocksall run --arm lora --prompt none --seed 0 --blocks all
+for seed in 1 2; do piece "run-box-decoder-s$seed" run --arm decoder --prompt box --seed "$seed"; done
+for arm in lora nas_pc_lora nas_lora; do piece "run-box-$arm-s0" run --arm "$arm" --prompt box --seed 0; done
+exec bash benchmarks/compare_queue.sh
