@@ -317,15 +317,17 @@ def cmd_merge(args) -> None:
 
 
 def summarise(prompts, arms) -> dict:
-    """Per (prompt, arm): test IoU/Dice/BER mean and std over seeds, and paired differences vs decoder."""
+    """Per (prompt, arm): test IoU/Dice/BER mean and std over seeds, and paired differences vs decoder;
+    off-recipe pieces (bf16, other blocks) as arms of their own, named ARM-VARIANT."""
     runs = {}
     for path in sorted((RESULTS / "runs").glob("*.json")):
         r = json.loads(path.read_text())
-        if not r.get("variant"):  # bf16 / other-block pieces are paired checks, not arms
-            runs[(r["prompt"], r["arm"], r["seed"])] = r
+        # bf16 / other-block pieces are summarised apart, as "ARM-VARIANT" (e.g. lora-blocksall)
+        runs[(r["prompt"], r["arm"] + (f"-{r['variant']}" if r.get("variant") else ""), r["seed"])] = r
+    variants = sorted({a for (_, a, _) in runs if a not in arms and a.split("-")[0] in arms})
     table = []
     for prompt in prompts:
-        for arm in arms:
+        for arm in list(arms) + variants:
             seeds = sorted(s for (p, a, s) in runs if p == prompt and a == arm)
             if not seeds:
                 continue
@@ -362,14 +364,14 @@ def cmd_summary(args) -> None:
             k: {m: v[m] for m in ("iou", "dice", "ber")} for k, v in json.loads(baselines.read_text()).items()
         }
     print(
-        f"{'prompt':<6} {'arm':<12} {'seeds':<7} {'IoU mean +- std':>18} {'vs decoder, per seed':>28} "
+        f"{'prompt':<6} {'arm':<22} {'seeds':<7} {'IoU mean +- std':>18} {'vs decoder, per seed':>28} "
         f"{'BER %':>7} {'alpha moved':>11}"
     )
     for e in summary["table"]:
         paired = " ".join(f"{d:+.4f}" for d in e["iou_minus_decoder_per_seed"])
         alpha = "" if e["alpha_largest_share_change"] is None else f"{e['alpha_largest_share_change']:.4f}"
         print(
-            f"{e['prompt']:<6} {e['arm']:<12} {len(e['seeds']):<7} "
+            f"{e['prompt']:<6} {e['arm']:<22} {len(e['seeds']):<7} "
             f"{e['iou_mean']:>9.4f} +- {e['iou_std']:.4f} {paired:>28} {e['ber_mean']:>7.2f} {alpha:>11}"
         )
     for name, figures in summary.get("baselines", {}).items():

@@ -367,6 +367,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, str) and self.checkpoint.lower() == "none":  # --checkpoint none
             self.checkpoint, self.pretrained = None, False
+        if self.blocks == "all":  # --blocks all
+            self.blocks = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` on an option that cannot work."""

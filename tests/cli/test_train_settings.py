@@ -52,6 +52,24 @@ def test_train_without_model_uses_litemedsam_with_box_prompts():
     assert _settings("--data", "d", "--out", "o", "--prompt", "none").prompt == "none"  # given: kept
 
 
+@pytest.mark.parametrize(
+    "argv, blocks",
+    [
+        ((), None),  # every block: adapting two of ten costs test IoU (benchmarks/RESULTS.md, issue 25)
+        (("--blocks", "all"), None),
+        (("--blocks", "ALL"), None),
+        (("--blocks", "4,5"), [4, 5]),
+    ],
+)
+def test_blocks_all_or_indices(argv, blocks):
+    assert _settings("--data", "d", "--out", "o", *argv).blocks == blocks
+
+
+def test_blocks_that_are_not_indices_get_one_line():
+    message = _one_line_error(_cli("train", "--data", "d", "--out", "o", "--blocks", "8,x"))
+    assert "--blocks" in message and "all" in message
+
+
 def test_vit_b_without_weights_names_litemedsam(tmp_path):
     out = tmp_path / "run"
     error = _one_line_error(_cli("train", "--data", str(tmp_path), "--out", str(out), "--model", "vit_b"))

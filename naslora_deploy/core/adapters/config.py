@@ -43,9 +43,14 @@ def parse_targets(text: str) -> List[str]:
     return list(text.replace(",", ""))
 
 
-def parse_blocks(text: str) -> List[int]:
-    """``--blocks 8,9`` as block indices."""
-    return [int(b) for b in text.split(",") if b.strip()]
+def parse_blocks(text: str) -> Union[str, List[int]]:
+    """``--blocks 8,9`` as block indices; ``--blocks all`` as ``"all"``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--blocks takes block indices such as 8,9 or all, got {text!r}") from None
 
 
 def parse_names(text: str) -> List[str]:
@@ -70,7 +75,7 @@ ADAPTER_OPTIONS = {
     ),
     "ops": option("comma-separated candidate ops", parse=parse_ops, shown="all eight", metavar="OPS"),
     "blocks": option(
-        "attention blocks to adapt, e.g. 4,5,6,7,8,9", parse=parse_blocks, shown="all", metavar="N,N"
+        "attention blocks to adapt, e.g. 4,5,6,7,8,9, or all", parse=parse_blocks, shown="all", metavar="N,N"
     ),
     "channel_ratio": option(
         "nas_pc_lora: share of the rank channels that go through the cell (Table D1)",
