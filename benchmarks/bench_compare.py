@@ -297,12 +297,13 @@ def cmd_missing(args) -> None:
 
 
 def cmd_merge(args) -> None:
-    """The dense and fused merges of one finished piece, evaluated on the test photographs."""
+    """The dense and fused merges of one finished piece (off-recipe ones by the same ``--blocks`` /
+    ``--precision`` as its run), evaluated on the test photographs."""
     from naslora_deploy.core.merging.calibration import calibration_images
     from naslora_deploy.core.merging.merge import merge
     from naslora_deploy.core.runs.checkpoint import load_adapter
 
-    name = f"{args.prompt}-{args.arm}-s{args.seed}"
+    name = f"{args.prompt}-{args.arm}-s{args.seed}" + variant_suffix(args)
     model = load_adapter(RUNS / name / "best")
     data = _data(args)
     calibration = calibration_images(data, 8, 256, "minmax")
