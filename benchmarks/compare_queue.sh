@@ -4,16 +4,7 @@
 # result files under benchmarks/results/compare/ as they land.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-mkdir -p benchmarks/results/.logs
-while pgrep -f "benchmarks/bench_compare.py" > /dev/null; do sleep 10; done  # one piece at a time
-piece() {  # name, then the bench_compare.py arguments
-  local name=$1; shift
-  echo "$(date -u +%H:%M:%S) start $name"
-  $PY benchmarks/bench_compare.py "$@" > "benchmarks/results/.logs/$name.log" 2>&1
-  local rc=$?
-  echo "$(date -u +%H:%M:%S) end $name (exit $rc)"
-}
+. benchmarks/queue_lib.sh  # waits for a running piece; defines piece()
 [ -f benchmarks/results/compare/baselines/baselines.json ] || piece baselines baselines
 [ -f benchmarks/results/compare/gonogo/gonogo-none.json ] || piece gonogo-none gonogo --prompt none
 piece sweep-none-decoder sweep --arm decoder --prompt none --lrs 1e-4,3e-4,1e-3 --steps 100

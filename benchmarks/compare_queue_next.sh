@@ -4,15 +4,7 @@
 # unfinished one resumes). compare_queue.sh remains the whole list.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-mkdir -p benchmarks/results/.logs
-while pgrep -f "benchmarks/bench_compare.py" > /dev/null; do sleep 10; done
-piece() {
-  local name=$1; shift
-  echo "$(date -u +%H:%M:%S) start $name"
-  $PY benchmarks/bench_compare.py "$@" > "benchmarks/results/.logs/$name.log" 2>&1
-  echo "$(date -u +%H:%M:%S) end $name (exit $?)"
-}
+. benchmarks/queue_lib.sh  # waits for a running piece; defines piece()
 piece run-none-nas_lora-s1 run --arm nas_lora --prompt none --seed 1
 piece run-none-nas_lora-s2 run --arm nas_lora --prompt none --seed 2
 piece run-none-lora-s0-blocksall run --arm lora --prompt none --seed 0 --blocks all
