@@ -1,9 +1,15 @@
 """The demo's summary picture: methods x test photographs, each cell the method's mask with the ground
-truth outlined and the prompt box drawn (small arrays; the demo itself runs in tests/test_cli.py)."""
+truth outlined and the prompt box drawn (small arrays; the demo itself runs in tests/test_cli.py); and
+the embeddings its frozen-encoder rows share."""
+
+import copy
 
 import numpy as np
+import torch
 
 from naslora_deploy.common.plots import BOX_COLOUR, TRUTH_COLOUR
+from naslora_deploy.core.model.heads import SegmentationModel
+from naslora_deploy.core.model.variants import build_sam
 from naslora_deploy.training import demo
 from naslora_deploy.training.demo import _drawn, summary_grid
 
@@ -86,3 +92,54 @@ def test_the_summary_links_the_grid_and_keeps_predictions_out_of_its_json(tmp_pa
     assert f"]({demo.GRID_NAME})" in text and text.count("![](overlays/") == 2
     written = (tmp_path / "summary.json").read_text()
     assert "predictions" not in written and "model_object" not in written
+
+
+def _perturbed(module, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def test_shared_embeddings_serve_only_an_identical_encoder_and_change_no_prediction():
+    torch.manual_seed(0)
+    base = SegmentationModel(build_sam("vit_tiny")).eval()
+    twin = copy.deepcopy(base)  # a decoder-only run: the same frozen encoder, its own decoder
+    _perturbed(twin.sam.mask_decoder, 1)
+    other = copy.deepcopy(base)  # an adapted or merged encoder
+    _perturbed(other.sam.image_encoder.blocks[0], 2)
+    shared = demo.SharedEmbeddings(base.sam.image_encoder)
+    assert shared.serves(base) and shared.serves(twin) and not shared.serves(other)
+    calls = []
+    base.sam.image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    test = small_test_set(2)
+    for model, prompt in ((twin, "none"), (twin, "box"), (other, "none")):
+        direct = test.predict(model, prompt)
+        through = test.predict(model, prompt, shared)
+        assert all(np.array_equal(a, b) for a, b in zip(direct, through)) and model.encoder_cache is None
+    assert len(calls) == 2  # one encoder pass per test image, for every prediction the twin made through it
+
+
+def test_the_baseline_rows_follow_the_prompt():
+    torch.manual_seed(0)
+    zero_shot = SegmentationModel(build_sam("vit_tiny")).eval()
+    test = small_test_set(2)
+    shared = demo.SharedEmbeddings(zero_shot.sam.image_encoder)
+    by_prompt = {prompt: demo._baseline_rows(test, prompt, zero_shot, shared) for prompt in ("none", "box")}
+    names = {prompt: [row["model"] for row in rows] for prompt, rows in by_prompt.items()}
+    assert names["box"] == [
+        "all background",
+        "all foreground",
+        "box filled in (the prompt alone)",
+        "zero-shot (box)",
+    ]
+    assert names["none"][:3] == ["all background", "all foreground", "zero-shot (no prompt)"]
+    assert names["none"][3].startswith("zero-shot (box) (for reference")
+    filled = by_prompt["box"][2]
+    assert 0.0 < filled["iou"] < 1.0 and filled["prompt"] == "box"  # measured: discs are not their boxes
+    assert [row["prompt"] for row in by_prompt["none"]] == [
+        None,
+        None,
+        "none",
+        "box",
+    ]  # which pictures get a box
