@@ -183,23 +183,7 @@ def run_demo(config: DemoConfig) -> Path:
         predictions = test.predict(trained[method], config.prompt, shared)
         rows.append(_row(f"{label} ({said})", predictions, test, seconds, config.prompt))
         rows[-1]["model_object"] = trained[method]
-    calibration = calibration_images(data, 2, 256, "minmax")
-    for mode in ("fused", "dense"):
-        merged, report = merge_run(
-            trained["nas_pc_lora"], MergeSpec(mode=mode), calibration=calibration, progress=config.progress
-        )
-        path = out / "merged" / f"litemedsam_nas_pc_lora_{mode}.pth"
-        write_merged(merged, report, path, source=str(out / "runs" / "nas_pc_lora"))
-        row = _row(
-            f"NAS-PC-LoRA, {mode} merge ({said})",
-            test.predict(merged, config.prompt),
-            test,
-            0.0,
-            config.prompt,
-        )
-        row["merge embedding rel. error"] = report.embedding_rel_error
-        row["model_object"] = merged
-        rows.append(row)
+    rows.extend(_merged_rows(trained["nas_pc_lora"], config, data, out, test))
     _compare_with(rows, f"decoder only ({said})")
     pictures = _overlays(out, rows, test)
     seconds = time.perf_counter() - started
@@ -207,6 +191,25 @@ def run_demo(config: DemoConfig) -> Path:
     print(_table(rows))
     print(f"\nsummary with overlays: {summary}, grid: {out / GRID_NAME}\ndemo finished in {seconds:.1f} s")
     return summary
+
+
+def _merged_rows(model, config: DemoConfig, data: Path, out: Path, test: TestSet) -> List[Dict[str, object]]:
+    """NAS-PC-LoRA after the fused and the dense merge: written under ``out/merged``, evaluated like
+    the unmerged run, each with its embedding error against it."""
+    calibration = calibration_images(data, 2, 256, "minmax")
+    rows = []
+    for mode in ("fused", "dense"):
+        merged, report = merge_run(
+            model, MergeSpec(mode=mode), calibration=calibration, progress=config.progress
+        )
+        path = out / "merged" / f"litemedsam_nas_pc_lora_{mode}.pth"
+        write_merged(merged, report, path, source=str(out / "runs" / "nas_pc_lora"))
+        name = f"NAS-PC-LoRA, {mode} merge ({PROMPT_WORDS[config.prompt]})"
+        row = _row(name, test.predict(merged, config.prompt), test, 0.0, config.prompt)
+        row["merge embedding rel. error"] = report.embedding_rel_error
+        row["model_object"] = merged
+        rows.append(row)
+    return rows
 
 
 def _header(config: DemoConfig, test_images: int) -> str:
