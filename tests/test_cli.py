@@ -194,7 +194,7 @@ def test_demo_runs_end_to_end_on_real_weights(tmp_path, capsys):
         "all background",
         "all foreground",
         "zero-shot (no prompt)",
-        "zero-shot (box) (for reference: a box per object, untrained)",
+        "zero-shot (box, for reference)",
         "decoder only (no prompt)",
         "LoRA (no prompt)",
         "NAS-PC-LoRA (no prompt)",

@@ -244,10 +244,8 @@ def _baseline_rows(
         rows.append(
             _row("zero-shot (no prompt)", test.predict(zero_shot, "none", shared), test, prompt="none")
         )
-    reference = " (for reference: a box per object, untrained)" if prompt == "none" else ""
-    rows.append(
-        _row(f"zero-shot (box){reference}", test.predict(zero_shot, "box", shared), test, prompt="box")
-    )
+    name = "zero-shot (box, for reference)" if prompt == "none" else "zero-shot (box)"  # a box per object
+    rows.append(_row(name, test.predict(zero_shot, "box", shared), test, prompt="box"))
     return rows
 
 

@@ -134,7 +134,7 @@ def test_the_baseline_rows_follow_the_prompt():
         "zero-shot (box)",
     ]
     assert names["none"][:3] == ["all background", "all foreground", "zero-shot (no prompt)"]
-    assert names["none"][3].startswith("zero-shot (box) (for reference")
+    assert names["none"][3] == "zero-shot (box, for reference)"
     filled = by_prompt["box"][2]
     assert 0.0 < filled["iou"] < 1.0 and filled["prompt"] == "box"  # measured: discs are not their boxes
     assert [row["prompt"] for row in by_prompt["none"]] == [
