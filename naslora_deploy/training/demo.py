@@ -59,7 +59,7 @@ PROMPT_WORDS = {"none": "no prompt", "box": "box"}  # how a row names the prompt
 
 
 def recipe() -> Dict[str, object]:
-    """The demo's training recipe for adapter methods (benchmarks/RESULTS.md, issue 25): adapters on
+    """The demo's training recipe, every method alike (benchmarks/RESULTS.md, issue 25): adapters on
     every block (0.878 test IoU prompt-free against 0.701 on blocks 8-9), the frozen front cached
     (exact), bf16 autocast where this CPU computes bf16 natively (3.3x the uncached fp32 step rate
     at -0.008 IoU on the measured pair; ``train``'s CPU default stays fp32)."""
