@@ -353,8 +353,24 @@ def summarise(prompts, arms) -> dict:
             entry["median_step_ms"] = statistics.median(r["median_step_ms"] for r in rows)
             alphas = [r["alpha"]["largest_share_change"] for r in rows if r.get("alpha")]
             entry["alpha_largest_share_change"] = max(alphas) if alphas else None
+            twin = fp32_twin(arm)
+            if twin is not None:  # the precision decision: bf16 minus fp32, same arm, blocks and seed
+                entry["fp32_twin"] = twin
+                entry["iou_minus_fp32_per_seed"] = {
+                    r["seed"]: r["test_best"]["iou"] - runs[(prompt, twin, r["seed"])]["test_best"]["iou"]
+                    for r in rows
+                    if (prompt, twin, r["seed"]) in runs
+                }
             table.append(entry)
     return {"table": table}
+
+
+def fp32_twin(arm: str) -> Optional[str]:
+    """The fp32 arm a bf16 variant pairs with ("lora-bf16-blocksall" -> "lora-blocksall"), else None.
+    Only test IoU pairs: step times of pieces that ran in different sessions may come from different
+    CPUs (bench_train_speed.py measures the speed ratio in one process)."""
+    parts = arm.split("-")
+    return "-".join(part for part in parts if part != "bf16") if "bf16" in parts else None
 
 
 def cmd_summary(args) -> None:
@@ -375,6 +391,10 @@ def cmd_summary(args) -> None:
             f"{e['prompt']:<6} {e['arm']:<22} {len(e['seeds']):<7} "
             f"{e['iou_mean']:>9.4f} +- {e['iou_std']:.4f} {paired:>28} {e['ber_mean']:>7.2f} {alpha:>11}"
         )
+    for e in summary["table"]:
+        if e.get("iou_minus_fp32_per_seed"):
+            pairs = " ".join(f"s{seed} {d:+.4f}" for seed, d in e["iou_minus_fp32_per_seed"].items())
+            print(f"{e['prompt']:<6} {e['arm']} - {e['fp32_twin']}, test IoU per seed: {pairs}")
     for name, figures in summary.get("baselines", {}).items():
         print(f"baseline {name:<24} IoU {figures['iou']:.4f}  BER {figures['ber']:.2f}")
     _write(RESULTS / "summary.json", summary)
