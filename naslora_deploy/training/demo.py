@@ -20,7 +20,6 @@ with the ground truth outlined (and the prompt box drawn where there is one).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import statistics
@@ -49,12 +48,14 @@ from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.data.folder import discover
 from naslora_deploy.training.data.photos import write_photo_dataset
 from naslora_deploy.training.evaluate import predict_probabilities
+from naslora_deploy.training.prefix_cache import PrefixCache
 from naslora_deploy.training.prompts import component_boxes
 from naslora_deploy.training.trainer import train
 
 MODEL = "litemedsam"
 METHODS = (("decoder only", "none"), ("LoRA", "lora"), ("NAS-PC-LoRA", "nas_pc_lora"))
 VAL_IMAGES = 4  # held out to pick each run's best/ epoch
+SHARED_MB = 512  # SharedEmbeddings' bound: LiteMedSAM's test embeddings are 4 MB each; past it, recomputed
 PROMPT_WORDS = {"none": "no prompt", "box": "box"}  # how a row names the prompt it was given
 
 
@@ -120,12 +121,13 @@ class TestSet:
 class SharedEmbeddings:
     """The untouched image encoder's embeddings of the test photographs, computed once and shared by
     every model whose encoder is bit-identical to it (zero-shot, the decoder-only run): on a 2-core
-    CPU the encoder is nearly all of a prediction's time. Set as a model's ``encoder_cache``."""
+    CPU the encoder is nearly all of a prediction's time. Set as a model's ``encoder_cache``; the
+    memory is the trainer's ``PrefixCache`` over the whole (frozen) encoder."""
 
     def __init__(self, encoder: torch.nn.Module) -> None:
-        self.encoder = encoder
+        encoder.requires_grad_(False)  # nothing trains it: the whole encoder is the cached prefix
         self.weights = encoder.state_dict()
-        self.embeddings: Dict[str, torch.Tensor] = {}
+        self.cache = PrefixCache(encoder, SHARED_MB * 2**20)
 
     def serves(self, model) -> bool:
         """Whether ``model``'s image encoder has exactly the shared encoder's weights."""
@@ -135,10 +137,7 @@ class SharedEmbeddings:
         )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        key = hashlib.sha256(images.detach().cpu().numpy().tobytes()).hexdigest()
-        if key not in self.embeddings:
-            self.embeddings[key] = self.encoder(images)
-        return self.embeddings[key]
+        return self.cache(images)
 
 
 DEMO_MARKER = ".naslora-demo"  # written into every demo output folder: what --overwrite may replace

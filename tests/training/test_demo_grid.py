@@ -111,7 +111,7 @@ def test_shared_embeddings_serve_only_an_identical_encoder_and_change_no_predict
     shared = demo.SharedEmbeddings(base.sam.image_encoder)
     assert shared.serves(base) and shared.serves(twin) and not shared.serves(other)
     calls = []
-    base.sam.image_encoder.register_forward_hook(lambda *_: calls.append(1))
+    base.sam.image_encoder.patch_embed.register_forward_hook(lambda *_: calls.append(1))  # its first stage
     test = small_test_set(2)
     for model, prompt in ((twin, "none"), (twin, "box"), (other, "none")):
         direct = test.predict(model, prompt)
