@@ -16,6 +16,10 @@ piece run-none-lora-s0-bf16-blocksall run --arm lora --prompt none --seed 0 --bl
 for arm in nas_pc_lora nas_lora; do
   piece "run-none-$arm-s0-blocksall" run --arm "$arm" --prompt none --seed 0 --blocks all
 done
+# The third fp32/bf16 pair (seed 2) first: it decides whether bf16 may become the CPU default (the
+# 3x target at equal IoU); pairs so far: bf16 - fp32 = -0.008 (s0), +0.053 (s1).
+piece run-none-lora-s2-blocksall run --arm lora --prompt none --seed 2 --blocks all
+piece run-none-lora-s2-bf16-blocksall run --arm lora --prompt none --seed 2 --blocks all --precision bf16
 # per seed, LoRA (the best arm so far) and its bf16 twin first: bf16 on all blocks gave 0.869 against
 # fp32's 0.878 on seed 0 (3.3x the old recipe's steps per hour); two more pairs decide whether it may be
 # the CPU default, then the NAS arms of that seed
