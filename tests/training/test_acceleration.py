@@ -9,6 +9,7 @@ from naslora_deploy.training.acceleration import (
     compile_encoder_blocks,
     enable_gradient_checkpointing,
     pick_device,
+    uses_bf16,
 )
 
 
@@ -18,6 +19,21 @@ def test_auto_picks_what_is_there_and_cuda_without_cuda_is_one_line():
     if not torch.cuda.is_available():
         with pytest.raises(NasloraError, match="--device cuda:1: CUDA is not available on this machine"):
             pick_device("cuda:1")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_resolves_by_device_and_cpu_capability(monkeypatch, native):
+    """auto: bf16 on CUDA, fp32 on a CPU; fp32 is fp32 everywhere; bf16 on a CPU needs native bf16."""
+    monkeypatch.setattr("naslora_deploy.training.acceleration.cpu_has_bf16", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_bf16("auto", cuda) and not uses_bf16("auto", cpu)
+    assert not uses_bf16("fp32", cpu) and not uses_bf16("fp32", cuda)
+    assert uses_bf16("bf16", cuda)
+    if native:
+        assert uses_bf16("bf16", cpu)
+    else:
+        with pytest.raises(NasloraError, match="--precision bf16: this CPU has no native bf16"):
+            uses_bf16("bf16", cpu)
 
 
 def _encoder_grads(sam, image):
