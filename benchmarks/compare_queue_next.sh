@@ -20,6 +20,17 @@ done
 # 3x target at equal IoU); pairs so far: bf16 - fp32 = -0.008 (s0), +0.053 (s1).
 piece run-none-lora-s2-blocksall run --arm lora --prompt none --seed 2 --blocks all
 piece run-none-lora-s2-bf16-blocksall run --arm lora --prompt none --seed 2 --blocks all --precision bf16
+# the speed target on this CPU, once per CPU model: the old recipe, the train default (all blocks +
+# cache, fp32) and its bf16 twin, steps interleaved in one process (bench_train_speed.py's rule)
+cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //; s/[^A-Za-z0-9]\{1,\}/-/g')
+speed=benchmarks/results/train_speed-$cpu.json
+if [ ! -f "$speed" ]; then
+  echo "$(date -u +%H:%M:%S) start train speed on $cpu"
+  $PY benchmarks/bench_train_speed.py --recipes old,all+cache,all+cache+bf16 --rounds 5 --out "$speed" \
+    > "benchmarks/results/.logs/train_speed-$cpu.log" 2>&1
+  rc=$?
+  echo "$(date -u +%H:%M:%S) end train speed (exit $rc)"
+fi
 # per seed, LoRA (the best arm so far) and its bf16 twin first: bf16 on all blocks gave 0.869 against
 # fp32's 0.878 on seed 0 (3.3x the old recipe's steps per hour); two more pairs decide whether it may be
 # the CPU default, then the NAS arms of that seed
