@@ -206,8 +206,12 @@ def cmd_run(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    """A short run per learning rate (seed 0, validation IoU picks); the choice goes to sweep/."""
-    name = f"{args.prompt}-{args.arm}"
+    """A short run per learning rate (seed 0, validation IoU picks); the choice goes to sweep/.
+
+    An off-recipe sweep (bf16, other blocks) is kept apart (``variant_suffix``) and read, not used:
+    the pieces take the recipe's sweep (``chosen_lr``), so a later sweep cannot change a half-run arm.
+    """
+    name = f"{args.prompt}-{args.arm}" + variant_suffix(args)
     path = _path("sweep", name)
     done = json.loads(path.read_text())["trials"] if path.is_file() else []
     for lr in [float(v) for v in args.lrs.split(",")]:
