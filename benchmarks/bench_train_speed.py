@@ -31,15 +31,16 @@ except ImportError:
     from benchmarks.compare_data import photo_set
     from benchmarks.timing import write_record
 
+FP32 = dict(precision="fp32")  # named: --precision auto is bf16 on a CPU with native bf16
 RECIPES = {  # name -> TrainConfig fields
-    "old": dict(method="nas_pc_lora", prefix_cache=False),  # all blocks, no cache, fp32
-    "all+cache": dict(method="nas_pc_lora"),
-    "b2-9+cache": dict(method="nas_pc_lora", blocks=list(range(2, 10))),
-    "b8-9+cache": dict(method="nas_pc_lora", blocks=[8, 9]),
+    "old": dict(method="nas_pc_lora", prefix_cache=False, **FP32),  # all blocks, no cache, fp32
+    "all+cache": dict(method="nas_pc_lora", **FP32),
+    "b2-9+cache": dict(method="nas_pc_lora", blocks=list(range(2, 10)), **FP32),
+    "b8-9+cache": dict(method="nas_pc_lora", blocks=[8, 9], **FP32),
     "b8-9+cache+bf16": dict(method="nas_pc_lora", blocks=[8, 9], precision="bf16"),
     "all+cache+bf16": dict(method="nas_pc_lora", precision="bf16"),
-    "decoder-only (cached embeddings)": dict(method="none"),
-    "full fine-tuning": dict(method="full", prefix_cache=False),
+    "decoder-only (cached embeddings)": dict(method="none", **FP32),
+    "full fine-tuning": dict(method="full", prefix_cache=False, **FP32),
 }
 
 

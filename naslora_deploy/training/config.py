@@ -313,8 +313,8 @@ class TrainConfig:
         default="auto",
         metadata=opt(
             "hardware",
-            "training arithmetic: bf16 autocast or fp32; auto = bf16 on CUDA, fp32 on a CPU "
-            "(benchmarks/RESULTS.md)",
+            "training arithmetic: bf16 autocast or fp32; auto = bf16 on CUDA and on a CPU with "
+            "native bf16 (AVX512-BF16 or AMX), else fp32 (benchmarks/RESULTS.md)",
             choices=PRECISIONS,
         ),
     )

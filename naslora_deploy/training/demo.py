@@ -42,7 +42,7 @@ from naslora_deploy.core.model.classes import ClassSpec
 from naslora_deploy.core.model.heads import SegmentationModel
 from naslora_deploy.core.model.variants import build_sam
 from naslora_deploy.core.runs.checkpoint import load_adapter
-from naslora_deploy.training.acceleration import cpu_has_bf16
+from naslora_deploy.training.acceleration import pick_device, uses_bf16
 from naslora_deploy.training.config import DemoConfig, TrainConfig
 from naslora_deploy.training.data.dataset import load_labels
 from naslora_deploy.training.data.folder import discover
@@ -61,10 +61,10 @@ PROMPT_WORDS = {"none": "no prompt", "box": "box"}  # how a row names the prompt
 
 def recipe() -> Dict[str, object]:
     """The demo's training recipe, every method alike (benchmarks/RESULTS.md, issue 25): adapters on
-    every block (0.878 test IoU prompt-free against 0.701 on blocks 8-9), the frozen front cached
-    (exact), bf16 autocast where this CPU computes bf16 natively (3.3x the uncached fp32 step rate
-    at -0.008 IoU on the measured pair; ``train``'s CPU default stays fp32)."""
-    return dict(blocks=None, prefix_cache=True, precision="bf16" if cpu_has_bf16() else "fp32")
+    every block (0.861 test IoU prompt-free over three seeds against 0.712 on blocks 8-9), the
+    frozen front cached (exact) and ``train``'s precision: bf16 autocast where this CPU computes
+    bf16 natively (three paired seeds kept test IoU), fp32 elsewhere."""
+    return dict(blocks=None, prefix_cache=True, precision="auto")
 
 
 BINARY = ClassSpec()  # the demo's task: one object per photograph
@@ -214,14 +214,14 @@ def _merged_rows(model, config: DemoConfig, data: Path, out: Path, test: TestSet
 def _header(config: DemoConfig, test_images: int) -> str:
     """What the table measured: model, data, prompt, steps, seed and recipe, in one sentence."""
     steps = config.epochs * -(-config.images // config.batch_size)
-    used = recipe()
+    bf16 = uses_bf16(recipe()["precision"], pick_device("auto"))  # as the training runs resolve it
     prompt = "prompt-free (the paper's setting)" if config.prompt == "none" else "box prompts"
     return (
         f"{MODEL} (real pretrained weights), {config.images} training / {test_images} test photographs, "
         f"{prompt}; each method: {_count(config.epochs, 'epoch')} x batch {config.batch_size} = "
         f"{_count(steps, 'step')}, "
         f"seed {config.seed} (one seed); adapters on every block, the frozen front cached, "
-        f"{'bf16 autocast' if used['precision'] == 'bf16' else 'fp32'}"
+        f"{'bf16 autocast' if bf16 else 'fp32'}"
     )
 
 

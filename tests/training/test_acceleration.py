@@ -23,10 +23,11 @@ def test_auto_picks_what_is_there_and_cuda_without_cuda_is_one_line():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_resolves_by_device_and_cpu_capability(monkeypatch, native):
-    """auto: bf16 on CUDA, fp32 on a CPU; fp32 is fp32 everywhere; bf16 on a CPU needs native bf16."""
+    """auto: bf16 on CUDA and on a CPU with native bf16, else fp32; fp32 is fp32 everywhere; bf16 on
+    a CPU needs native bf16."""
     monkeypatch.setattr("naslora_deploy.training.acceleration.cpu_has_bf16", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert uses_bf16("auto", cuda) and not uses_bf16("auto", cpu)
+    assert uses_bf16("auto", cuda) and uses_bf16("auto", cpu) == native
     assert not uses_bf16("fp32", cpu) and not uses_bf16("fp32", cuda)
     assert uses_bf16("bf16", cuda)
     if native:
