@@ -348,11 +348,13 @@ def summarise(prompts, arms) -> dict:
                 values = [r["test_best"][key] for r in rows]
                 entry[f"{key}_mean"] = statistics.fmean(values)
                 entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            reference = decoder_reference(arm, prompt, runs)
             paired = [
-                r["test_best"]["iou"] - runs[(prompt, "decoder", r["seed"])]["test_best"]["iou"]
+                r["test_best"]["iou"] - runs[(prompt, reference, r["seed"])]["test_best"]["iou"]
                 for r in rows
-                if (prompt, "decoder", r["seed"]) in runs
+                if (prompt, reference, r["seed"]) in runs
             ]
+            entry["decoder_reference"] = reference
             entry["iou_minus_decoder_per_seed"] = paired
             entry["median_step_ms"] = statistics.median(r["median_step_ms"] for r in rows)
             alphas = [r["alpha"]["largest_share_change"] for r in rows if r.get("alpha")]
@@ -367,6 +369,14 @@ def summarise(prompts, arms) -> dict:
                 }
             table.append(entry)
     return {"table": table}
+
+
+def decoder_reference(arm: str, prompt: str, runs: dict) -> str:
+    """The decoder-only arm a piece pairs with: the bf16 one for a bf16 piece where that prompt has
+    bf16 decoder pieces (the box comparison runs on the bf16 recipe), else the fp32 one."""
+    if "bf16" in arm.split("-") and any(p == prompt and a == "decoder-bf16" for (p, a, _) in runs):
+        return "decoder-bf16"
+    return "decoder"
 
 
 def fp32_twin(arm: str) -> Optional[str]:
@@ -390,6 +400,7 @@ def cmd_summary(args) -> None:
     )
     for e in summary["table"]:
         paired = " ".join(f"{d:+.4f}" for d in e["iou_minus_decoder_per_seed"])
+        paired += " b" if e["decoder_reference"] == "decoder-bf16" else ""  # against the bf16 decoder
         alpha = "" if e["alpha_largest_share_change"] is None else f"{e['alpha_largest_share_change']:.4f}"
         print(
             f"{e['prompt']:<6} {e['arm']:<22} {len(e['seeds']):<7} "
@@ -399,6 +410,8 @@ def cmd_summary(args) -> None:
         if e.get("iou_minus_fp32_per_seed"):
             pairs = " ".join(f"s{seed} {d:+.4f}" for seed, d in e["iou_minus_fp32_per_seed"].items())
             print(f"{e['prompt']:<6} {e['arm']} - {e['fp32_twin']}, test IoU per seed: {pairs}")
+    if any(e["decoder_reference"] == "decoder-bf16" for e in summary["table"]):
+        print("b: against decoder-bf16 of the same prompt and seed (the bf16 recipe's own decoder-only arm)")
     for name, figures in summary.get("baselines", {}).items():
         print(f"baseline {name:<24} IoU {figures['iou']:.4f}  BER {figures['ber']:.2f}")
     _write(RESULTS / "summary.json", summary)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The pieces still missing after 2026-12-07's first sessions, most valuable first (run by
 # benchmarks/compare_queue.sh's rules: one process at a time, a finished piece is skipped, an
-# unfinished one resumes). compare_queue.sh remains the whole list.
+# unfinished one resumes). compare_queue.sh's box pieces (blocks 8-9, fp32) are superseded by the
+# box comparison on the default recipe at the end of this list.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . benchmarks/queue_lib.sh  # waits for a running piece; defines piece()
@@ -41,6 +42,25 @@ for seed in 1 2; do
     piece "run-none-$arm-s$seed-blocksall" run --arm "$arm" --prompt none --seed "$seed" --blocks all
   done
 done
-for seed in 1 2; do piece "run-box-decoder-s$seed" run --arm decoder --prompt box --seed "$seed"; done
-for arm in lora nas_pc_lora nas_lora; do piece "run-box-$arm-s0" run --arm "$arm" --prompt box --seed 0; done
-exec bash benchmarks/compare_queue.sh
+# full fine-tuning's rate was never swept (1e-5 for seed 0; MedSAM fine-tunes at 1e-4): a 100-step
+# sweep first; if it picks another rate, seed 0 runs again at it (its 1e-5 result kept under superseded/)
+piece sweep-none-full sweep --arm full --prompt none --lrs 1e-5,3e-5,1e-4 --steps 100
+lr_of() { $PY -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2" 2>/dev/null; }
+chosen=$(lr_of benchmarks/results/compare/sweep/none-full.json chosen_lr)
+ran=$(lr_of benchmarks/results/compare/runs/none-full-s0.json lr)
+if [ -n "$chosen" ] && [ -n "$ran" ] && [ "$chosen" != "$ran" ]; then
+  mkdir -p benchmarks/results/compare/superseded
+  cp benchmarks/results/compare/runs/none-full-s0.json "benchmarks/results/compare/superseded/none-full-s0-lr$ran.json"
+  piece run-none-full-s0-swept run --arm full --prompt none --seed 0 --force
+fi
+for seed in 1 2; do piece "run-none-full-s$seed" run --arm full --prompt none --seed "$seed"; done
+# box-prompted, on the default recipe (2026-12-07: all blocks, cache, bf16 where native; three paired
+# seeds kept test IoU): every arm in bf16, the decoder alone included, so each pairs with its own kind
+for seed in 0 1 2; do
+  piece "run-box-decoder-s$seed-bf16" run --arm decoder --prompt box --seed "$seed" --precision bf16
+  for arm in lora nas_pc_lora nas_lora; do
+    piece "run-box-$arm-s$seed-bf16-blocksall" run --arm "$arm" --prompt box --seed "$seed" --blocks all --precision bf16
+  done
+done
+# full fine-tuning box-prompted (bf16) comes last; its rate is the prompt-free sweep's, passed by hand
+# (chosen_lr reads the same prompt's sweep only)
