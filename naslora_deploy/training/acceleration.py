@@ -6,6 +6,9 @@ unchanged, so checkpoints are the same whichever switches a run used.
 
 from __future__ import annotations
 
+import sys
+from typing import List
+
 import torch
 
 from naslora_deploy.common.errors import NasloraError
@@ -60,3 +63,17 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         raise NasloraError("--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use fp32")
     return precision == "bf16"
+
+
+def resumed_bf16(precision: str, device: torch.device, history: List[dict], bf16: bool, say: bool) -> bool:
+    """Whether a resumed run trains under bf16 (``bf16``: what its settings resolve to here). With
+    ``auto``, as its epochs so far did (each ``metrics.jsonl`` record names its precision), so a run
+    resumed on another CPU, or after auto's meaning changed, is not switched between fp32 and bf16
+    mid-run (``say``: print that on stderr); a typed precision (changed only with
+    ``--allow-changed``) is the user's."""
+    ran = next((r["precision"] for r in reversed(history) if "precision" in r), None)
+    if precision != "auto" or ran is None or ran == ("bf16" if bf16 else "fp32"):
+        return bf16
+    if say:
+        print(f"--precision auto: continuing in {ran}, as this run trained so far", file=sys.stderr)
+    return uses_bf16(ran, device)  # bf16 on a CPU without native bf16: the one-line refusal

@@ -52,12 +52,8 @@ from naslora_deploy.core.runs.checkpoint import (
     trainable_state,
 )
 from naslora_deploy.core.runs.peft_adapter import read_peft_adapter
-from naslora_deploy.training.acceleration import (
-    compile_encoder_blocks,
-    enable_gradient_checkpointing,
-    pick_device,
-    uses_bf16,
-)
+from naslora_deploy.training import acceleration
+from naslora_deploy.training.acceleration import pick_device
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.data.dataset import Augmentation, SegmentationDataset
 from naslora_deploy.training.data.folder import DataSplits, discover
@@ -120,7 +116,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.bf16 = uses_bf16(config.precision, self.device)
+        self.bf16 = acceleration.uses_bf16(config.precision, self.device)
         formats = dict(category=config.category, bands=config.bands, stretch=config.stretch)
         self.splits: DataSplits = discover(
             config.data, config.classes, config.val_fraction, config.seed, config.skip_bad, **formats
@@ -166,9 +162,9 @@ class Trainer:
         if c.prefix_cache and c.augment == "none" and not adapter.trains_encoder:
             self.model.encoder_cache = PrefixCache(sam.image_encoder, c.prefix_cache_mb * 2**20)
         if c.grad_checkpoint or (c.grad_checkpoint is None and self.device.type == "cuda"):
-            enable_gradient_checkpointing(sam)
+            acceleration.enable_gradient_checkpointing(sam)
         if c.compile:
-            compile_encoder_blocks(sam)
+            acceleration.compile_encoder_blocks(sam)
         base_record = self._record_base(sam, c.checkpoint or bundled)
         num_queries = self.model.class_head.queries.num_embeddings if self.model.class_head is not None else 0
         return RunSpec(
@@ -225,6 +221,9 @@ class Trainer:
             random.setstate(_tuple_state(state["python_rng"]))
         records = saved.read_jsonl(self.out / run_names.RUN_METRICS)
         self.history = [r for r in records if r.get("epoch", 0) < self.epoch]
+        self.bf16 = acceleration.resumed_bf16(
+            self.config.precision, self.device, self.history, self.bf16, self.dist.is_main
+        )
 
     def training_state(self) -> dict:
         """Optimisers, counters and RNG state for ``last/training_state.pt``."""
@@ -414,6 +413,7 @@ class Trainer:
             "lr_end": lrs[-1] if lrs else self.current_lr(),  # ... and at its last
             "arch_lr": self.config.arch_lr if stage != "weights" else 0.0,
             "step_time_ms": 1000 * sorted(step_times)[len(step_times) // 2] if step_times else None,
+            "precision": "bf16" if self.bf16 else "fp32",  # a resumed auto run keeps it (resumed_bf16)
             "seconds": seconds,
         }
         if self.alphas:

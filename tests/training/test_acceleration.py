@@ -1,7 +1,10 @@
 """Device choice, gradient checkpointing and per-block compile leave the model's maths and keys alone."""
 
+import json
+
 import pytest
 import torch
+from conftest import train_config
 
 from naslora_deploy.common.errors import NasloraError
 from naslora_deploy.core.model.variants import build_sam
@@ -9,8 +12,10 @@ from naslora_deploy.training.acceleration import (
     compile_encoder_blocks,
     enable_gradient_checkpointing,
     pick_device,
+    resumed_bf16,
     uses_bf16,
 )
+from naslora_deploy.training.trainer import Trainer
 
 
 def test_auto_picks_what_is_there_and_cuda_without_cuda_is_one_line():
@@ -35,6 +40,45 @@ def test_precision_resolves_by_device_and_cpu_capability(monkeypatch, native):
     else:
         with pytest.raises(NasloraError, match="--precision bf16: this CPU has no native bf16"):
             uses_bf16("bf16", cpu)
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "precision, history, now, expected",
+    [
+        ("auto", [{"precision": "fp32"}], True, False),  # auto keeps the run's fp32 where auto is now bf16
+        ("auto", [{"precision": "fp32"}, {"precision": "bf16"}], False, True),  # the latest epoch decides
+        ("auto", [{"epoch": 0}], True, True),  # records from before the precision was logged: as now
+        ("auto", [], True, True),
+        ("fp32", [{"precision": "bf16"}], False, False),  # typed (with --allow-changed): the user's
+    ],
+)
+def test_a_resumed_auto_run_keeps_its_arithmetic(monkeypatch, precision, history, now, expected):
+    monkeypatch.setattr("naslora_deploy.training.acceleration.cpu_has_bf16", lambda: True)
+    assert resumed_bf16(precision, CPU, history, now, say=False) is expected
+
+
+def test_resuming_a_bf16_run_on_a_cpu_without_bf16_is_one_line(monkeypatch):
+    monkeypatch.setattr("naslora_deploy.training.acceleration.cpu_has_bf16", lambda: False)
+    with pytest.raises(NasloraError, match="--precision bf16: this CPU has no native bf16"):
+        resumed_bf16("auto", CPU, [{"precision": "bf16"}], False, say=False)
+
+
+def test_a_run_resumed_where_auto_means_bf16_goes_on_in_fp32(monkeypatch, binary_data, tmp_path, capfd):
+    """The run trained its first epoch where auto meant fp32; resumed where auto means bf16, its
+    second epoch is fp32 too (metrics.jsonl records each epoch's arithmetic)."""
+    settings = dict(model="vit_tiny", method="lora", blocks=[2, 3], batch_size=4, precision="auto")
+    monkeypatch.setattr("naslora_deploy.training.acceleration.cpu_has_bf16", lambda: False)
+    Trainer(train_config(binary_data, tmp_path, settings, epochs=1)).run()
+    monkeypatch.setattr("naslora_deploy.training.acceleration.cpu_has_bf16", lambda: True)
+    resumed = Trainer(train_config(binary_data, tmp_path, settings, epochs=2, resume=True))
+    assert resumed.bf16  # what auto means here now
+    resumed.run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["precision"]) for r in records if "precision" in r] == [(0, "fp32"), (1, "fp32")]
+    assert "--precision auto: continuing in fp32" in capfd.readouterr().err
 
 
 def _encoder_grads(sam, image):
