@@ -55,12 +55,14 @@ def machine() -> dict:
     """Where and with what the figures were taken."""
     import torch
 
+    from naslora_deploy.training.acceleration import cpu_has_bf16
+
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
-        "cpu_native_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
+        "cpu_native_bf16": cpu_has_bf16(),  # the probe --precision auto decides by
         "cpu_amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
