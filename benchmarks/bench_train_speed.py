@@ -1,7 +1,8 @@
 """Optimiser steps per hour of LiteMedSAM fine-tuning recipes on this machine, as ratios in one run.
 
 Recipes (all NAS-PC-LoRA unless named): today's ``old`` one (adapters on all 10 blocks,
-no prefix cache, fp32); the same with the prefix cache; adapters on blocks 2-9 or 8-9
+no prefix cache, fp32), also on the issue's code path (its qkv delta scattered, ``index_add``); the
+same with the prefix cache; adapters on blocks 2-9 or 8-9
 with the cache (layer 1 or layer 2 then cached); bf16 autocast; decoder-only on cached
 embeddings; full fine-tuning. Each is timed in the same process, interleaved (A B C ... A B C),
 after a cold first epoch that fills its cache (the cold epoch is measured too and counted in
@@ -16,10 +17,12 @@ import argparse
 import statistics
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
 
+from naslora_deploy.core.adapters.layers import AdaptedQKV
 from naslora_deploy.training.config import TrainConfig
 from naslora_deploy.training.sampling import flip_batch
 from naslora_deploy.training.trainer import Trainer
@@ -42,6 +45,25 @@ RECIPES = {  # name -> TrainConfig fields
     "decoder-only (cached embeddings)": dict(method="none", **FP32),
     "full fine-tuning": dict(method="full", prefix_cache=False, **FP32),
 }
+# the old recipe on the issue's code path: the adapters' delta scattered into TinyViT's interleaved
+# qkv columns (index_add), replaced on 2026-12-07 by W_d's rows placed at their columns (a plain add)
+RECIPES["old+scattered-add"] = RECIPES["old"]
+SCATTERED = {"old+scattered-add"}
+
+
+def scattered_forward(self, x):
+    """``AdaptedQKV.forward`` before 2026-12-07: the K-column delta scattered into qkv's output."""
+    out = self.base_layer(x)
+    if self.disabled:
+        return out
+    return out.index_add(-1, self.target_columns, self.delta(x))
+
+
+def scatter_qkv_adds(model) -> None:
+    """Put this model's adapted qkv layers (only) on the scattered forward."""
+    for module in model.modules():
+        if isinstance(module, AdaptedQKV):
+            module.forward = types.MethodType(scattered_forward, module)
 
 
 def trainer_for(data: Path, out: Path, batch_size: int, **recipe) -> Trainer:
@@ -83,6 +105,8 @@ def main() -> None:
         trainers, epochs, cold = {}, {}, {}
         for i, name in enumerate(names):
             trainers[name] = trainer_for(data, Path(tmp) / str(i), args.batch_size, **RECIPES[name])
+            if name in SCATTERED:
+                scatter_qkv_adds(trainers[name].model)
             epochs[name] = batches(trainers[name])
             if trainers[name].model.encoder_cache is not None:  # the cold epoch fills the cache
                 began = time.perf_counter()

@@ -1,5 +1,7 @@
 """The kernel-space cell equals the naive sum of the separate ops."""
 
+import copy
+
 import pytest
 import torch
 
@@ -73,6 +75,39 @@ def test_only_the_adapted_slices_change():
     delta = (layer(x) - layer.base_layer(x)).unflatten(-1, (3, 32))
     assert delta[..., 0, :].abs().max() == 0 and delta[..., 2, :].abs().max() == 0
     assert delta[..., 1, :].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("targets", [("q", "k", "v"), ("q", "v"), ("k",)])
+def test_interleaved_columns_get_their_own_adapter_rows(targets):
+    """TinyViT interleaves q, k and v per head: each adapter's delta lands on its own columns
+    (the definition: ``delta`` added at ``target_columns``), values and gradients alike."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(32, 96).double()
+    columns = torch.randperm(96).view(3, 32).unbind(0)  # any layout, not SAM ViT's thirds
+    x = torch.randn(2, 5, 5, 32, dtype=torch.float64)
+    grads = {}
+    for way in ("forward", "definition"):
+        torch.manual_seed(2)  # the same adapters both ways
+        layer = AdaptedQKV(copy.deepcopy(base), AdapterConfig(method="nas_pc_lora", targets=targets), columns)
+        layer = layer.double()
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for adapter in layer.adapters.values():
+                adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=generator, dtype=x.dtype))
+        if way == "forward":
+            out = layer(x)
+        else:
+            out = layer.base_layer(x).index_add(-1, layer.target_columns, layer.delta(x))
+        out.pow(2).sum().backward()
+        grads[way] = (
+            out.detach(),
+            {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None},
+        )
+    assert (grads["forward"][0] - base(x)).abs().max() > 1e-3  # the adapters contribute
+    torch.testing.assert_close(grads["forward"][0], grads["definition"][0], rtol=0, atol=1e-12)
+    assert grads["forward"][1].keys() == grads["definition"][1].keys()
+    for name, grad in grads["definition"][1].items():
+        torch.testing.assert_close(grads["forward"][1][name], grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize("method", ["lora", "nas_lora", "nas_pc_lora"])
