@@ -32,10 +32,7 @@ def operator_times(trainer, batch, steps: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             trainer.train_step(batch, None, "weights")
-    totals = {}
-    for event in prof.key_averages():
-        totals[event.key] = totals.get(event.key, 0.0) + event.self_cpu_time_total / 1e6 / steps
-    return totals
+    return {event.key: event.self_cpu_time_total / 1e6 / steps for event in prof.key_averages()}
 
 
 def main() -> None:
